@@ -1,0 +1,1 @@
+"""Method families, one sub-package each (HF naming). Imported as ``hf_ssl.modeling``."""

@@ -1,0 +1,413 @@
+"""SplitMask and BEiT-style masked image modeling on transformers' ViT.
+
+SplitMask: El-Nouby et al. 2021, arXiv:2112.10740. Each image's patches are split at random into
+two disjoint halves; each half is a masked view whose visible patches alone go through the ViT
+encoder (half of BEiT's encoder cost), a shallow ViT decoder places a learned mask token at the
+hidden positions and a linear classifier predicts the patch-tokenizer token of every hidden patch
+(cross-entropy). The mean of each branch's decoder outputs is a global descriptor; InfoNCE
+matches the two branches of an image against the rest of the (global) batch.
+
+BEiT: Bao et al. 2021, arXiv:2106.08254: one random mask, the encoder sees every position with a
+mask token at the hidden ones, no contrastive term.
+
+The encoder is a plain `ViTModel`, so `export_backbone` writes a checkpoint any transformers
+user loads with `AutoModel` / `AutoModelForImageClassification`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from transformers import PreTrainedModel, ViTModel
+from transformers.modeling_outputs import ModelOutput
+from transformers.models.vit.modeling_vit import ViTEmbeddings, ViTLayer
+
+from hf_ssl.losses import info_nce_loss, masked_token_cross_entropy
+from hf_ssl.masking import beit_mask, random_split_mask, split_indices
+from hf_ssl.tokenizer import PatchTokenizer, codebook_fingerprint
+
+from .configuration_splitmask import BEiTConfig, SplitMaskConfig
+
+
+@dataclass
+class SplitMaskForPreTrainingOutput(ModelOutput):
+    """Output of [`ViTForSplitMask`].
+
+    Args:
+        loss: total loss = MIM loss (+ weight * InfoNCE for SplitMask).
+        mim_loss: cross-entropy of the token predictions at hidden patches.
+        contrastive_loss: InfoNCE between the two branches (None for BEiT).
+        logits: ``(V_b * B, M, vocab)`` token scores at the M hidden patches of each view
+            (V_b = 2 views for SplitMask, 1 for BEiT), views stacked along the batch dim.
+        target_token_ids: ``(V_b * B, M)`` tokenizer targets of those patches.
+        hidden_patch_indices: ``(V_b * B, M)`` patch index of each prediction (row-major grid).
+        bool_masked_pos: ``(B, N)``: for SplitMask the split (True = group A, hidden in view 1,
+            visible in view 2); for BEiT the mask (True = hidden).
+        global_descriptors: ``(2, B, projection_dim)`` projected branch descriptors (SplitMask).
+        encoder_last_hidden_state: ``(V_b * B, 1 + K, hidden)`` encoder outputs (CLS first).
+    """
+
+    loss: torch.FloatTensor | None = None
+    mim_loss: torch.FloatTensor | None = None
+    contrastive_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    target_token_ids: torch.LongTensor | None = None
+    hidden_patch_indices: torch.LongTensor | None = None
+    bool_masked_pos: torch.BoolTensor | None = None
+    global_descriptors: torch.FloatTensor | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+
+
+class SplitMaskPreTrainedModel(PreTrainedModel):
+    config_class = SplitMaskConfig
+    base_model_prefix = "splitmask"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ViTEmbeddings", "ViTLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, ViTEmbeddings):
+            nn.init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
+            nn.init.trunc_normal_(module.cls_token, mean=0.0, std=std)
+            if module.mask_token is not None:
+                nn.init.trunc_normal_(module.mask_token, mean=0.0, std=std)
+        elif isinstance(module, SplitMaskDecoder):
+            nn.init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
+            nn.init.trunc_normal_(module.mask_token, mean=0.0, std=std)
+
+
+class SplitMaskDecoder(nn.Module):
+    """Shallow ViT decoder over full-length sequences ``(B, 1 + N, decoder_hidden)``.
+
+    Holds the learned mask token and position embeddings; blocks are transformers' `ViTLayer`.
+    """
+
+    def __init__(self, config: SplitMaskConfig, attn_implementation: str | None):
+        super().__init__()
+        block_config = config.decoder_config()
+        block_config._attn_implementation = attn_implementation
+        self.embed = nn.Linear(config.hidden_size, config.decoder_hidden_size)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.decoder_hidden_size))
+        self.position_embeddings = nn.Parameter(torch.zeros(1, 1 + config.num_patches, config.decoder_hidden_size))
+        self.layers = nn.ModuleList([ViTLayer(block_config) for _ in range(config.decoder_num_hidden_layers)])
+        self.layernorm = nn.LayerNorm(config.decoder_hidden_size, eps=config.layer_norm_eps)
+
+    def fill_hidden_positions(self, encoded: torch.Tensor, visible_indices: torch.Tensor, num_patches: int) -> torch.Tensor:
+        """Project encoder outputs and scatter them into a full grid of mask tokens.
+
+        Args:
+            encoded: ``(B, 1 + K, hidden)`` encoder outputs of the K visible patches (CLS first).
+            visible_indices: ``(B, K)`` grid positions of those patches.
+
+        Returns:
+            ``(B, 1 + N, decoder_hidden)`` with mask tokens at the N - K hidden positions.
+        """
+        projected = self.embed(encoded)  # (B, 1 + K, Dd)
+        batch_size, _, width = projected.shape
+        grid = self.mask_token.to(projected.dtype).expand(batch_size, num_patches, width)
+        index = visible_indices.unsqueeze(-1).expand(-1, -1, width)
+        grid = grid.scatter(1, index, projected[:, 1:])  # (B, N, Dd)
+        return torch.cat([projected[:, :1], grid], dim=1)
+
+    def forward(self, sequence: torch.Tensor) -> torch.Tensor:
+        hidden = sequence + self.position_embeddings.to(sequence.dtype)
+        for layer in self.layers:
+            hidden = layer(hidden)
+        return self.layernorm(hidden)
+
+
+class ViTForSplitMask(SplitMaskPreTrainedModel):
+    """SplitMask (or BEiT with `config.objective="beit"`) pre-training on a ViT encoder.
+
+    Submodules: `vit` (a plain `ViTModel`, the encoder you export), `decoder` (shallow ViT
+    decoder, absent when `decoder_num_hidden_layers=0`), `token_classifier` (linear, to the
+    vocabulary), `tokenizer` (the fixed patch codebook, a buffer), `projection` (global
+    descriptor head for InfoNCE).
+    """
+
+    def __init__(self, config: SplitMaskConfig):
+        super().__init__(config)
+        use_mask_token = config.objective == "beit"
+        self.vit = ViTModel(config.encoder_config(), add_pooling_layer=False, use_mask_token=use_mask_token)
+        self.vit.config._attn_implementation = config._attn_implementation
+        attn_implementation = config._attn_implementation
+        if config.decoder_num_hidden_layers > 0:
+            self.decoder = SplitMaskDecoder(config, attn_implementation)
+            classifier_width = config.decoder_hidden_size
+        else:
+            self.decoder = None
+            classifier_width = config.hidden_size
+        self.token_classifier = nn.Linear(classifier_width, config.tokenizer_vocab_size)
+        self.projection = (
+            nn.Sequential(
+                nn.Linear(classifier_width, classifier_width), nn.GELU(), nn.Linear(classifier_width, config.projection_dim)
+            )
+            if config.use_contrastive_loss
+            else None
+        )
+        self.tokenizer = PatchTokenizer(
+            config.tokenizer_vocab_size, config.patch_size, config.tokenizer_resolution, config.num_channels
+        )
+        self._verified_fingerprint: str | None = None
+        self.post_init()
+
+    # ----- backbone -------------------------------------------------------------------------
+
+    def get_backbone(self) -> ViTModel:
+        """The encoder as a plain transformers `ViTModel`."""
+        return self.vit
+
+    def export_backbone(self, save_directory: str | Path) -> Path:
+        """Write the encoder as a plain HF ViT checkpoint (config.json + model.safetensors).
+
+        The folder loads with `ViTModel` / `AutoModel` / `AutoModelForImageClassification` in an
+        environment without hf_ssl; BEiT's mask token, which `ViTModel` does not have, is dropped.
+        """
+        save_directory = Path(save_directory)
+        backbone = ViTModel(self.config.encoder_config(), add_pooling_layer=False)
+        state = {name: tensor for name, tensor in self.vit.state_dict().items() if name != "embeddings.mask_token"}
+        backbone.load_state_dict(state, strict=True)
+        backbone.save_pretrained(save_directory)
+        return save_directory
+
+    # ----- tokenizer ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def fit_tokenizer(self, image_batches, num_epochs: int = 3, seed: int = 0, progress: bool = True) -> list[float]:
+        """Build the patch vocabulary from training images with `config.tokenizer_method`.
+
+        Args:
+            image_batches: iterable of ``(B, C, H, W)`` pixel batches, normalised as in training.
+
+        Returns:
+            The k-means quantization error of each mini-batch (empty for the other methods).
+        """
+        errors = self.tokenizer.fit(
+            image_batches, method=self.config.tokenizer_method, num_epochs=num_epochs, seed=seed, progress=progress
+        )
+        self.config.tokenizer_fingerprint = codebook_fingerprint(self.tokenizer.codebook)
+        self._verified_fingerprint = self.config.tokenizer_fingerprint
+        return errors
+
+    def _check_tokenizer(self) -> None:
+        expected = self.config.tokenizer_fingerprint
+        if expected is None:
+            raise RuntimeError(
+                "The patch tokenizer of this model has no vocabulary yet, so MIM targets would be "
+                "meaningless. Fit it on training images first: model.fit_tokenizer(image_batches) "
+                "(trainers/pretrain.py does this before training)."
+            )
+        if self._verified_fingerprint == expected or self.tokenizer.codebook.dtype != torch.float32:
+            return
+        actual = codebook_fingerprint(self.tokenizer.codebook)
+        if actual != expected:
+            raise RuntimeError(
+                f"The tokenizer vocabulary does not match config.tokenizer_fingerprint ({actual} != {expected}): "
+                "the weights and the config come from different runs, or the checkpoint was loaded with a "
+                f"different tokenizer_vocab_size (this model: {self.config.tokenizer_vocab_size}) and its "
+                "vocabulary was re-initialised."
+            )
+        self._verified_fingerprint = expected
+
+    # ----- forward --------------------------------------------------------------------------
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        config = self.config
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
+        if not pixel_values.is_floating_point():
+            raise TypeError(
+                f"pixel_values must be a floating-point tensor (normalised images), got {pixel_values.dtype}; "
+                "use the image processor or divide uint8 images by 255 and normalise"
+            )
+        if pixel_values.dim() != 4:
+            raise ValueError(f"pixel_values must be (batch, channels, height, width), got shape {tuple(pixel_values.shape)}")
+        _, channels, height, width = pixel_values.shape
+        if channels != config.num_channels:
+            raise ValueError(f"pixel_values has {channels} channels but the model expects num_channels={config.num_channels}")
+        if (height, width) != (config.image_size, config.image_size):
+            raise ValueError(
+                f"pixel_values is {height}x{width} but the model expects {config.image_size}x{config.image_size} "
+                "(config.image_size); resize the images or build the model for this size"
+            )
+
+    def _embed_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B, N, hidden)`` patch embeddings plus their positions."""
+        embeddings = self.vit.embeddings
+        dtype = embeddings.patch_embeddings.projection.weight.dtype
+        patches = embeddings.patch_embeddings(pixel_values.to(dtype))
+        return patches + embeddings.position_embeddings[:, 1:]
+
+    def _encode_visible(self, patch_tokens: torch.Tensor, visible_indices: torch.Tensor) -> torch.Tensor:
+        """Run the encoder on the visible patches only.
+
+        Args:
+            patch_tokens: ``(B, N, hidden)`` embedded patches with positions.
+            visible_indices: ``(B, K)`` patches to keep.
+
+        Returns:
+            ``(B, 1 + K, hidden)`` final-layernormed encoder outputs, CLS first.
+        """
+        embeddings = self.vit.embeddings
+        width = patch_tokens.shape[-1]
+        visible = patch_tokens.gather(1, visible_indices.unsqueeze(-1).expand(-1, -1, width))  # (B, K, D)
+        cls = (embeddings.cls_token + embeddings.position_embeddings[:, :1]).expand(visible.shape[0], -1, -1)
+        hidden = embeddings.dropout(torch.cat([cls, visible], dim=1))
+        for layer in self.vit.layers:
+            hidden = layer(hidden)
+        return self.vit.layernorm(hidden)
+
+    def _predict_hidden(
+        self, decoded: torch.Tensor, hidden_indices: torch.Tensor
+    ) -> torch.Tensor:
+        """Token logits ``(B, M, V)`` at the hidden positions of decoded ``(B, 1 + N, D)``."""
+        patch_outputs = decoded[:, 1:]
+        gathered = patch_outputs.gather(1, hidden_indices.unsqueeze(-1).expand(-1, -1, patch_outputs.shape[-1]))
+        return self.token_classifier(gathered)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SplitMaskForPreTrainingOutput:
+        """Compute the pre-training loss.
+
+        Args:
+            pixel_values: ``(B, C, H, W)`` normalised images, H = W = `config.image_size`.
+            bool_masked_pos: optional ``(B, N)`` bool. SplitMask: the split, True = group A (exactly
+                ``N // 2`` per row); BEiT: True = hidden patch. Sampled here when omitted.
+        """
+        self._check_pixel_values(pixel_values)
+        self._check_tokenizer()
+        config = self.config
+        batch_size = pixel_values.shape[0]
+        num_patches = config.num_patches
+        if bool_masked_pos is not None:
+            if bool_masked_pos.shape != (batch_size, num_patches):
+                raise ValueError(
+                    f"bool_masked_pos must be (batch, num_patches) = ({batch_size}, {num_patches}), "
+                    f"got {tuple(bool_masked_pos.shape)}"
+                )
+            bool_masked_pos = bool_masked_pos.to(device=pixel_values.device, dtype=torch.bool)
+        target_tokens = self.tokenizer.encode(pixel_values)  # (B, N)
+        if config.objective == "splitmask":
+            return self._forward_splitmask(pixel_values, target_tokens, bool_masked_pos)
+        return self._forward_beit(pixel_values, target_tokens, bool_masked_pos)
+
+    def _forward_splitmask(self, pixel_values, target_tokens, split):
+        config = self.config
+        batch_size, num_patches = target_tokens.shape
+        if split is None:
+            split = random_split_mask(batch_size, num_patches, device=pixel_values.device)
+        elif not bool(torch.all(split.sum(dim=1) == num_patches // 2)):
+            raise ValueError(f"a SplitMask split must mark exactly num_patches // 2 = {num_patches // 2} patches per image")
+        group_a, group_b = split_indices(split)  # (B, N//2), (B, N - N//2)
+        patch_tokens = self._embed_patches(pixel_values)  # (B, N, D)
+
+        # View 1 shows group B and hides A; view 2 shows A and hides B.
+        views = [(group_b, group_a), (group_a, group_b)]
+        if group_a.shape[1] == group_b.shape[1]:
+            # Equal halves: both views in one encoder call of batch 2B.
+            visible = torch.cat([group_b, group_a])  # (2B, N/2)
+            hidden = torch.cat([group_a, group_b])
+            views = [(visible, hidden)]
+            patch_tokens = patch_tokens.repeat(2, 1, 1)
+            target_tokens = target_tokens.repeat(2, 1)
+
+        logits, targets, hidden_positions, descriptors, encoded_views = [], [], [], [], []
+        for visible_indices, hidden_indices in views:
+            encoded = self._encode_visible(patch_tokens, visible_indices)  # (b, 1 + K, D)
+            decoded = self.decoder(self.decoder.fill_hidden_positions(encoded, visible_indices, num_patches))
+            logits.append(self._predict_hidden(decoded, hidden_indices))
+            targets.append(target_tokens.gather(1, hidden_indices))
+            hidden_positions.append(hidden_indices)
+            descriptors.append(decoded[:, 1:].mean(dim=1))  # (b, Dd) average of decoder outputs
+            encoded_views.append(encoded)
+
+        if len(views) == 1:
+            logits_all, targets_all = logits[0], targets[0]
+            mim_loss = masked_token_cross_entropy(logits_all, targets_all)
+            descriptor_a, descriptor_b = descriptors[0].chunk(2)
+            hidden_all, encoded_all = hidden_positions[0], encoded_views[0]
+        else:
+            # Odd N: the views differ by one patch, so they are encoded separately.
+            mim_loss = 0.5 * sum(masked_token_cross_entropy(lg, tg) for lg, tg in zip(logits, targets))
+            descriptor_a, descriptor_b = descriptors
+            logits_all, targets_all, hidden_all, encoded_all = None, None, None, None
+
+        contrastive_loss = None
+        global_descriptors = None
+        loss = mim_loss
+        if self.projection is not None:
+            projected_a, projected_b = self.projection(descriptor_a), self.projection(descriptor_b)
+            global_descriptors = torch.stack([projected_a, projected_b])  # (2, B, P)
+            if config.use_contrastive_loss:
+                contrastive_loss = info_nce_loss(
+                    projected_a,
+                    projected_b,
+                    temperature=config.contrastive_temperature,
+                    gather_distributed=config.gather_negatives_across_processes,
+                )
+                loss = mim_loss + config.contrastive_loss_weight * contrastive_loss
+        return SplitMaskForPreTrainingOutput(
+            loss=loss,
+            mim_loss=mim_loss,
+            contrastive_loss=contrastive_loss,
+            logits=logits_all,
+            target_token_ids=targets_all,
+            hidden_patch_indices=hidden_all,
+            bool_masked_pos=split,
+            global_descriptors=global_descriptors,
+            encoder_last_hidden_state=encoded_all,
+        )
+
+    def _forward_beit(self, pixel_values, target_tokens, mask):
+        config = self.config
+        batch_size, num_patches = target_tokens.shape
+        if mask is None:
+            mask = beit_mask(config.mask_strategy, batch_size, config.grid_size, config.mask_ratio).to(pixel_values.device)
+        counts = mask.sum(dim=1)
+        if not bool(torch.all(counts == counts[0])) or int(counts[0]) == 0:
+            raise ValueError("a BEiT mask must hide the same, non-zero number of patches in every image")
+        hidden_indices, visible_indices = split_indices(mask)
+        encoded = self.vit(pixel_values, bool_masked_pos=mask).last_hidden_state  # (B, 1 + N, D)
+        decoded = self.decoder(self.decoder.embed(encoded)) if self.decoder is not None else encoded
+        logits = self._predict_hidden(decoded, hidden_indices)
+        targets = target_tokens.gather(1, hidden_indices)
+        mim_loss = masked_token_cross_entropy(logits, targets)
+        return SplitMaskForPreTrainingOutput(
+            loss=mim_loss,
+            mim_loss=mim_loss,
+            logits=logits,
+            target_token_ids=targets,
+            hidden_patch_indices=hidden_indices,
+            bool_masked_pos=mask,
+            encoder_last_hidden_state=encoded,
+        )
+
+
+class ViTForBEiT(ViTForSplitMask):
+    """BEiT pre-training (one block-wise mask, encoder over all positions, token targets from the
+    patch tokenizer). Same machinery as [`ViTForSplitMask`] with a [`BEiTConfig`]."""
+
+    config_class = BEiTConfig
+
+
+__all__ = ["BEiTConfig", "SplitMaskConfig", "SplitMaskForPreTrainingOutput", "SplitMaskPreTrainedModel", "ViTForBEiT", "ViTForSplitMask"]
