@@ -16,8 +16,10 @@ from hf_ssl.modeling.splitmask import BEiTConfig, SplitMaskConfig, ViTForBEiT, V
 
 from .base import OptimizerDefaults, Recipe, register_recipe
 
-# Small images (the bundled 32-px data) get small patches and a vocabulary their patch count can fill.
-_SMALL_IMAGE_DEFAULTS = dict(patch_size=4, tokenizer_vocab_size=512, decoder_hidden_size=96,
+# Small images (the bundled 32-px data): 8-px patches (4 x 4 grid) and a vocabulary of 256. Measured on
+# digits at 32 px: 4-px patches make MIM a local interpolation task and kNN fell below random init
+# (0.53 vs 0.70 after 300 steps); 8-px patches reached 0.74 vs 0.60 after 750 steps.
+_SMALL_IMAGE_DEFAULTS = dict(patch_size=8, tokenizer_vocab_size=256, decoder_hidden_size=96,
                              decoder_num_attention_heads=4, decoder_intermediate_size=192, projection_dim=96)
 
 
