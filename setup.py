@@ -13,7 +13,7 @@ ROOT = Path(__file__).parent
 
 library_packages = find_packages(include=["hf_ssl", "hf_ssl.*"])
 method_packages = ["modeling." + p for p in find_packages(where="modeling")]
-package_dir = {"hf_ssl": "hf_ssl", "hf_ssl.modeling": "modeling"}
+package_dir = {"hf_ssl": "hf_ssl", "hf_ssl.modeling": "modeling", "hf_ssl.model_cards": "model_cards"}
 for name in method_packages:
     package_dir["hf_ssl." + name] = name.replace(".", "/")
 
@@ -51,9 +51,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=library_packages + ["hf_ssl.modeling"] + ["hf_ssl." + p for p in method_packages],
+    packages=library_packages + ["hf_ssl.modeling", "hf_ssl.model_cards"] + ["hf_ssl." + p for p in method_packages],
     package_dir=package_dir,
-    package_data={"hf_ssl": ["py.typed"], "hf_ssl.hub": ["templates/*"]},
+    package_data={"hf_ssl.model_cards": ["*.md"]},
     include_package_data=True,
     install_requires=install_requires,
     extras_require=extras_require,

@@ -1,0 +1,378 @@
+"""Model cards for run folders: Hub metadata, model-index with measured results, prose from the run.
+
+`write_model_card(run_dir)` reads the run folder (config.json, training_args.json,
+training_log.jsonl, eval_results.json), draws ``loss_curve.png`` (and, for models with a
+reconstruction adapter in `hf_ssl.visualization`, ``reconstruction.png``), and renders the Jinja
+templates of ``model_cards/`` into ``README.md`` (and ``backbone/README.md`` for the exported
+encoder) through `huggingface_hub.ModelCard.from_template`, so the YAML front matter is the one
+the Hub reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from importlib import resources
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from safetensors import safe_open
+
+from hf_ssl.plots import save_loss_curve
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LICENSE = "apache-2.0"
+PIPELINE_TAG = "image-feature-extraction"
+METHOD_TEXT = {
+    "splitmask": (
+        "SplitMask",
+        "SplitMask (El-Nouby et al. 2021, arXiv:2112.10740) splits each image's patches into two disjoint "
+        "halves, encodes each half's visible patches, predicts the discrete patch-tokenizer tokens of the "
+        "hidden half with a shallow decoder and matches the two halves' global descriptors with InfoNCE.",
+        "The masked-token targets come from a k-means patch tokenizer fitted on the same data; MIM features "
+        "are usually stronger after fine-tuning than under a frozen linear probe.",
+    ),
+    "beit": (
+        "BEiT",
+        "BEiT-style masked image modeling (Bao et al. 2021, arXiv:2106.08254) with a patch-tokenizer "
+        "vocabulary instead of a dVAE: blockwise-masked patches are predicted as discrete tokens.",
+        "MIM features are usually stronger after fine-tuning than under a frozen linear probe.",
+    ),
+    "simmim": (
+        "SimMIM",
+        "SimMIM (Xie et al. 2021, arXiv:2111.09886) masks large random patches, replaces them with a "
+        "learned mask token and regresses their raw pixels with a linear head (L1 loss on masked pixels).",
+        "MIM features are usually stronger after fine-tuning than under a frozen linear probe.",
+    ),
+    "mae": (
+        "MAE",
+        "MAE (He et al. 2021, arXiv:2111.06377) encodes only the visible 25% of patches and reconstructs the "
+        "normalised pixels of the masked ones with a light decoder (MSE).",
+        "MIM features are usually stronger after fine-tuning than under a frozen linear probe.",
+    ),
+}
+PROTOCOL_NAMES = {"knn": "k-NN", "linear": "Linear probe", "finetune": "Fine-tuning"}
+
+
+def template_path(name: str) -> Path:
+    """Path of a card template (``pretrained.md``, ``backbone.md``) from the ``model_cards`` folder.
+
+    Looked up in the installed ``hf_ssl.model_cards`` package data first, then in the repository's
+    top-level ``model_cards/`` next to the ``hf_ssl`` package (editable installs).
+    """
+    try:
+        candidate = Path(str(resources.files("hf_ssl.model_cards") / name))
+        if candidate.is_file():
+            return candidate
+    except ModuleNotFoundError:
+        pass
+    candidate = Path(__file__).resolve().parents[2] / "model_cards" / name
+    if candidate.is_file():
+        return candidate
+    raise FileNotFoundError(f"model card template {name!r} not found in hf_ssl.model_cards or {candidate.parent}")
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def count_parameters(folder: str | os.PathLike) -> int:
+    """Number of weights in a folder's ``model.safetensors`` (read from the header, nothing loaded)."""
+    total = 0
+    with safe_open(str(Path(folder) / "model.safetensors"), framework="pt") as weights:
+        for name in weights.keys():
+            count = 1
+            for size in weights.get_slice(name).get_shape():
+                count *= size
+            total += count
+    return total
+
+
+def _human_count(number: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if number >= scale:
+            return f"{number / scale:.1f}{unit}"
+    return str(number)
+
+
+def describe_backbone(config: dict) -> tuple[str, str]:
+    """``(class name, one-line description)`` of the encoder described by a config.json dict."""
+    if "depths" in config or "swin" in str(config.get("model_type", "")):
+        depths = config.get("depths", [])
+        return "SwinModel", (
+            f"Swin encoder (embed dim {config.get('embed_dim')}, depths {depths}, patch {config.get('patch_size')}, "
+            f"window {config.get('window_size')})"
+        )
+    encoder = config.get("encoder_config") if isinstance(config.get("encoder_config"), dict) else config
+    return "ViTModel", (
+        f"ViT encoder (hidden size {encoder.get('hidden_size')}, {encoder.get('num_hidden_layers')} layers, "
+        f"{encoder.get('num_attention_heads')} heads, patch {encoder.get('patch_size')}, "
+        f"image {encoder.get('image_size')})"
+    )
+
+
+def _dataset_description(dataset_name: str | None) -> str:
+    from hf_ssl.eval.runner import BUNDLED_DATASET_LABEL, is_bundled_dataset
+
+    return BUNDLED_DATASET_LABEL if is_bundled_dataset(dataset_name) else f"`{dataset_name}`"
+
+
+def _hub_dataset_ids(dataset_name: str | None) -> list[str] | None:
+    """Dataset ids for the card's ``datasets`` metadata: Hub ids only (not local paths or bundled data)."""
+    from hf_ssl.eval.runner import is_bundled_dataset
+
+    if is_bundled_dataset(dataset_name) or Path(str(dataset_name)).exists():
+        return None
+    return [str(dataset_name)]
+
+
+def _dataset_type(dataset: str) -> str:
+    """A dataset identifier for model-index ``dataset.type`` (Hub id, or a slug of a description)."""
+    from hf_ssl.eval.runner import BUNDLED_DATASET_LABEL
+
+    if dataset == BUNDLED_DATASET_LABEL:
+        return "sklearn-digits"
+    return dataset if " " not in dataset else "-".join(dataset.lower().split())
+
+
+def eval_results_for_card(eval_results: dict, model_name: str) -> list[EvalResult]:
+    """model-index entries (one per protocol and metric) from an ``eval_results.json`` dict."""
+    entries = []
+    for key, result in sorted(eval_results.items()):
+        protocol = key.split("-", 1)[0]
+        label_setting = result.get("label_setting", "all")
+        labels = "" if label_setting == "all" else f", {label_setting} labels"
+        task_name = f"{PROTOCOL_NAMES.get(protocol, protocol)}{labels}"
+        dataset = str(result.get("dataset", "unknown"))
+        for metric_key, metric_name in (("accuracy", "top-1 accuracy"), ("top5_accuracy", "top-5 accuracy")):
+            if metric_key not in result:
+                continue
+            entries.append(
+                EvalResult(
+                    task_type="image-classification",
+                    task_name="Image Classification",
+                    dataset_type=_dataset_type(dataset),
+                    dataset_name=dataset,
+                    dataset_split=str(result.get("split", "test")),
+                    metric_type="accuracy" if metric_key == "accuracy" else "top-5-accuracy",
+                    metric_name=f"{task_name} {metric_name}",
+                    metric_value=round(float(result[metric_key]), 4),
+                )
+            )
+    return entries
+
+
+def _eval_rows(eval_results: dict) -> list[dict]:
+    rows = []
+    for key, result in sorted(eval_results.items()):
+        protocol = key.split("-", 1)[0]
+        top5 = result.get("top5_accuracy")
+        rows.append(
+            {
+                "protocol": PROTOCOL_NAMES.get(protocol, protocol),
+                "labels": result.get("label_setting", "all"),
+                "dataset": result.get("dataset", "unknown"),
+                "split": result.get("split", "test"),
+                "accuracy": f"{100 * result['accuracy']:.2f}",
+                "top5": "-" if top5 is None else f"{100 * top5:.2f}",
+            }
+        )
+    return rows
+
+
+def _sample_images(training_args: dict, image_processor, count: int = 4):
+    from hf_ssl.eval.runner import is_bundled_dataset, load_labelled_split
+
+    dataset_name = training_args.get("dataset_name")
+    split = "test" if is_bundled_dataset(dataset_name) else training_args.get("eval_split", "test")
+    dataset = load_labelled_split(dataset_name, split).select(range(count))
+    images = [image.convert("RGB") for image in dataset["image"]]
+    return image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+def save_reconstruction(run_dir: Path, training_args: dict) -> Path | None:
+    """``reconstruction.png`` for models that `hf_ssl.visualization` can draw; None for the others."""
+    from transformers import AutoImageProcessor
+
+    from hf_ssl.visualization import find_adapter, save_reconstruction_figure
+
+    from .loading import load_pretrained
+
+    model = load_pretrained(run_dir)
+    try:
+        find_adapter(model)
+    except ValueError:
+        return None  # no pixel prediction to show (e.g. SplitMask predicts discrete tokens)
+    image_processor = AutoImageProcessor.from_pretrained(str(run_dir))
+    pixel_values = _sample_images(training_args, image_processor)
+    path = run_dir / "reconstruction.png"
+    save_reconstruction_figure(model, pixel_values, path, image_processor.image_mean, image_processor.image_std)
+    return path
+
+
+def _method_name(training_args: dict, config: dict) -> str:
+    """The ``--method`` of the run; without training_args.json, guessed from the model type."""
+    if training_args.get("method"):
+        return str(training_args["method"])
+    model_type = str(config.get("model_type", "unknown"))
+    return model_type.removeprefix("hf-ssl-").removeprefix("hf_ssl_")
+
+
+def _format_runtime(seconds) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "not recorded"
+    minutes, second = divmod(int(round(seconds)), 60)
+    hours, minute = divmod(minutes, 60)
+    return f"{hours}h {minute:02d}m {second:02d}s" if hours else f"{minute}m {second:02d}s"
+
+
+def build_model_card(
+    run_dir: str | os.PathLike,
+    repo_id: str | None = None,
+    license: str | None = None,
+    base_model: str | None = None,
+    make_figures: bool = True,
+) -> ModelCard:
+    """The card of a run folder (README.md contents), with figures written into the folder.
+
+    Args:
+        run_dir: the run folder (config.json, model.safetensors, training_args.json, ...).
+        repo_id: Hub id the folder is pushed to (used in the snippets and as model name); without
+            it the snippets load the local folder.
+        license: SPDX-like Hub license id; default ``training_args["license"]`` or apache-2.0.
+        base_model: the model this one was fine-tuned from, if any (Hub ``base_model``).
+        make_figures: draw loss_curve.png / reconstruction.png (off: use the existing files).
+    """
+    run_dir = Path(run_dir)
+    config = _read_json(run_dir / "config.json")
+    training_args = _read_json(run_dir / "training_args.json")
+    eval_results = _read_json(run_dir / "eval_results.json")
+    method = _method_name(training_args, config)
+    method_title, method_description, method_limitation = METHOD_TEXT.get(
+        method, (method, f"Pre-trained with the {method} method.", "See the method's paper for its known limits.")
+    )
+    model_name = repo_id.split("/")[-1] if repo_id else run_dir.resolve().name
+    load_path = repo_id or str(run_dir)
+    has_backbone = (run_dir / "backbone" / "config.json").is_file()
+    backbone_repo_id = f"{repo_id}-backbone" if repo_id and has_backbone else None
+    backbone_load_path = backbone_repo_id or (str(run_dir / "backbone") if has_backbone else load_path)
+    backbone_class, backbone_description = describe_backbone(
+        _read_json(run_dir / "backbone" / "config.json") if has_backbone else config
+    )
+
+    loss_curve = reconstruction = None
+    if make_figures and (run_dir / "training_log.jsonl").is_file():
+        loss_curve = save_loss_curve(run_dir / "training_log.jsonl", run_dir / "loss_curve.png",
+                                     title=f"{method_title} training loss")
+        if (run_dir / "model.safetensors").is_file():
+            try:
+                reconstruction = save_reconstruction(run_dir, training_args)
+            except (OSError, ValueError, ImportError) as error:  # figure is optional; the card is not
+                logger.warning("no reconstruction figure for %s: %s", run_dir, error)
+    loss_curve = "loss_curve.png" if (loss_curve or (run_dir / "loss_curve.png").is_file()) else None
+    reconstruction = "reconstruction.png" if (reconstruction or (make_figures is False and (run_dir / "reconstruction.png").is_file())) else None
+
+    tags = ["hf-ssl", "self-supervised-learning", "image-feature-extraction", method]
+    if method_title.lower() != method:
+        tags.append(method_title.lower())
+    card_data = ModelCardData(
+        library_name="transformers",
+        license=license or training_args.get("license") or DEFAULT_LICENSE,
+        pipeline_tag=PIPELINE_TAG,
+        tags=list(dict.fromkeys(tags)),
+        datasets=_hub_dataset_ids(training_args.get("dataset_name")),
+        base_model=base_model,
+        model_name=model_name,
+        eval_results=eval_results_for_card(eval_results, model_name) or None,
+    )
+    num_parameters = count_parameters(run_dir) if (run_dir / "model.safetensors").is_file() else 0
+    pooling = {result.get("pooling", "mean") for result in eval_results.values()}
+    context = dict(
+        model_name=model_name,
+        method=method,
+        method_title=method_title,
+        method_description=method_description,
+        method_limitation=method_limitation,
+        backbone_class=backbone_class,
+        backbone_description=backbone_description,
+        backbone_repo_id=backbone_repo_id,
+        dataset_description=_dataset_description(training_args.get("dataset_name")),
+        num_parameters=_human_count(num_parameters),
+        image_size=training_args.get("image_size", config.get("image_size")),
+        max_steps=training_args.get("max_steps", "not recorded"),
+        total_batch_size=training_args.get("total_batch_size", "not recorded"),
+        num_images_seen=training_args.get("num_images_seen", "not recorded"),
+        learning_rate=training_args.get("learning_rate", "not recorded"),
+        mixed_precision=training_args.get("mixed_precision", "not recorded"),
+        world_size=training_args.get("world_size", "not recorded"),
+        hardware=training_args.get("hardware", "not recorded"),
+        train_runtime=_format_runtime(training_args.get("train_runtime_s")),
+        seed=training_args.get("seed", "not recorded"),
+        training_args_json=json.dumps(training_args, indent=2, sort_keys=True, default=str),
+        loss_curve=loss_curve,
+        reconstruction=reconstruction,
+        eval_rows=_eval_rows(eval_results),
+        pooling_note=f"{'/'.join(sorted(pooling))}-pooled encoder features",
+        load_path=load_path,
+        backbone_load_path=backbone_load_path,
+    )
+    return ModelCard.from_template(card_data, template_path=str(template_path("pretrained.md")), **context)
+
+
+def build_backbone_card(run_dir: str | os.PathLike, repo_id: str | None = None, license: str | None = None) -> ModelCard:
+    """The card of ``run_dir/backbone`` (pushed as ``<repo_id>-backbone``)."""
+    run_dir = Path(run_dir)
+    training_args = _read_json(run_dir / "training_args.json")
+    eval_results = _read_json(run_dir / "eval_results.json")
+    method = _method_name(training_args, _read_json(run_dir / "config.json"))
+    method_title = METHOD_TEXT.get(method, (method,))[0]
+    backbone_config = _read_json(run_dir / "backbone" / "config.json")
+    backbone_class, backbone_description = describe_backbone(backbone_config)
+    parent_name = repo_id.split("/")[-1] if repo_id else run_dir.resolve().name
+    model_name = f"{parent_name}-backbone"
+    card_data = ModelCardData(
+        library_name="transformers",
+        license=license or training_args.get("license") or DEFAULT_LICENSE,
+        pipeline_tag=PIPELINE_TAG,
+        tags=list(dict.fromkeys(["hf-ssl", "self-supervised-learning", "image-feature-extraction", method])),
+        datasets=_hub_dataset_ids(training_args.get("dataset_name")),
+        base_model=repo_id,
+        model_name=model_name,
+        eval_results=eval_results_for_card(eval_results, model_name) or None,
+    )
+    context = dict(
+        model_name=model_name,
+        parent_name=parent_name,
+        parent_link=f"https://huggingface.co/{repo_id}" if repo_id else "..",
+        backbone_class=backbone_class,
+        backbone_description=backbone_description,
+        method_title=method_title,
+        dataset_description=_dataset_description(training_args.get("dataset_name")),
+        max_steps=training_args.get("max_steps", "an unrecorded number of"),
+        load_path=f"{repo_id}-backbone" if repo_id else str(run_dir / "backbone"),
+        eval_rows=_eval_rows(eval_results),
+    )
+    return ModelCard.from_template(card_data, template_path=str(template_path("backbone.md")), **context)
+
+
+def write_model_card(
+    run_dir: str | os.PathLike,
+    repo_id: str | None = None,
+    license: str | None = None,
+    base_model: str | None = None,
+    make_figures: bool = True,
+) -> Path:
+    """Write ``README.md`` (+ loss_curve.png, reconstruction.png) into a run folder, and
+    ``backbone/README.md`` when the folder has an exported backbone. Returns the README path.
+
+    Called by ``trainers/pretrain.py`` after training and by `push_run_folder` before upload.
+    """
+    run_dir = Path(run_dir)
+    card = build_model_card(run_dir, repo_id, license, base_model, make_figures)
+    readme = run_dir / "README.md"
+    card.save(readme)
+    if (run_dir / "backbone" / "config.json").is_file():
+        build_backbone_card(run_dir, repo_id, license).save(run_dir / "backbone" / "README.md")
+    return readme

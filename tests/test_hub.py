@@ -1,0 +1,252 @@
+"""Push and load over real HTTP: uploads to tests/hub_server.py, downloads from olah (a Hub mirror).
+
+Only 127.0.0.1 is contacted; both servers stop by themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import constants
+from safetensors.torch import load_file
+
+from hf_ssl.hub import PushError, UnsafeCheckpointError, load_backbone, load_pretrained, push_run_folder
+from hf_ssl.hub.push import NEVER_PUSHED
+from hub_server import HubServer
+from run_folders import EVAL_RESULTS, tiny_splitmask_run
+
+SECRET = "hf_testsecret_0123456789abcdefABCDEF"
+PUSHED_ROOT_FILES = {
+    "README.md", "config.json", "model.safetensors", "preprocessor_config.json", "training_args.json",
+    "training_log.jsonl", "eval_results.json", "loss_curve.png", "configuration_splitmask.py", "modeling_splitmask.py",
+}
+
+
+@pytest.fixture
+def local_hub(monkeypatch):
+    """A running HubServer with huggingface_hub pointed at it and HF_TOKEN set to a known secret."""
+    with HubServer(expected_token=SECRET, lifetime_s=120) as hub:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # only 127.0.0.1 is reachable
+        monkeypatch.setenv("HF_TOKEN", SECRET)
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", "/nonexistent/token")  # no login cache in tests
+        yield hub
+
+
+def _local_files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start_olah(mirrors: Path, workdir: Path, probe_repo: str) -> tuple[subprocess.Popen, str]:
+    """olah in offline mode serving the git repos under `mirrors`; killed by `timeout` after 150 s."""
+    port = _free_port()
+    config = workdir / "olah.toml"
+    config.write_text(textwrap.dedent(f"""
+        [basic]
+        host = "127.0.0.1"
+        port = {port}
+        repos-path = "{workdir / 'olah-repos'}"
+        mirrors-path = ["{mirrors}"]
+        [accessibility]
+        offline = true
+    """))
+    olah = Path(sys.executable).parent / "olah-cli"
+    process = subprocess.Popen(
+        ["timeout", "150", str(olah), "-c", str(config), "--log-path", str(workdir / "olah-logs")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/api/models/{probe_repo}/revision/main", timeout=2) as response:
+                if response.status == 200:
+                    return process, url
+        except OSError:
+            time.sleep(0.3)
+    process.kill()
+    raise RuntimeError("olah did not start within 40 s")
+
+
+def _run_python(code: str, env: dict, timeout: int = 120) -> dict:
+    """Run `code` in a fresh interpreter; it prints one JSON object on its last stdout line."""
+    completed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def _subprocess_env(**overrides) -> dict:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGING"))}
+    env.update(TOKENIZERS_PARALLELISM="false", HF_HUB_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1", **overrides)
+    return env
+
+
+# ---------------------------------------------------------------- safetensors only
+
+
+def test_pickle_checkpoint_is_refused(tmp_path):
+    run_dir = tiny_splitmask_run(tmp_path / "run")
+    (run_dir / "model.safetensors").rename(tmp_path / "weights.safetensors")
+    (run_dir / "pytorch_model.bin").write_bytes(b"not even opened")
+    with pytest.raises(UnsafeCheckpointError, match="pytorch_model.bin"):
+        load_pretrained(run_dir)
+    (run_dir / "pytorch_model.bin").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        load_pretrained(run_dir)
+
+
+def test_load_pretrained_and_backbone_from_a_run_folder(tmp_path):
+    run_dir = tiny_splitmask_run(tmp_path / "run")
+    model = load_pretrained(run_dir)
+    backbone = load_backbone(run_dir)
+    assert type(model).__name__ == "ViTForSplitMask" and type(backbone).__name__ == "ViTModel"
+    for name, tensor in backbone.state_dict().items():
+        torch.testing.assert_close(tensor, model.get_backbone().state_dict()[name], rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- failed uploads
+
+
+def test_failed_push_keeps_the_folder_and_says_how_to_retry(tmp_path, local_hub, monkeypatch):
+    run_dir = tiny_splitmask_run(tmp_path / "run", EVAL_RESULTS)
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong_token_value")
+    with pytest.raises(PushError) as bad_token:
+        push_run_folder(run_dir, "org/splitmask-tiny", private=True, revision="v1")
+    message = str(bad_token.value)
+    assert "python trainers/push.py" in message and "--repo_id org/splitmask-tiny --private --revision v1" in message
+    assert "hf_wrong_token_value" not in message
+    assert local_hub.repos == {}
+    before = _local_files(run_dir)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    with pytest.raises(PushError, match="local folder is unchanged"):
+        push_run_folder(run_dir, "org/splitmask-tiny")
+    assert _local_files(run_dir) == before
+
+
+# ---------------------------------------------------------------- round trip
+
+
+@pytest.mark.slow
+def test_push_then_download_through_olah(tmp_path, local_hub):
+    run_dir = tiny_splitmask_run(tmp_path / "run", EVAL_RESULTS)
+    result = push_run_folder(run_dir, "org/splitmask-tiny", private=True, revision="v1")
+    assert result["repo_id"] == "org/splitmask-tiny" and result["backbone_repo_id"] == "org/splitmask-tiny-backbone"
+    assert local_hub.authorized_requests > 0
+    # v1 was branched from main (empty) and holds the upload; main stays empty
+    assert local_hub.files("org/splitmask-tiny", "main") == {}
+    received = local_hub.files("org/splitmask-tiny", "v1")
+    received_backbone = local_hub.files("org/splitmask-tiny-backbone", "v1")
+    local = _local_files(run_dir)
+    assert set(received) == PUSHED_ROOT_FILES
+    assert all(received[path] == local[path] for path in received)  # byte for byte
+    assert received_backbone == {path[len("backbone/"):]: content for path, content in local.items()
+                                 if path.startswith("backbone/")}
+    assert local_hub.repos["org/splitmask-tiny"].private
+    config = json.loads(received["config.json"])
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_splitmask.SplitMaskConfig",
+        "AutoModel": "modeling_splitmask.ViTForSplitMask",
+        "AutoModelForPreTraining": "modeling_splitmask.ViTForSplitMask",
+    }
+    # the token never lands in a written file (run folder, received files)
+    for content in [*local.values(), *received.values(), *received_backbone.values()]:
+        assert SECRET.encode() not in content
+
+    # serve the pushed repos (their v1 branch) from olah
+    for repo_id in ("org/splitmask-tiny", "org/splitmask-tiny-backbone"):
+        local_hub.repos[repo_id].branches["main"] = local_hub.repos[repo_id].branches["v1"]
+        local_hub.export_git_mirror(repo_id, tmp_path / "mirrors")
+    olah, olah_url = _start_olah(tmp_path / "mirrors", tmp_path, "org/splitmask-tiny")
+    try:
+        cache = tmp_path / "hf-home"
+        # 1. a fresh process that never imports hf_ssl: snapshot_download, trust_remote_code, exported encoder
+        downloaded = _run_python(textwrap.dedent(f"""
+            import json, sys
+            from huggingface_hub import snapshot_download
+            from safetensors.torch import save_file
+            from transformers import AutoModel, AutoModelForImageClassification, pipeline
+            from PIL import Image
+            folder = snapshot_download("org/splitmask-tiny")
+            model = AutoModel.from_pretrained("org/splitmask-tiny", trust_remote_code=True)
+            remote_class = type(model).__module__
+            save_file({{k: v.contiguous() for k, v in model.state_dict().items()}}, "{tmp_path}/remote.safetensors")
+            encoder = AutoModel.from_pretrained("org/splitmask-tiny-backbone")
+            classifier = AutoModelForImageClassification.from_pretrained("org/splitmask-tiny-backbone", num_labels=10)
+            # olah answers 401 (not 404) for files a mirrored repo lacks, and AutoImageProcessor first
+            # probes processor_config.json, so the pipeline runs on the downloaded backbone snapshot.
+            extractor = pipeline("image-feature-extraction", model=snapshot_download("org/splitmask-tiny-backbone"))
+            features = extractor(Image.new("RGB", (40, 40), (120, 30, 200)))
+            print(json.dumps({{"folder": folder, "remote_class": remote_class, "encoder": type(encoder).__name__,
+                               "classifier": type(classifier).__name__, "feature_shape": [len(features), len(features[0]), len(features[0][0])]}}))
+        """), _subprocess_env(HF_ENDPOINT=olah_url, HF_HOME=str(cache)))
+        assert downloaded["remote_class"].startswith("transformers_modules.")
+        assert downloaded["encoder"] == "ViTModel" and downloaded["classifier"] == "ViTForImageClassification"
+        assert downloaded["feature_shape"] == [1, 1 + 64, 32]
+        snapshot = Path(downloaded["folder"])
+        assert _local_files(snapshot) == received  # identical files
+        reference = load_pretrained(run_dir).state_dict()  # in-memory names (transformers 5 renames on load)
+        remote = load_file(str(tmp_path / "remote.safetensors"))
+        assert remote.keys() == reference.keys()
+        assert all(torch.equal(remote[name], reference[name]) for name in reference)  # identical weights
+    finally:
+        olah.kill()
+        olah.wait(timeout=10)
+
+    # 2. offline, from the HF cache layout only, with the registered hf-ssl classes
+    offline = _run_python(textwrap.dedent(f"""
+        import json
+        import hf_ssl, torch
+        from transformers import AutoModel
+        from hf_ssl.hub import load_pretrained
+        from safetensors.torch import load_file
+        model = AutoModel.from_pretrained("org/splitmask-tiny", use_safetensors=True)
+        safe = load_pretrained("org/splitmask-tiny")
+        reference = load_file("{tmp_path / 'remote.safetensors'}")
+        same = all(torch.equal(model.state_dict()[k], reference[k]) and torch.equal(safe.state_dict()[k], reference[k])
+                   for k in reference)
+        print(json.dumps({{"class": type(model).__module__ + "." + type(model).__name__, "same": same}}))
+    """), _subprocess_env(HF_HUB_OFFLINE="1", HF_HOME=str(cache)))
+    assert offline == {"class": "hf_ssl.modeling.splitmask.modeling_splitmask.ViTForSplitMask", "same": True}
+
+
+def test_never_pushed_patterns_cover_training_state():
+    assert {"checkpoints/**", "logs/**", "*.bin"} <= set(NEVER_PUSHED)
+
+
+@pytest.mark.slow
+def test_push_script_takes_the_token_from_the_environment_only(tmp_path):
+    run_dir = tiny_splitmask_run(tmp_path / "run")
+    script = Path(__file__).resolve().parents[1] / "trainers" / "push.py"
+    with HubServer(expected_token=SECRET, lifetime_s=90) as hub:
+        env = _subprocess_env(HF_ENDPOINT=hub.url, HF_TOKEN=SECRET, HF_HOME=str(tmp_path / "hf-home"))
+        completed = subprocess.run([sys.executable, str(script), str(run_dir), "--repo_id", "org/tiny", "--no_backbone"],
+                                   env=env, capture_output=True, text=True, timeout=120)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        assert json.loads(completed.stdout)["repo_url"] == f"{hub.url}/org/tiny"
+        assert set(hub.files("org/tiny")) == PUSHED_ROOT_FILES - {"eval_results.json"}
+        assert "org/tiny-backbone" not in hub.repos
+        failed = subprocess.run([sys.executable, str(script), str(run_dir), "--repo_id", "org/tiny"],
+                                env={**env, "HF_TOKEN": "hf_other_secret_value"}, capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 1
+    assert "python trainers/push.py" in failed.stderr and "hf_other_secret_value" not in failed.stderr + failed.stdout
+    for output in (completed.stdout, completed.stderr, failed.stdout, failed.stderr):
+        assert SECRET not in output
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes()
