@@ -29,6 +29,7 @@ install_requires = [
     "evaluate>=0.4",
     "timm>=1.0",
     "scikit-learn>=1.3",
+    "scipy>=1.10",
     "pillow>=10",
     "numpy>=1.24",
     "pyyaml>=6",

@@ -5,6 +5,8 @@ every pre-training method with the method registry used by `trainers/pretrain.py
 """
 
 from hf_ssl.backbones import backbone_preset
+from hf_ssl.modeling.mae import MAEConfig, MAEForPreTraining
+from hf_ssl.modeling.simmim import SimMIMConfig, SimMIMOutput, SwinForSimMIM, ViTForSimMIM
 from hf_ssl.modeling.splitmask import (
     BEiTConfig,
     SplitMaskConfig,
@@ -14,6 +16,7 @@ from hf_ssl.modeling.splitmask import (
 )
 from hf_ssl.recipes import available_methods, get_recipe
 from hf_ssl.registry import register_auto_classes
+from hf_ssl.visualization import save_reconstruction_figure
 
 register_auto_classes()
 
@@ -21,6 +24,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BEiTConfig",
+    "MAEConfig",
+    "MAEForPreTraining",
+    "SimMIMConfig",
+    "SimMIMOutput",
+    "SwinForSimMIM",
+    "ViTForSimMIM",
+    "save_reconstruction_figure",
     "SplitMaskConfig",
     "SplitMaskForPreTrainingOutput",
     "ViTForBEiT",

@@ -18,6 +18,17 @@ def _model_families():
         (SplitMaskConfig, ViTForSplitMask, (AutoModel, AutoModelForPreTraining)),
         (BEiTConfig, ViTForBEiT, (AutoModel, AutoModelForPreTraining, AutoModelForMaskedImageModeling)),
     ]
+
+    from hf_ssl.modeling.mae import MAEConfig, MAEForPreTraining
+    from hf_ssl.modeling.simmim import SimMIMConfig, SwinForSimMIM, ViTForSimMIM
+
+    families += [
+        # One config type, two model classes: the Auto classes pick one by `config.architectures`
+        # (SimMIMConfig fills it from `backbone`), the first of the tuple being the default.
+        (SimMIMConfig, (SwinForSimMIM, ViTForSimMIM),
+         (AutoModel, AutoModelForPreTraining, AutoModelForMaskedImageModeling)),
+        (MAEConfig, MAEForPreTraining, (AutoModel, AutoModelForPreTraining)),
+    ]
     return families
 
 

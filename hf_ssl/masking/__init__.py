@@ -1,6 +1,18 @@
-"""Mask generators: SplitMask's split, BEiT's block-wise / random masks."""
+"""Mask generators: SplitMask's split, BEiT's block-wise / random masks, SimMIM's mask-patch masks,
+and the AvgDist statistic of any of them."""
 
+from .avg_dist import average_distance, mask_generator_average_distance
 from .blockwise import beit_mask, blockwise_patch_mask, random_patch_mask
+from .simmim import SimMIMMaskGenerator
 from .split import random_split_mask, split_indices
 
-__all__ = ["beit_mask", "blockwise_patch_mask", "random_patch_mask", "random_split_mask", "split_indices"]
+__all__ = [
+    "SimMIMMaskGenerator",
+    "average_distance",
+    "beit_mask",
+    "blockwise_patch_mask",
+    "mask_generator_average_distance",
+    "random_patch_mask",
+    "random_split_mask",
+    "split_indices",
+]
