@@ -36,6 +36,7 @@ install_requires = [
     "jinja2>=3",
     "matplotlib>=3.7",
     "tqdm>=4.60",
+    "torchdata>=0.8",
     "tensorboard>=2.14",
 ]
 

@@ -1,0 +1,23 @@
+"""Data for pre-training: bundled default data, any `datasets` source, resumable worker-side decoding."""
+
+from .default import DEFAULT_DATASET_NAME, load_default_dataset
+from .images import UndecodableImageError, decode_image, to_rgb
+from .loader import EmptyEpochError, TrainingBatches
+from .loading import DatasetConfigurationError, check_image_column, load_image_dataset, stream_source
+from .stream import ResumableImageStream, collate_samples
+
+__all__ = [
+    "DEFAULT_DATASET_NAME",
+    "DatasetConfigurationError",
+    "EmptyEpochError",
+    "ResumableImageStream",
+    "TrainingBatches",
+    "UndecodableImageError",
+    "check_image_column",
+    "collate_samples",
+    "decode_image",
+    "load_default_dataset",
+    "load_image_dataset",
+    "stream_source",
+    "to_rgb",
+]

@@ -1,0 +1,99 @@
+"""Turn whatever an image column holds into an RGB PIL image, or say clearly that it cannot.
+
+Datasets in the wild mix modes: grey (L), palette (P), alpha (RGBA, LA), print (CMYK) and
+16-bit scans (I;16, I). Every method expects 3-channel 8-bit input, so every image goes
+through `to_rgb`; undecodable samples raise `UndecodableImageError`, which the stream counts
+and skips instead of crashing the run.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+class UndecodableImageError(ValueError):
+    """A sample whose image is missing, truncated or not an image at all."""
+
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _high_bit_depth_to_grey(image: Image.Image) -> Image.Image:
+    """Scale a 16-bit (I;16), 32-bit integer (I) or float (F) image to 8-bit grey.
+
+    Pillow's own ``convert("L")`` clips values above 255 instead of rescaling them, which turns
+    a 16-bit scan into a white page; here 16-bit ranges are divided by 257 (65535 -> 255).
+    """
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = values / 257.0
+    elif image.mode == "I":
+        # 32-bit containers usually hold 16-bit data (PNG-16 opens as "I"); 8-bit data stays as is.
+        maximum = float(values.max()) if values.size else 0.0
+        if maximum > 65535:
+            minimum = float(values.min())
+            values = (values - minimum) * (255.0 / max(maximum - minimum, 1.0))
+        elif maximum > 255:
+            values = values / 257.0
+    elif image.mode == "F":
+        maximum = float(values.max()) if values.size else 0.0
+        if maximum <= 1.0:
+            values = values * 255.0
+    grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Return `image` as an 8-bit RGB image; transparent areas are composited on white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
+        return _high_bit_depth_to_grey(image).convert("RGB")
+    if image.mode == "P":
+        # A palette may carry transparency; going through RGBA keeps it for the composite below.
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def decode_image(value: Any) -> Image.Image:
+    """Decode one image cell (PIL image, ``{"bytes", "path"}`` dict, bytes, path, array) to RGB.
+
+    Raises:
+        UndecodableImageError: the cell is empty, truncated or not an image.
+    """
+    try:
+        if value is None:
+            raise UndecodableImageError("the image cell is empty (None)")
+        if isinstance(value, Image.Image):
+            image = value
+        elif isinstance(value, dict):
+            if value.get("bytes"):
+                image = Image.open(io.BytesIO(value["bytes"]))
+            elif value.get("path"):
+                image = Image.open(value["path"])
+            else:
+                raise UndecodableImageError("the image cell has neither bytes nor path")
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            image = Image.open(io.BytesIO(bytes(value)))
+        elif isinstance(value, str):
+            image = Image.open(value)
+        elif isinstance(value, np.ndarray):
+            image = Image.fromarray(value)
+        else:
+            raise UndecodableImageError(f"cannot decode an image from a {type(value).__name__}")
+        # Pillow decodes lazily: load() forces the full decode so truncated files fail here.
+        image.load()
+        return to_rgb(image)
+    except UndecodableImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, TypeError) as error:
+        raise UndecodableImageError(f"{type(error).__name__}: {error}") from error

@@ -1,0 +1,118 @@
+"""Open any image dataset through `datasets` and turn it into a per-process stream source.
+
+One code path for every source: a Hub dataset name (streaming or not), the packaged builders
+(``parquet``, ``webdataset``, ``imagefolder``) with ``data_files`` / ``data_dir``, a local folder,
+or the bundled digits. Whatever comes in leaves as a `datasets.IterableDataset` holding only the
+image column, with image decoding switched off (bytes are decoded in DataLoader workers, where a
+corrupt file is skipped instead of crashing the iterator), split across processes with
+`split_dataset_by_node`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import datasets
+from datasets.distributed import split_dataset_by_node
+
+from .default import DEFAULT_DATASET_NAME, load_default_dataset
+
+
+class DatasetConfigurationError(ValueError):
+    """The dataset arguments cannot work (missing column, unknown split, no files)."""
+
+
+def load_image_dataset(
+    dataset_name: str | None = None,
+    *,
+    dataset_config_name: str | None = None,
+    data_dir: str | None = None,
+    data_files: str | Sequence[str] | None = None,
+    split: str = "train",
+    streaming: bool = False,
+    cache_dir: str | None = None,
+) -> datasets.Dataset | datasets.IterableDataset:
+    """Load `split` of an image dataset with `datasets.load_dataset` (or the bundled digits).
+
+    Args:
+        dataset_name: Hub dataset id (``"my-org/my-images"``), packaged builder name
+            (``"parquet"``, ``"webdataset"``, ``"imagefolder"``), local folder, or None /
+            ``"digits"`` for the bundled default data.
+        data_files / data_dir / dataset_config_name: passed to `datasets.load_dataset`.
+        streaming: return an `IterableDataset` that reads while training (no full download).
+    """
+    if dataset_name in (None, DEFAULT_DATASET_NAME) and not data_files and not data_dir:
+        dataset = load_default_dataset("train" if split == "train" else split)
+        return dataset.to_iterable_dataset() if streaming else dataset
+    if dataset_name is None:
+        raise DatasetConfigurationError(
+            "--dataset_name is required with --data_files/--data_dir: use 'parquet', 'webdataset' or 'imagefolder'"
+        )
+    if isinstance(data_files, (list, tuple)) and len(data_files) == 1:
+        data_files = data_files[0]
+    try:
+        return datasets.load_dataset(
+            dataset_name,
+            name=dataset_config_name,
+            data_dir=data_dir,
+            data_files=data_files,
+            split=split,
+            streaming=streaming,
+            cache_dir=cache_dir,
+        )
+    except (FileNotFoundError, ValueError) as error:
+        raise DatasetConfigurationError(f"Cannot load dataset {dataset_name!r} (split {split!r}): {error}") from error
+
+
+def dataset_column_names(dataset: datasets.Dataset | datasets.IterableDataset) -> list[str]:
+    """Column names; for a stream whose features are unknown, read from its first row."""
+    if dataset.column_names is not None:
+        return list(dataset.column_names)
+    first_row = next(iter(dataset.take(1)), None)
+    return [] if first_row is None else list(first_row)
+
+
+def check_image_column(dataset: datasets.Dataset | datasets.IterableDataset, image_column: str) -> None:
+    """Raise a `DatasetConfigurationError` naming the available columns if `image_column` is absent."""
+    columns = dataset_column_names(dataset)
+    if image_column not in columns:
+        image_like = [name for name in columns if name.lower() in ("image", "img", "jpg", "jpeg", "png", "webp")]
+        hint = f" (image-like: {', '.join(image_like)})" if image_like else ""
+        raise DatasetConfigurationError(
+            f"--image_column {image_column!r} is not a column of the dataset; columns: {', '.join(columns) or 'none'}{hint}"
+        )
+
+
+def stream_source(
+    dataset: datasets.Dataset | datasets.IterableDataset,
+    image_column: str,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    shards_per_process: int = 8,
+) -> datasets.IterableDataset:
+    """Keep `image_column` only, switch off its decoding, and give this process its part.
+
+    A map-style `Dataset` becomes an `IterableDataset` with ``world_size * shards_per_process``
+    shards, so `split_dataset_by_node` hands every process whole, disjoint shards and DataLoader
+    workers split them further. A stream keeps its own shards (files); when their number does
+    not divide `world_size`, `split_dataset_by_node` falls back to every world_size-th example.
+
+    Args:
+        dataset: from `load_image_dataset`, with `image_column` present.
+        rank, world_size: this process and the number of processes.
+        shards_per_process: shards per process for a map-style dataset (>= DataLoader workers).
+    """
+    check_image_column(dataset, image_column)
+    dataset = dataset.select_columns([image_column])
+    features = dataset.features
+    if features is not None and isinstance(features.get(image_column), datasets.Image):
+        # Decode in our worker code, where an undecodable file is counted and skipped.
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    if isinstance(dataset, datasets.Dataset):
+        number_of_shards = max(1, min(len(dataset), world_size * shards_per_process))
+        number_of_shards -= number_of_shards % world_size or 0
+        dataset = dataset.to_iterable_dataset(num_shards=max(number_of_shards, 1))
+    if world_size > 1:
+        dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size)
+    return dataset

@@ -1,0 +1,130 @@
+"""Augmentations per method family, built on torchvision.transforms.v2; chosen by the recipe.
+
+- ``"light"`` (masked image modeling: SplitMask, BEiT, SimMIM, MAE): masking does the work, so
+  only a mild RandomResizedCrop (scale 0.67-1, as in BEiT/SimMIM) and a horizontal flip.
+- ``"simclr"`` (joint-embedding: SimCLR, Chen et al. 2020, arXiv:2002.05709; BYOL, Grill et al.
+  2020): two views, each RandomResizedCrop (0.08-1) + flip + colour jitter (p=0.8) + grey-scale
+  (p=0.2) + Gaussian blur; the second view is blurred less and sometimes solarized (BYOL).
+- ``"multicrop"`` (DINO, Caron et al. 2021, arXiv:2104.14294): two global crops (scale 0.4-1)
+  and `number_of_local_crops` small local crops (scale 0.05-0.4, 96/224 of the image side).
+- ``"eval"``: resize + centre crop (kNN / linear probe / tokenizer fitting), no randomness.
+
+Every transform takes an RGB PIL image and returns a dict of float tensors, normalised with
+the run's mean/std (the values written to the image processor config).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+AugmentationName = Literal["light", "simclr", "multicrop", "eval"]
+AUGMENTATIONS: tuple[str, ...] = ("light", "simclr", "multicrop", "eval")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _to_normalized_tensor(image_mean: Sequence[float], image_std: Sequence[float]) -> list:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(image_mean), list(image_std))]
+
+
+def _blur_kernel_size(image_size: int) -> int:
+    """SimCLR blurs with a kernel of ~10% of the image side (odd, at least 3)."""
+    kernel = max(3, int(round(image_size * 0.1)))
+    return kernel if kernel % 2 == 1 else kernel + 1
+
+
+def _color_distortion(image_size: int, blur_probability: float, solarize_probability: float) -> list:
+    steps = [
+        v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+    ]
+    if blur_probability > 0:
+        steps.append(v2.RandomApply([v2.GaussianBlur(_blur_kernel_size(image_size), sigma=(0.1, 2.0))], p=blur_probability))
+    if solarize_probability > 0:
+        steps.append(v2.RandomSolarize(threshold=128, p=solarize_probability))
+    return steps
+
+
+class _SingleView:
+    def __init__(self, pipeline: v2.Compose):
+        self.pipeline = pipeline
+
+    def __call__(self, image: Image.Image) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.pipeline(image)}  # (3, H, W)
+
+
+class _TwoViews:
+    def __init__(self, first: v2.Compose, second: v2.Compose):
+        self.first, self.second = first, second
+
+    def __call__(self, image: Image.Image) -> dict[str, torch.Tensor]:
+        return {"pixel_values": torch.stack([self.first(image), self.second(image)])}  # (2, 3, H, W)
+
+
+class _MultiCrop:
+    def __init__(self, global_first: v2.Compose, global_second: v2.Compose, local: v2.Compose, number_of_local_crops: int):
+        self.global_first, self.global_second, self.local = global_first, global_second, local
+        self.number_of_local_crops = number_of_local_crops
+
+    def __call__(self, image: Image.Image) -> dict[str, torch.Tensor]:
+        global_crops = torch.stack([self.global_first(image), self.global_second(image)])  # (2, 3, H, W)
+        local_crops = torch.stack([self.local(image) for _ in range(self.number_of_local_crops)])  # (L, 3, h, w)
+        return {"global_crops": global_crops, "local_crops": local_crops}
+
+
+def build_transform(
+    name: AugmentationName,
+    image_size: int,
+    image_mean: Sequence[float] = IMAGENET_MEAN,
+    image_std: Sequence[float] = IMAGENET_STD,
+    *,
+    number_of_local_crops: int = 6,
+    local_crop_size: int | None = None,
+):
+    """Return ``callable(PIL.Image) -> dict[str, Tensor]`` for augmentation `name`.
+
+    Args:
+        name: ``"light"`` -> {"pixel_values": (3, H, W)}; ``"simclr"`` -> {"pixel_values":
+            (2, 3, H, W)}; ``"multicrop"`` -> {"global_crops": (2, 3, H, W), "local_crops":
+            (L, 3, h, w)}; ``"eval"`` -> {"pixel_values": (3, H, W)}.
+        image_size: H = W of the output (global crops for multicrop).
+        image_mean, image_std: per-channel normalisation.
+        number_of_local_crops: L for multicrop (DINO uses 6-10).
+        local_crop_size: h = w of local crops; default 96/224 of `image_size`.
+    """
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {name!r}")
+    if image_size < 1:
+        raise ValueError(f"image_size must be a positive integer, got {image_size}")
+    normalize = _to_normalized_tensor(image_mean, image_std)
+    bicubic = v2.InterpolationMode.BICUBIC
+    flip = v2.RandomHorizontalFlip(p=0.5)
+
+    if name == "eval":
+        # The usual 224/256 centre-crop ratio.
+        resize_size = int(round(image_size * 256 / 224))
+        return _SingleView(v2.Compose([v2.Resize(resize_size, interpolation=bicubic), v2.CenterCrop(image_size), *normalize]))
+    if name == "light":
+        crop = v2.RandomResizedCrop(image_size, scale=(0.67, 1.0), ratio=(3 / 4, 4 / 3), interpolation=bicubic)
+        return _SingleView(v2.Compose([crop, flip, *normalize]))
+    if name == "simclr":
+        crop = v2.RandomResizedCrop(image_size, scale=(0.08, 1.0), interpolation=bicubic)
+        first = v2.Compose([crop, flip, *_color_distortion(image_size, 1.0, 0.0), *normalize])
+        second = v2.Compose([crop, flip, *_color_distortion(image_size, 0.1, 0.2), *normalize])
+        return _TwoViews(first, second)
+    # multicrop
+    if number_of_local_crops < 0:
+        raise ValueError(f"number_of_local_crops must be >= 0, got {number_of_local_crops}")
+    local_crop_size = local_crop_size or max(1, int(round(image_size * 96 / 224)))
+    global_crop = v2.RandomResizedCrop(image_size, scale=(0.4, 1.0), interpolation=bicubic)
+    local_crop = v2.RandomResizedCrop(local_crop_size, scale=(0.05, 0.4), interpolation=bicubic)
+    global_first = v2.Compose([global_crop, flip, *_color_distortion(image_size, 1.0, 0.0), *normalize])
+    global_second = v2.Compose([global_crop, flip, *_color_distortion(image_size, 0.1, 0.2), *normalize])
+    local = v2.Compose([local_crop, flip, *_color_distortion(local_crop_size, 0.5, 0.0), *normalize])
+    return _MultiCrop(global_first, global_second, local, number_of_local_crops)

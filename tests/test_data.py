@@ -1,0 +1,238 @@
+"""Data pipeline: bundled digits, RGB conversion of every mode, corrupt-sample skipping,
+parquet / webdataset / imagefolder streaming, node splitting, exact resume of the stream."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hf_ssl.data import (
+    DatasetConfigurationError,
+    EmptyEpochError,
+    ResumableImageStream,
+    TrainingBatches,
+    UndecodableImageError,
+    decode_image,
+    load_default_dataset,
+    load_image_dataset,
+    stream_source,
+    to_rgb,
+)
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _jpeg_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def _grey_level_transform(image: Image.Image) -> dict[str, torch.Tensor]:
+    """Identity-like transform: the image's mean grey level identifies a constant test image."""
+    return {"pixel_values": torch.tensor([float(np.asarray(image)[..., 0].mean())])}
+
+
+def _constant_images(count: int, size: int = 8) -> list[Image.Image]:
+    return [Image.new("RGB", (size, size), (level, level, level)) for level in range(count)]
+
+
+# ----- bundled digits
+
+
+def test_default_dataset_splits_are_disjoint_and_complete():
+    train = load_default_dataset("train")
+    test = load_default_dataset("test")
+    assert len(train) == 1438 and len(test) == 359  # 1797 digits, 20% test
+    assert train.column_names == ["image", "label"]
+    image = train[0]["image"]
+    assert image.mode == "RGB" and image.size == (32, 32)
+    assert set(train["label"]) == set(range(10))
+    train_pixels = {np.asarray(row["image"]).tobytes() for row in train}
+    test_pixels = {np.asarray(row["image"]).tobytes() for row in test}
+    assert not train_pixels & test_pixels
+
+
+# ----- image modes
+
+
+def test_to_rgb_converts_every_mode():
+    grey = Image.new("L", (2, 2), 7)
+    assert to_rgb(grey).getpixel((0, 0)) == (7, 7, 7)
+    transparent = Image.new("RGBA", (2, 2), (10, 20, 30, 0))
+    assert to_rgb(transparent).getpixel((0, 0)) == (255, 255, 255)  # composited on white
+    opaque = Image.new("RGBA", (2, 2), (10, 20, 30, 255))
+    assert to_rgb(opaque).getpixel((0, 0)) == (10, 20, 30)
+    palette = Image.new("P", (2, 2), 1)
+    palette.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
+    assert to_rgb(palette).getpixel((0, 0)) == (200, 100, 50)
+    cmyk = Image.new("CMYK", (2, 2), (0, 0, 0, 0))
+    assert to_rgb(cmyk).getpixel((0, 0)) == (255, 255, 255)
+    # 16-bit: divide by 257 so that 65535 -> 255 and 25700 -> 100 (convert("L") would clip to 255).
+    sixteen_bit = Image.fromarray(np.array([[65535, 25700]], dtype=np.uint16))
+    assert sixteen_bit.mode == "I;16"
+    assert to_rgb(sixteen_bit).getpixel((0, 0)) == (255, 255, 255)
+    assert to_rgb(sixteen_bit).getpixel((1, 0)) == (100, 100, 100)
+    integer = Image.fromarray(np.array([[1028, 0]], dtype=np.int32))
+    assert integer.mode == "I"
+    assert to_rgb(integer).getpixel((0, 0)) == (4, 4, 4)  # 1028 / 257 = 4
+    floating = Image.fromarray(np.array([[0.5, 1.0]], dtype=np.float32))
+    assert to_rgb(floating).getpixel((0, 0)) == (128, 128, 128)  # 0.5 * 255 = 127.5 -> 128
+
+
+def test_decode_image_reads_every_cell_kind_and_rejects_corrupt_ones(tmp_path):
+    image = Image.new("RGB", (4, 4), (1, 2, 3))
+    data = _png_bytes(image)
+    path = tmp_path / "a.png"
+    path.write_bytes(data)
+    for cell in (image, {"bytes": data, "path": None}, data, str(path), {"bytes": None, "path": str(path)}):
+        assert decode_image(cell).getpixel((0, 0)) == (1, 2, 3)
+    for corrupt in (None, b"not an image", {"bytes": None, "path": None}, data[: len(data) // 2]):
+        with pytest.raises(UndecodableImageError):
+            decode_image(corrupt)
+
+
+# ----- streaming sources
+
+
+def _levels_from_stream(source, **stream_arguments) -> tuple[list[int], int]:
+    stream = ResumableImageStream(source, stream_arguments.pop("image_column", "image"), _grey_level_transform, **stream_arguments)
+    levels, skipped = [], 0
+    for sample in stream:
+        levels.append(int(round(float(sample["pixel_values"][0]))))
+        skipped += sample["skipped_samples"]
+    return levels, skipped
+
+
+def _write_parquet_shards(directory, cells: list, number_of_shards: int) -> list[str]:
+    files = []
+    for index in range(number_of_shards):
+        part = datasets.Dataset.from_dict(
+            {"image": cells[index::number_of_shards]}, features=datasets.Features({"image": datasets.Image()})
+        )
+        file = str(directory / f"train-{index:05d}.parquet")
+        part.to_parquet(file)
+        files.append(file)
+    return files
+
+
+def test_parquet_stream_skips_and_counts_corrupt_samples(tmp_path):
+    cells = [{"bytes": _png_bytes(image), "path": None} for image in _constant_images(20)]
+    cells[3] = {"bytes": b"\x89PNG broken", "path": None}
+    cells[11] = {"bytes": _png_bytes(Image.new("RGB", (8, 8)))[:40], "path": None}  # truncated
+    files = _write_parquet_shards(tmp_path, cells, number_of_shards=2)
+    dataset = load_image_dataset("parquet", data_files=files, streaming=True)
+    assert isinstance(dataset, datasets.IterableDataset)
+    levels, skipped = _levels_from_stream(stream_source(dataset, "image"), shuffle_buffer_size=4)
+    assert skipped == 2
+    assert sorted(levels) == [level for level in range(20) if level not in (3, 11)]
+
+
+def test_webdataset_shards_with_a_corrupt_image(tmp_path):
+    files = []
+    for shard in range(2):
+        path = tmp_path / f"shard-{shard:04d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for index in range(6):
+                level = shard * 6 + index
+                payload = _jpeg_bytes(Image.new("RGB", (8, 8), (level * 20,) * 3))
+                if level == 7:
+                    payload = payload[:30]  # truncated JPEG
+                for suffix, content in (("jpg", payload), ("cls", str(level).encode())):
+                    info = tarfile.TarInfo(f"sample{level:04d}.{suffix}")
+                    info.size = len(content)
+                    tar.addfile(info, io.BytesIO(content))
+        files.append(str(path))
+    dataset = load_image_dataset("webdataset", data_files=files, streaming=True)
+    levels, skipped = _levels_from_stream(stream_source(dataset, "jpg"), image_column="jpg", shuffle_buffer_size=5)
+    assert skipped == 1
+    # JPEG is lossy: grey level 20 * k comes back within a few units.
+    assert sorted(round(level / 20) for level in levels) == [level for level in range(12) if level != 7]
+
+
+def test_imagefolder_with_mixed_modes(tmp_path):
+    for index, image in enumerate(
+        [Image.new("L", (8, 8), 30), Image.new("RGBA", (8, 8), (40, 40, 40, 255)), Image.new("P", (8, 8), 0)]
+    ):
+        image.save(tmp_path / f"{index}.png")
+    dataset = load_image_dataset("imagefolder", data_dir=str(tmp_path), streaming=True)
+    levels, skipped = _levels_from_stream(stream_source(dataset, "image"))
+    assert skipped == 0 and sorted(levels) == [0, 30, 40]
+
+
+def test_missing_column_names_the_available_ones():
+    dataset = load_default_dataset("test")
+    with pytest.raises(DatasetConfigurationError, match=r"--image_column 'img' .*columns: image, label"):
+        stream_source(dataset, "img")
+
+
+def test_split_by_node_gives_disjoint_complete_parts():
+    dataset = datasets.Dataset.from_dict({"image": _constant_images(40)}, features=datasets.Features({"image": datasets.Image()}))
+    parts = [set(_levels_from_stream(stream_source(dataset, "image", rank=rank, world_size=2))[0]) for rank in (0, 1)]
+    assert not parts[0] & parts[1]
+    assert parts[0] | parts[1] == set(range(40))
+
+
+def test_epochs_reshuffle_and_every_epoch_is_complete():
+    dataset = datasets.Dataset.from_dict({"image": _constant_images(30)}, features=datasets.Features({"image": datasets.Image()}))
+    stream = ResumableImageStream(stream_source(dataset, "image"), "image", _grey_level_transform, shuffle_buffer_size=30)
+    orders = []
+    for epoch in range(2):
+        stream.set_epoch(epoch)
+        orders.append([int(sample["pixel_values"][0]) for sample in stream])
+    assert sorted(orders[0]) == sorted(orders[1]) == list(range(30))
+    assert orders[0] != orders[1]
+
+
+def test_all_corrupt_data_stops_with_a_clear_error():
+    dataset = datasets.Dataset.from_dict(
+        {"image": [{"bytes": b"junk", "path": None}] * 8}, features=datasets.Features({"image": datasets.Image()})
+    )
+    stream = ResumableImageStream(stream_source(dataset, "image"), "image", _grey_level_transform)
+    with pytest.raises(EmptyEpochError, match="produced no batch"):
+        next(TrainingBatches(stream, batch_size=2, num_workers=0))
+
+
+# ----- exact resume
+
+
+def _light_stream(**arguments):
+    from hf_ssl.transforms import build_transform
+
+    dataset = load_default_dataset("test")
+    source = stream_source(dataset, "image", shards_per_process=4)
+    return ResumableImageStream(source, "image", build_transform("light", 32), seed=5, **arguments)
+
+
+def _assert_resume_is_exact(num_workers: int, stop_after: int, total: int):
+    uninterrupted = TrainingBatches(_light_stream(shuffle_buffer_size=50), batch_size=16, num_workers=num_workers)
+    reference = [next(uninterrupted)["pixel_values"] for _ in range(total)]
+    first = TrainingBatches(_light_stream(shuffle_buffer_size=50), batch_size=16, num_workers=num_workers)
+    before = [next(first)["pixel_values"] for _ in range(stop_after)]
+    state = first.state_dict()
+    resumed = TrainingBatches(_light_stream(shuffle_buffer_size=50), batch_size=16, num_workers=num_workers)
+    resumed.load_state_dict(state)
+    after = [next(resumed)["pixel_values"] for _ in range(total - stop_after)]
+    assert len(reference) == len(before + after)
+    for index, (expected, actual) in enumerate(zip(reference, before + after)):
+        assert torch.equal(expected, actual), f"batch {index} differs after resuming at batch {stop_after}"
+
+
+def test_resume_is_exact_in_process_across_blocks_and_epochs():
+    # 359 test digits / 16 = 22 batches per epoch; stop mid-block (50-row blocks), go into epoch 2.
+    _assert_resume_is_exact(num_workers=0, stop_after=7, total=30)
+
+
+@pytest.mark.slow
+def test_resume_is_exact_with_worker_processes():
+    _assert_resume_is_exact(num_workers=2, stop_after=9, total=30)
