@@ -20,9 +20,13 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+import torch.nn.functional as F
+
+from hf_ssl.masking import beit_mask, random_split_mask
 from hf_ssl.masking.simmim import upsample_patch_mask
 from hf_ssl.modeling.mae import MAEForPreTraining
 from hf_ssl.modeling.simmim import SwinForSimMIM, ViTForSimMIM
+from hf_ssl.modeling.splitmask import ViTForSplitMask
 
 HIDDEN_GREY = 0.5
 
@@ -95,6 +99,53 @@ def mae_panels(model, pixel_values: torch.Tensor, generator: torch.Generator) ->
     )
 
 
+def _patch_vectors_to_images(vectors: torch.Tensor, grid_size: tuple[int, int], channels: int, image_size: tuple[int, int]) -> torch.Tensor:
+    """``(B, N, C * r * r)`` downsampled patch vectors -> ``(B, C, H, W)`` blocky images."""
+    batch_size, _, dimension = vectors.shape
+    resolution = int(round((dimension // channels) ** 0.5))
+    rows, cols = grid_size
+    small = vectors.view(batch_size, rows, cols, channels, resolution, resolution)
+    small = small.permute(0, 3, 1, 4, 2, 5).reshape(batch_size, channels, rows * resolution, cols * resolution)
+    return F.interpolate(small, size=image_size, mode="nearest")
+
+
+def token_prediction_panels(model, pixel_values: torch.Tensor, generator: torch.Generator) -> ReconstructionPanels:
+    """SplitMask / BEiT predict vocabulary tokens, not pixels: each hidden patch is drawn as the
+    codebook vector of its predicted (resp. target) token, scaled to the true patch's norm (the
+    codebook holds directions only) and upsampled from ``r x r`` to the patch size. For SplitMask
+    the figure shows the first view (group A hidden)."""
+    config = model.config
+    batch_size, channels, height, width = pixel_values.shape
+    grid, num_patches = config.grid_size, config.num_patches
+    if config.objective == "splitmask":
+        if num_patches % 2:
+            raise ValueError("the token figure needs an even number of patches (both SplitMask views in one batch)")
+        mask = random_split_mask(batch_size, num_patches, generator=generator)
+    else:
+        mask = beit_mask(config.mask_strategy, batch_size, grid, config.mask_ratio, generator=generator)
+    outputs = model(pixel_values, bool_masked_pos=mask.to(pixel_values.device))
+    hidden_indices = outputs.hidden_patch_indices[:batch_size]  # (B, M)
+    vectors = model.tokenizer.vectors(pixel_values)  # (B, N, d)
+    index = hidden_indices.unsqueeze(-1).expand(-1, -1, vectors.shape[-1])
+    norms = vectors.gather(1, index).norm(dim=-1, keepdim=True)  # (B, M, 1)
+    codebook = model.tokenizer.codebook.float()
+
+    def render(tokens: torch.Tensor) -> torch.Tensor:
+        drawn = vectors.scatter(1, index, codebook[tokens] * norms)
+        return _patch_vectors_to_images(drawn, grid, channels, (height, width))
+
+    hidden = torch.zeros(batch_size, num_patches, dtype=torch.bool, device=hidden_indices.device)
+    hidden.scatter_(1, hidden_indices, True)
+    hidden = upsample_patch_mask(hidden.cpu(), grid, config.patch_size).view(batch_size, height, width)
+    return ReconstructionPanels(
+        images=pixel_values,
+        hidden=hidden,
+        prediction=render(outputs.logits[:batch_size].argmax(dim=-1)),
+        target=render(outputs.target_token_ids[:batch_size]),
+    )
+
+
+register_reconstruction_adapter(ViTForSplitMask, token_prediction_panels)
 register_reconstruction_adapter(ViTForSimMIM, simmim_panels)
 register_reconstruction_adapter(SwinForSimMIM, simmim_panels)
 register_reconstruction_adapter(MAEForPreTraining, mae_panels)
@@ -154,7 +205,7 @@ def save_reconstruction_figure(
     """Save a PNG grid: input | encoder's view | prediction | target, one row per image.
 
     Args:
-        model: a SimMIM / MAE model (or any class with a registered adapter).
+        model: a SimMIM / MAE / SplitMask / BEiT model (or any class with a registered adapter).
         pixel_values: ``(B, C, H, W)`` normalised images at the model's resolution.
         path: output PNG path (parent folders are created).
         image_mean, image_std: the normalisation of `pixel_values` (per channel), to show true colours.

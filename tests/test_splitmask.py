@@ -204,3 +204,22 @@ print("ok", type(model).__name__)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "ok ViTForImageClassification" in result.stdout
+
+
+@pytest.mark.parametrize("builder", [tiny_splitmask, tiny_beit])
+def test_token_prediction_figure_is_written(tmp_path, builder):
+    from PIL import Image
+
+    from hf_ssl.visualization import reconstruction_panels, save_reconstruction_figure
+
+    model = builder()
+    images = _images(batch=3)
+    panels = reconstruction_panels(model, images, seed=0)
+    assert panels.prediction.shape == images.shape and panels.hidden.shape == (3, 32, 32)
+    hidden_fraction = panels.hidden.float().mean().item()
+    assert hidden_fraction == pytest.approx(0.5 if model.config.objective == "splitmask" else 6 / 16)
+    # Visible pixels of the rendering are the tokenizer's own downsampling of the input, hidden
+    # ones differ where the predicted token differs from the target token.
+    path = save_reconstruction_figure(model, images, tmp_path / "tokens.png", image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    with Image.open(path) as figure:
+        assert figure.size[0] > 300 and figure.size[1] > 200
