@@ -302,3 +302,11 @@ def test_pretrained_mae_beats_random_init_on_bundled_digits(tmp_path):
     assert values["k-NN top-1 accuracy"] == round(pretrained["knn"]["accuracy"], 4)
     assert (run_dir / "reconstruction.png").read_bytes()[:4] == b"\x89PNG"
     assert "reconstruction.png" in card.text
+
+
+def test_the_name_training_runs_record_for_bundled_data_is_recognised():
+    from hf_ssl.data.default import DEFAULT_DATASET_NAME
+    from hf_ssl.eval.runner import is_bundled_dataset
+
+    assert is_bundled_dataset(DEFAULT_DATASET_NAME) and is_bundled_dataset(None)
+    assert not is_bundled_dataset("my-org/labelled")

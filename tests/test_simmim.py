@@ -381,3 +381,11 @@ def test_top_level_exports():
     assert hf_ssl.SimMIMConfig is SimMIMConfig
     assert hf_ssl.SwinForSimMIM is SwinForSimMIM and hf_ssl.ViTForSimMIM is ViTForSimMIM
     assert "simmim" in hf_ssl.available_methods() and "mae" in hf_ssl.available_methods()
+
+
+def test_trainer_picks_simmims_published_resolution_per_backbone():
+    from hf_ssl.training.arguments import PretrainingArguments, resolve_arguments
+
+    sizes = {preset: resolve_arguments(PretrainingArguments(method="simmim", model=preset, dataset_name="org/images")).image_size
+             for preset in ("vit-small", "swin-tiny")}
+    assert sizes == {"vit-small": 224, "swin-tiny": 192}

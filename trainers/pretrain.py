@@ -33,6 +33,7 @@ from hf_ssl.data import (
     load_image_dataset,
     stream_source,
 )
+from hf_ssl.hub import PushError, push_run_folder, write_model_card
 from hf_ssl.recipes import get_recipe
 from hf_ssl.training import (
     ConfigurationError,
@@ -224,14 +225,28 @@ def main(argv: list[str] | None = None) -> int:
                 image_mean,
                 image_std,
             )
-            (output_dir / "eval_results.json").write_text(
-                json.dumps({"knn": results["pretrained"], "knn_random_init": results["random_init"]}, indent=2) + "\n"
-            )
+            # One entry for this model; the random-init score is its baseline, not a result of its own.
+            knn_result = {**results["pretrained"], "random_init_accuracy": results["random_init"]["accuracy"]}
+            (output_dir / "eval_results.json").write_text(json.dumps({"knn": knn_result}, indent=2) + "\n")
             print(
                 f"kNN accuracy on digits (k=20): pre-trained {results['pretrained']['accuracy']:.4f} | "
                 f"random init {results['random_init']['accuracy']:.4f}"
             )
+        # ----- model card (README.md, loss curve, prediction figure): the folder is Hub-ready
+        try:
+            write_model_card(output_dir, repo_id=arguments.hub_model_id)
+        except Exception as error:  # the weights are saved; a figure problem must not lose the run
+            logger.warning("Model card not written (%s); `python trainers/push.py` writes it before uploading", error)
         print(f"Hub-ready folder written to {output_dir.resolve()} (encoder alone: {(output_dir / 'backbone').resolve()})")
+        if arguments.push_to_hub:
+            try:
+                pushed = push_run_folder(
+                    output_dir, arguments.hub_model_id, private=arguments.hub_private_repo, revision=arguments.hub_revision
+                )
+            except PushError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 1
+            print(f"Pushed to the Hub: {pushed}")
     return 0
 
 

@@ -22,6 +22,8 @@ from hf_ssl.hub.loading import load_backbone
 
 from .features import Pooling, cached_features
 from .finetune import finetune
+from hf_ssl.data.default import DEFAULT_DATASET_NAME
+
 from .knn import knn_classify
 from .linear_probe import linear_probe
 from .low_label import low_label_indices, parse_label_setting
@@ -30,7 +32,8 @@ logger = logging.getLogger(__name__)
 
 Protocol = Literal["knn", "linear", "finetune"]
 PROTOCOLS = ("knn", "linear", "finetune")
-BUNDLED_DATASET_NAMES = (None, "", "default", "bundled")
+# "digits" is what training runs record for the bundled data (hf_ssl.data.DEFAULT_DATASET_NAME).
+BUNDLED_DATASET_NAMES = (None, "", "default", "bundled", DEFAULT_DATASET_NAME)
 BUNDLED_DATASET_LABEL = "hf-ssl bundled digits (scikit-learn)"
 
 

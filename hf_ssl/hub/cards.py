@@ -177,6 +177,7 @@ def _eval_rows(eval_results: dict) -> list[dict]:
                 "split": result.get("split", "test"),
                 "accuracy": f"{100 * result['accuracy']:.2f}",
                 "top5": "-" if top5 is None else f"{100 * top5:.2f}",
+                "random_init": "-" if "random_init_accuracy" not in result else f"{100 * result['random_init_accuracy']:.2f}",
             }
         )
     return rows

@@ -63,6 +63,9 @@ class Recipe:
         optimizer: published optimizer and schedule defaults.
         default_model: preset used when ``--model`` is not given.
         default_image_size: image size used when ``--image_size`` is not given.
+        image_size_for_model: optional ``model_preset -> image size`` when the published
+            resolution depends on the backbone (SimMIM: 192 for Swin, 224 for ViT); overrides
+            `default_image_size`.
         prepare_model: called once before training with an iterable of pixel batches
             ``(B, C, H, W)`` from the training stream (fit a tokenizer, initialise a centre).
         after_optimizer_step: called after every optimizer step (EMA / momentum updates).
@@ -77,10 +80,17 @@ class Recipe:
     optimizer: OptimizerDefaults = field(default_factory=OptimizerDefaults)
     default_model: str = "vit-small"
     default_image_size: int = 224
+    image_size_for_model: Callable[[str], int] | None = None
     prepare_model: Callable[[PreTrainedModel, Iterable[torch.Tensor]], None] = _no_preparation
     after_optimizer_step: Callable[[PreTrainedModel, int, int], None] = _no_step_hook
     is_masked_image_modeling: bool = False
     tags: tuple[str, ...] = ()
+
+    def image_size_for(self, model_preset: str) -> int:
+        """The recipe's default input resolution for `model_preset`."""
+        if self.image_size_for_model is not None:
+            return self.image_size_for_model(model_preset)
+        return self.default_image_size
 
 
 _RECIPES: dict[str, Recipe] = {}

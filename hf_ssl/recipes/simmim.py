@@ -49,6 +49,12 @@ def build_simmim_model(model_preset: str, image_size: int, overrides: dict) -> P
     return SwinForSimMIM(config) if family == "swin" else ViTForSimMIM(config)
 
 
+def default_image_size_for(model_preset: str) -> int:
+    """SimMIM's published resolution for a preset: 192 for Swin, 224 for ViT."""
+    family, _ = backbone_preset(model_preset)
+    return 192 if family == "swin" else 224
+
+
 SIMMIM_RECIPE = register_recipe(
     Recipe(
         name="simmim",
@@ -66,16 +72,11 @@ SIMMIM_RECIPE = register_recipe(
         ),
         default_model="swin-tiny",
         default_image_size=192,
+        image_size_for_model=default_image_size_for,
         is_masked_image_modeling=True,
         tags=("simmim", "masked-image-modeling"),
     )
 )
-
-
-def default_image_size_for(model_preset: str) -> int:
-    """SimMIM's published resolution for a preset: 192 for Swin, 224 for ViT."""
-    family, _ = backbone_preset(model_preset)
-    return 192 if family == "swin" else 224
 
 
 __all__ = ["SIMMIM_RECIPE", "build_simmim_model", "default_image_size_for", "swin_window_size"]

@@ -108,6 +108,12 @@ class PretrainingArguments:
     knn_evaluation: bool | None = field(
         default=None, metadata={"help": "kNN accuracy vs random init at the end (default: on for the bundled digits)."}
     )
+    push_to_hub: bool = field(
+        default=False, metadata={"help": "Upload the run folder (and backbone/ as <hub_model_id>-backbone) at the end."}
+    )
+    hub_model_id: str | None = field(default=None, metadata={"help": "org/name of the Hub repo for --push_to_hub."})
+    hub_private_repo: bool = field(default=False, metadata={"help": "Create the Hub repos as private."})
+    hub_revision: str | None = field(default=None, metadata={"help": "Branch to push to (created when missing)."})
     config: str | None = field(default=None, metadata={"help": "YAML file with any of these arguments."})
 
     @property
@@ -153,7 +159,7 @@ def resolve_arguments(arguments: PretrainingArguments) -> PretrainingArguments:
         if resolved.model is None:
             resolved.model = recipe.default_model
         if resolved.image_size is None:
-            resolved.image_size = recipe.default_image_size
+            resolved.image_size = recipe.image_size_for(resolved.model)
     if resolved.knn_evaluation is None:
         resolved.knn_evaluation = arguments.uses_bundled_dataset
     if resolved.output_dir is None:
@@ -185,6 +191,8 @@ def validate_arguments(arguments: PretrainingArguments, world_size: int = 1) -> 
         raise ConfigurationError(f"--model: {error}") from error
     if arguments.image_size is None or arguments.image_size < 1:
         raise ConfigurationError(f"--image_size must be a positive integer, got {arguments.image_size}")
+    if arguments.push_to_hub and not arguments.hub_model_id:
+        raise ConfigurationError("--push_to_hub needs --hub_model_id org/name")
     if arguments.max_steps is None or arguments.max_steps < 1:
         raise ConfigurationError(f"--max_steps must be >= 1, got {arguments.max_steps}")
     for name in ("gradient_accumulation_steps", "logging_steps", "save_steps", "save_total_limit", "shuffle_buffer_size"):
