@@ -59,13 +59,13 @@ def test_bad_configuration_exits_non_zero_with_the_message(tmp_path):
 @pytest.mark.slow
 def test_default_run_beats_random_init_and_writes_the_hub_folder(tmp_path):
     output_dir = tmp_path / "run"
-    # Reduced run: 200 of the default 300 steps.
-    result = _run(["--max_steps", "200", "--output_dir", str(output_dir)])
+    # Reduced run: 600 of the default 1200 steps (measured: 0.663 vs 0.599 at random init).
+    result = _run(["--max_steps", "600", "--output_dir", str(output_dir)])
     assert result.returncode == 0, result.stderr[-3000:]
     match = re.search(r"kNN accuracy on digits \(k=20\): pre-trained ([0-9.]+) \| random init ([0-9.]+)", result.stdout)
     assert match, result.stdout
     pretrained, random_init = float(match.group(1)), float(match.group(2))
-    assert pretrained > random_init + 0.02
+    assert pretrained > random_init + 0.03
     assert "Hub-ready folder written to" in result.stdout
     assert "pre-training" in result.stderr  # the tqdm bar
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "training_args.json",
@@ -75,14 +75,14 @@ def test_default_run_beats_random_init_and_writes_the_hub_folder(tmp_path):
     for key in ("method", "model", "dataset_name", "image_size", "max_steps", "total_batch_size", "learning_rate",
                 "world_size", "mixed_precision", "seed", "hardware", "train_runtime_s", "num_images_seen"):
         assert key in arguments, key
-    assert (arguments["method"], arguments["image_size"], arguments["num_images_seen"]) == ("splitmask", 32, 200 * 64)
+    assert (arguments["method"], arguments["image_size"], arguments["num_images_seen"]) == ("splitmask", 32, 600 * 64)
     processor = json.loads((output_dir / "preprocessor_config.json").read_text())
     assert processor["size"] == {"height": 32, "width": 32} and processor["image_mean"] == list(IMAGENET_MEAN)
     from transformers import AutoModel, ViTModel
 
     backbone = AutoModel.from_pretrained(output_dir / "backbone")
     assert type(backbone) is ViTModel
-    assert _log(output_dir)[-1]["step"] == 200
+    assert _log(output_dir)[-1]["step"] == 600
 
 
 def _digits_parquet_shards(directory: Path, rows: int, shards: int) -> list[str]:
