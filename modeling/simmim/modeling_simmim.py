@@ -91,12 +91,33 @@ def save_plain_encoder(
 class _SimMIMMethod:
     """What SimMIM adds on top of an encoder: masks, the loss, and backbone export.
 
-    The concrete classes set `encoder_attribute` (``"vit"`` / ``"swin"``) and `encoder_class`.
+    The concrete classes set `encoder_attribute` (``"vit"`` / ``"swin"``), `encoder_class` and
+    `num_prefix_tokens` (tokens before the patch grid in the encoder output: ViT's CLS).
     """
 
     config: SimMIMConfig
     encoder_attribute: str
     encoder_class: type
+    num_prefix_tokens: int = 0
+
+    def _masked_reconstruction(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None, **kwargs) -> "SimMIMOutput":
+        """Mask, encode, predict every pixel from the last feature grid, score the hidden ones."""
+        bool_masked_pos = self._check_inputs(pixel_values, bool_masked_pos)
+        encoder = getattr(self, self.encoder_attribute)
+        outputs = encoder(pixel_values, bool_masked_pos=bool_masked_pos, **kwargs)
+        tokens = outputs.last_hidden_state[:, self.num_prefix_tokens :]  # (B, h * w, D) final feature grid
+        batch_size, _, hidden_size = tokens.shape
+        side = self.config.image_size // self.config.encoder_stride
+        feature_map = tokens.transpose(1, 2).reshape(batch_size, hidden_size, side, side)  # (B, D, h, w)
+        reconstruction = self.decoder(feature_map)  # (B, C, H, W)
+        loss = self._loss(reconstruction, pixel_values, bool_masked_pos)
+        return SimMIMOutput(
+            loss=loss,
+            reconstruction=reconstruction,
+            bool_masked_pos=bool_masked_pos,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
     @property
     def mask_generator(self) -> SimMIMMaskGenerator:
@@ -167,6 +188,7 @@ class ViTForSimMIM(_SimMIMMethod, ViTPreTrainedModel):
     base_model_prefix = "vit"
     encoder_attribute = "vit"
     encoder_class = ViTModel
+    num_prefix_tokens = 1  # CLS
 
     def __init__(self, config: SimMIMConfig):
         if config.backbone != "vit":
@@ -190,21 +212,7 @@ class ViTForSimMIM(_SimMIMMethod, ViTPreTrainedModel):
             bool_masked_pos: ``(B, N)`` bool on the encoder's patch grid (True = hidden); drawn
                 with `config.mask_strategy` when omitted.
         """
-        bool_masked_pos = self._check_inputs(pixel_values, bool_masked_pos)
-        outputs = self.vit(pixel_values, bool_masked_pos=bool_masked_pos, **kwargs)
-        tokens = outputs.last_hidden_state[:, 1:]  # (B, N, D), CLS dropped
-        batch_size, _, hidden_size = tokens.shape
-        rows, cols = self.config.grid_size
-        feature_map = tokens.transpose(1, 2).reshape(batch_size, hidden_size, rows, cols)  # (B, D, h, w)
-        reconstruction = self.decoder(feature_map)  # (B, C, H, W)
-        loss = self._loss(reconstruction, pixel_values, bool_masked_pos)
-        return SimMIMOutput(
-            loss=loss,
-            reconstruction=reconstruction,
-            bool_masked_pos=bool_masked_pos,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return self._masked_reconstruction(pixel_values, bool_masked_pos, **kwargs)
 
 
 class SwinForSimMIM(_SimMIMMethod, SwinPreTrainedModel):
@@ -238,21 +246,7 @@ class SwinForSimMIM(_SimMIMMethod, SwinPreTrainedModel):
             bool_masked_pos: ``(B, N)`` bool on the first stage's patch grid (True = hidden);
                 drawn with `config.mask_strategy` when omitted.
         """
-        bool_masked_pos = self._check_inputs(pixel_values, bool_masked_pos)
-        outputs = self.swin(pixel_values, bool_masked_pos=bool_masked_pos, **kwargs)
-        tokens = outputs.last_hidden_state  # (B, h * w, D) of the last stage
-        batch_size, _, hidden_size = tokens.shape
-        side = self.config.image_size // self.config.encoder_stride
-        feature_map = tokens.transpose(1, 2).reshape(batch_size, hidden_size, side, side)  # (B, D, h, w)
-        reconstruction = self.decoder(feature_map)  # (B, C, H, W)
-        loss = self._loss(reconstruction, pixel_values, bool_masked_pos)
-        return SimMIMOutput(
-            loss=loss,
-            reconstruction=reconstruction,
-            bool_masked_pos=bool_masked_pos,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return self._masked_reconstruction(pixel_values, bool_masked_pos, **kwargs)
 
 
 __all__ = ["SimMIMOutput", "SwinForSimMIM", "ViTForSimMIM", "prediction_head", "save_plain_encoder"]
