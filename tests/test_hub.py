@@ -28,7 +28,7 @@ from run_folders import EVAL_RESULTS, tiny_splitmask_run
 SECRET = "hf_testsecret_0123456789abcdefABCDEF"
 PUSHED_ROOT_FILES = {
     "README.md", "config.json", "model.safetensors", "preprocessor_config.json", "training_args.json",
-    "training_log.jsonl", "eval_results.json", "loss_curve.png", "configuration_splitmask.py", "modeling_splitmask.py",
+    "training_log.jsonl", "eval_results.json", "loss_curve.png", "reconstruction.png", "configuration_splitmask.py", "modeling_splitmask.py",
 }
 
 

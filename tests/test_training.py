@@ -113,7 +113,7 @@ def test_yaml_config_with_command_line_override(tmp_path):
 def test_no_arguments_resolve_to_the_bundled_default_run():
     arguments = resolve_arguments(parse_arguments([]))
     assert arguments.method == "splitmask"
-    assert (arguments.model, arguments.image_size, arguments.max_steps) == ("vit-micro", 32, 300)
+    assert (arguments.model, arguments.image_size, arguments.max_steps) == ("vit-micro", 32, 1200)
     assert arguments.knn_evaluation is True and arguments.dataset_name is None
     validate_arguments(arguments)
     other = resolve_arguments(parse_arguments(["--dataset_name", "my-org/images", "--max_steps", "10"]))
