@@ -47,7 +47,7 @@ extras_require["dev"] = sorted(set(sum(extras_require.values(), [])))
 
 setup(
     name="hf-ssl",
-    version="0.1.0",
+    version="0.2.0",
     description="Self-supervised pre-training for vision on your own data, native to the Hugging Face ecosystem",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8") if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
@@ -59,4 +59,5 @@ setup(
     include_package_data=True,
     install_requires=install_requires,
     extras_require=extras_require,
+    entry_points={"console_scripts": ["hf-ssl=hf_ssl.cli.main:main"]},
 )

@@ -26,7 +26,7 @@ from PIL import Image
 
 import hf_ssl  # noqa: F401
 from hf_ssl.data import ResumableImageStream, TrainingBatches, load_image_dataset, stream_source
-from hf_ssl.recipes import get_recipe
+from hf_ssl.recipes import build_model
 from hf_ssl.transforms import build_transform
 
 RESULTS = Path(__file__).parent / "results"
@@ -64,9 +64,8 @@ def pipeline_images_per_second(files: list[str], num_workers: int, batch_size: i
 
 
 def training_images_per_second(batch_size: int, steps: int, bf16: bool) -> float:
-    recipe = get_recipe("splitmask")
     torch.manual_seed(0)
-    model = recipe.build_model("vit-small", 224, {})
+    model = build_model("splitmask", "vit-small", 224)
     pixel_values = torch.randn(batch_size, 3, 224, 224)
     model.fit_tokenizer([pixel_values], num_epochs=1, progress=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -4,7 +4,7 @@ Pairs, each at the same configuration and with the same weights:
 
 - SimMIM ViT-S/16 at 224 px: `hf_ssl` `ViTForSimMIM` vs transformers `ViTForMaskedImageModeling`
 - SimMIM Swin-T at 192 px (window 6): `SwinForSimMIM` vs `SwinForMaskedImageModeling`
-- MAE ViT-S/16 at 224 px: `hf_ssl` `MAEForPreTraining` vs transformers `ViTMAEForPreTraining`
+- MAE ViT-S/16 at 224 px: `hf_ssl` `ViTForMAE` vs transformers `ViTMAEForPreTraining`
 
 A training step is forward + backward + AdamW step on a batch of random normalised images, with
 the mask drawn inside the step for both sides (transformers' SimMIM classes take a mask but do not
@@ -38,18 +38,17 @@ def build_pair(pair: str):
     from transformers import SwinForMaskedImageModeling, ViTForMaskedImageModeling, ViTMAEConfig, ViTMAEForPreTraining
 
     import hf_ssl  # noqa: F401
-    from hf_ssl.recipes.mae import build_mae_model
-    from hf_ssl.recipes.simmim import build_simmim_model
+    from hf_ssl.recipes import build_model
 
     torch.manual_seed(0)
     if pair == "simmim-vit-small-224":
-        ours = build_simmim_model("vit-small", 224, {})
+        ours = build_model("simmim", "vit-small", 224)
         reference = ViTForMaskedImageModeling(ours.config.encoder_config())
     elif pair == "simmim-swin-tiny-192":
-        ours = build_simmim_model("swin-tiny", 192, {})
+        ours = build_model("simmim", "swin-tiny", 192)
         reference = SwinForMaskedImageModeling(ours.config.encoder_config())
     elif pair == "mae-vit-small-224":
-        ours = build_mae_model("vit-small", 224, {})
+        ours = build_model("mae", "vit-small", 224)
         fields = {k: v for k, v in ours.config.to_diff_dict().items() if k not in ("model_type", "architectures")}
         reference = ViTMAEForPreTraining(ViTMAEConfig(**fields))
     else:

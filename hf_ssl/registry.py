@@ -1,40 +1,29 @@
-"""Registration of every hf-ssl config and model with the transformers Auto classes.
+"""Registration of hf-ssl configs and models with the transformers Auto classes.
 
-`import hf_ssl` calls `register_auto_classes()`, after which `AutoConfig`, `AutoModel`,
-`AutoModelForPreTraining` (and, for pixel-reconstruction methods,
-`AutoModelForMaskedImageModeling`) resolve hf-ssl checkpoints by their `model_type`.
+Each recipe declares its ``(config_class, model_class, auto_class_names)`` registrations and
+`hf_ssl.recipes.register_recipe` registers them, so ``import hf_ssl`` makes `AutoConfig`,
+`AutoModel`, `AutoModelForPreTraining`, ... resolve every hf-ssl ``model_type``. Checkpoints saved
+by earlier releases under other model types load through `LEGACY_MODEL_TYPES`.
 """
 
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoModel, AutoModelForMaskedImageModeling, AutoModelForPreTraining
+import transformers
+from transformers import AutoConfig
 
 
-def _model_families():
-    """``(config_class, model_class, auto_classes)`` for every hf-ssl model family."""
-    from hf_ssl.modeling.splitmask import BEiTConfig, SplitMaskConfig, ViTForBEiT, ViTForSplitMask
+def register_models(registrations) -> None:
+    """Register ``(config_class, model_class, ("AutoModel", ...))`` triples (idempotent).
 
-    families = [
-        (SplitMaskConfig, ViTForSplitMask, (AutoModel, AutoModelForPreTraining)),
-        (BEiTConfig, ViTForBEiT, (AutoModel, AutoModelForPreTraining, AutoModelForMaskedImageModeling)),
-    ]
-
-    from hf_ssl.modeling.mae import MAEConfig, MAEForPreTraining
-    from hf_ssl.modeling.simmim import SimMIMConfig, SwinForSimMIM, ViTForSimMIM
-
-    families += [
-        # One config type, two model classes: the Auto classes pick one by `config.architectures`
-        # (SimMIMConfig fills it from `backbone`), the first of the tuple being the default.
-        (SimMIMConfig, (SwinForSimMIM, ViTForSimMIM),
-         (AutoModel, AutoModelForPreTraining, AutoModelForMaskedImageModeling)),
-        (MAEConfig, MAEForPreTraining, (AutoModel, AutoModelForPreTraining)),
-    ]
-    return families
+    One config class may map to several model classes (SimMIM: Swin and ViT); the Auto classes
+    then pick one by ``config.architectures``, the first registered being the default.
+    """
+    for config_class, model_class, auto_class_names in registrations:
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        for auto_class_name in auto_class_names:
+            getattr(transformers, auto_class_name).register(config_class, model_class, exist_ok=True)
 
 
 def register_auto_classes() -> None:
-    """Register every family with AutoConfig and its Auto model classes (idempotent)."""
-    for config_class, model_class, auto_classes in _model_families():
-        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-        for auto_class in auto_classes:
-            auto_class.register(config_class, model_class, exist_ok=True)
+    """Register every hf-ssl model family (importing the recipes registers them)."""
+    import hf_ssl.recipes  # noqa: F401  (each recipe module registers its models on import)

@@ -10,7 +10,9 @@
 - ``"eval"``: resize + centre crop (kNN / linear probe / tokenizer fitting), no randomness.
 
 Every transform takes an RGB PIL image and returns a dict of float tensors, normalised with
-the run's mean/std (the values written to the image processor config).
+the run's mean/std (the values written to the image processor config). `ImageRowTransform`
+turns one into the per-row transform a recipe hands to the data stream (``{role: cell}`` in,
+decoded and augmented tensors out).
 """
 
 from __future__ import annotations
@@ -76,6 +78,44 @@ class _MultiCrop:
         global_crops = torch.stack([self.global_first(image), self.global_second(image)])  # (2, 3, H, W)
         local_crops = torch.stack([self.local(image) for _ in range(self.number_of_local_crops)])  # (L, 3, h, w)
         return {"global_crops": global_crops, "local_crops": local_crops}
+
+
+class ImageRowTransform:
+    """Per-row transform: decode the cell of `role` to RGB, then apply an image transform.
+
+    Args:
+        image_transform: ``PIL.Image -> dict[str, Tensor]`` (see `build_transform`).
+        role: the input role holding the image (the recipe's `columns` key).
+
+    Raises:
+        hf_ssl.data.UndecodableImageError: the cell is not a readable image (the stream skips
+            and counts the row).
+    """
+
+    def __init__(self, image_transform, role: str = "image"):
+        self.image_transform = image_transform
+        self.role = role
+
+    def __call__(self, row: dict) -> dict[str, torch.Tensor]:
+        from hf_ssl.data.images import decode_image
+
+        return self.image_transform(decode_image(row[self.role]))
+
+
+class RowsByRole:
+    """Rename a row's columns to the recipe's input roles before its transform runs.
+
+    Args:
+        columns: ``{role: dataset column}`` (`Recipe.columns`).
+        transform: the recipe's per-row transform, ``{role: cell} -> dict[str, Tensor]``.
+    """
+
+    def __init__(self, columns: dict[str, str], transform):
+        self.columns = dict(columns)
+        self.transform = transform
+
+    def __call__(self, row: dict) -> dict[str, torch.Tensor]:
+        return self.transform({role: row[column] for role, column in self.columns.items()})
 
 
 def build_transform(

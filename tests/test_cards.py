@@ -67,5 +67,5 @@ def test_card_without_evaluation_says_how_to_evaluate(tmp_path):
     run_dir = tiny_splitmask_run(tmp_path / "run")
     card = ModelCard.load(write_model_card(run_dir))
     assert card.data.eval_results is None
-    assert "trainers/evaluate.py" in card.text
+    assert "hf-ssl evaluate --model" in card.text
     assert f'AutoModel.from_pretrained("{run_dir}")' in card.text

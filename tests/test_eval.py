@@ -245,14 +245,14 @@ def test_pretrained_mae_beats_random_init_on_bundled_digits(tmp_path):
 
     from hf_ssl.data import load_default_dataset
     from hf_ssl.eval import evaluate_model
-    from hf_ssl.modeling.mae import MAEConfig, MAEForPreTraining
+    from hf_ssl.modeling.mae import MAEConfig, ViTForMAE
     from run_folders import image_processor, write_run_folder
 
     torch.manual_seed(0)
     processor = image_processor(32)
     images = [image.convert("RGB") for image in load_default_dataset("train")["image"]]
     pixels = processor(images=images, return_tensors="pt")["pixel_values"]  # (1437, 3, 32, 32)
-    model = MAEForPreTraining(MAEConfig(
+    model = ViTForMAE(MAEConfig(
         image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
         decoder_hidden_size=64, decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=128,
     ))

@@ -129,7 +129,7 @@ def test_failed_push_keeps_the_folder_and_says_how_to_retry(tmp_path, local_hub,
     with pytest.raises(PushError) as bad_token:
         push_run_folder(run_dir, "org/splitmask-tiny", private=True, revision="v1")
     message = str(bad_token.value)
-    assert "python trainers/push.py" in message and "--repo_id org/splitmask-tiny --private --revision v1" in message
+    assert "hf-ssl push " in message and "--repo_id org/splitmask-tiny --private --revision v1" in message
     assert "hf_wrong_token_value" not in message
     assert local_hub.repos == {}
     before = _local_files(run_dir)

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from hf_ssl.losses import info_nce_loss, masked_token_cross_entropy
 

@@ -18,10 +18,9 @@ from transformers import (
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 import hf_ssl  # noqa: F401  (registers the Auto classes)
-from hf_ssl.modeling.mae import MAEConfig, MAEForPreTraining, vit_mae_encoder_to_vit_state_dict
+from hf_ssl.modeling.mae import MAEConfig, ViTForMAE, vit_mae_encoder_to_vit_state_dict
 from hf_ssl.modeling.mae.modeling_mae import sinusoidal_table
-from hf_ssl.recipes import get_recipe
-from hf_ssl.recipes.mae import build_mae_model
+from hf_ssl.recipes import build_model, get_recipe
 from hf_ssl.visualization import reconstruction_panels, save_reconstruction_figure
 
 from test_simmim import digits_pixels, one_cpu_thread, train_steps
@@ -31,9 +30,9 @@ TINY = dict(image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=2, nu
             decoder_num_attention_heads=2, decoder_intermediate_size=64)
 
 
-def tiny_mae(**overrides) -> MAEForPreTraining:
+def tiny_mae(**overrides) -> ViTForMAE:
     torch.manual_seed(0)
-    return MAEForPreTraining(MAEConfig(**{**TINY, **overrides}))
+    return ViTForMAE(MAEConfig(**{**TINY, **overrides}))
 
 
 def images(batch_size: int = 2, seed: int = 0) -> torch.Tensor:
@@ -125,22 +124,22 @@ def test_auto_classes_round_trip(tmp_path, auto_class):
     model.save_pretrained(tmp_path)
     assert isinstance(AutoConfig.from_pretrained(tmp_path), MAEConfig)
     loaded = auto_class.from_pretrained(tmp_path)
-    assert type(loaded) is MAEForPreTraining
+    assert type(loaded) is ViTForMAE
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name]), name
 
 
 def test_recipe():
     recipe = get_recipe("mae")
-    assert recipe.augmentation == "light" and recipe.is_masked_image_modeling
+    assert recipe.reconstruction_panels is not None and recipe.supported_backbones == ("vit",)
     assert (recipe.default_model, recipe.default_image_size) == ("vit-small", 224)
     assert (recipe.optimizer.base_learning_rate, recipe.optimizer.reference_batch_size) == (1.5e-4, 256)
     assert recipe.optimizer.betas == (0.9, 0.95)
-    model = build_mae_model("vit-micro", 32, {"num_hidden_layers": 1})
-    assert (model.config.patch_size, model.config.decoder_hidden_size, model.config.mask_ratio) == (4, 96, 0.75)
+    model = build_model("mae", "vit-micro", 32, {"num_hidden_layers": 1})
+    assert (model.config.patch_size, model.config.decoder_hidden_size, model.config.mask_ratio) == (8, 96, 0.75)
     assert model(images()).loss.ndim == 0
-    with pytest.raises(ValueError, match="needs a ViT preset"):
-        build_mae_model("swin-micro", 32, {})
+    with pytest.raises(ValueError, match="needs a vit backbone"):
+        build_model("mae", "swin-micro", 32)
 
 
 def test_reconstruction_figure(tmp_path):
@@ -164,7 +163,7 @@ def test_reconstruction_figure(tmp_path):
 def test_short_training_on_digits_lowers_the_loss():
     train_pixels, _, _, _ = digits_pixels()
     torch.manual_seed(0)
-    model = build_mae_model("vit-micro", 32, {"num_hidden_layers": 2, "decoder_num_hidden_layers": 1})
+    model = build_model("mae", "vit-micro", 32, {"num_hidden_layers": 2, "decoder_num_hidden_layers": 1})
     with one_cpu_thread():
         losses = train_steps(model, train_pixels, steps=60, batch_size=32, learning_rate=2e-3)
     assert sum(losses[-10:]) / 10 < 0.85 * sum(losses[:10]) / 10, (losses[:10], losses[-10:])

@@ -43,8 +43,8 @@ def _log(output_dir: Path) -> list[dict]:
 
 def test_example_configs_are_valid():
     for config in sorted((ROOT / "recipes").glob("*.yaml")):
-        arguments = resolve_arguments(parse_arguments(["--config", str(config)]))
-        validate_arguments(arguments, world_size=1)
+        arguments, method_arguments = parse_arguments(["--config", str(config)])
+        validate_arguments(resolve_arguments(arguments), method_arguments, world_size=1)
 
 
 @pytest.mark.slow
@@ -135,13 +135,21 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
 
 
 LAUNCHER = '''
-import dataclasses, hashlib, importlib.util, os, sys
+import hashlib, importlib.util, os, sys
 import hf_ssl, hf_ssl.training
 import hf_ssl.training.loop as loop
-from hf_ssl.recipes import get_recipe, register_recipe
+from hf_ssl.recipes import register_recipe
+from hf_ssl.recipes.splitmask import SplitMaskRecipe
+from hf_ssl.transforms import ImageRowTransform, build_transform
 
-# SplitMask with deterministic views, so each training image can be recognised by its tensor.
-register_recipe(dataclasses.replace(get_recipe("splitmask"), name="splitmask-eval-views", augmentation="eval"))
+class SplitMaskWithEvaluationViews(SplitMaskRecipe):
+    """SplitMask with deterministic views, so each training image can be recognised by its tensor."""
+    name = "splitmask-eval-views"
+
+    def build_transform(self, context):
+        return ImageRowTransform(build_transform("eval", context.image_size, context.image_mean, context.image_std))
+
+register_recipe(SplitMaskWithEvaluationViews())
 record_dir, rank = os.environ["RECORD_DIR"], int(os.environ["RANK"])
 original_inputs, original_train = loop.model_inputs, hf_ssl.training.train
 

@@ -25,7 +25,8 @@ import hf_ssl  # noqa: F401  (registers the Auto classes)
 from hf_ssl.losses.reconstruction import masked_l1_loss
 from hf_ssl.modeling.simmim import SimMIMConfig, SimMIMOutput, SwinForSimMIM, ViTForSimMIM
 from hf_ssl.recipes import get_recipe
-from hf_ssl.recipes.simmim import build_simmim_model, swin_window_size
+from hf_ssl.backbones import default_image_processor, swin_window_size
+from hf_ssl.recipes import build_model
 from hf_ssl.visualization import reconstruction_panels, save_reconstruction_figure
 
 TINY_VIT = dict(backbone="vit", image_size=32, patch_size=4, mask_patch_size=8, hidden_size=32,
@@ -224,7 +225,7 @@ def test_auto_classes_pick_the_class_of_the_backbone(tmp_path, backbone, expecte
 def test_export_backbone_is_a_plain_transformers_checkpoint(tmp_path, backbone, plain_class):
     model = tiny_model(backbone).eval()
     assert isinstance(model.get_backbone(), plain_class)
-    model.export_backbone(tmp_path, image_mean=(0.5, 0.5, 0.5), image_std=(0.25, 0.25, 0.25))
+    model.export_backbone(tmp_path, default_image_processor(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == backbone
     assert "hf_ssl" not in (tmp_path / "config.json").read_text() and "hf-ssl" not in (tmp_path / "config.json").read_text()
@@ -245,7 +246,7 @@ def test_export_backbone_is_a_plain_transformers_checkpoint(tmp_path, backbone, 
 
 def test_recipe_defaults():
     recipe = get_recipe("simmim")
-    assert recipe.augmentation == "light" and recipe.is_masked_image_modeling
+    assert recipe.reconstruction_panels is not None and recipe.supported_backbones == ("swin", "vit")
     assert (recipe.default_model, recipe.default_image_size) == ("swin-tiny", 192)
     optimizer = recipe.optimizer
     # 8e-4 at the paper's batch of 2048, i.e. 2e-4 per 512 images (the official code's form)
@@ -260,9 +261,9 @@ def test_swin_window_size_hand_computed():
     assert swin_window_size(32, 4, 2) == 4  # 8, 4
 
 
-@pytest.mark.parametrize("preset,expected_class,patch_size", [("vit-micro", ViTForSimMIM, 4), ("swin-micro", SwinForSimMIM, 4)])
+@pytest.mark.parametrize("preset,expected_class,patch_size", [("vit-micro", ViTForSimMIM, 8), ("swin-micro", SwinForSimMIM, 4)])
 def test_recipe_builds_small_presets_at_32_pixels(preset, expected_class, patch_size):
-    model = build_simmim_model(preset, 32, {"num_hidden_layers": 1} if preset == "vit-micro" else {"depths": [1, 1]})
+    model = build_model("simmim", preset, 32, {"num_hidden_layers": 1} if preset == "vit-micro" else {"depths": [1, 1]})
     assert type(model) is expected_class
     assert (model.config.patch_size, model.config.mask_patch_size) == (patch_size, 8)
     assert model(images()).loss.ndim == 0
@@ -365,7 +366,7 @@ def train_steps(model, pixels, steps: int, batch_size: int, learning_rate: float
 def test_short_training_on_digits_lowers_the_loss_and_beats_random_init_in_knn():
     train_pixels, train_labels, test_pixels, test_labels = digits_pixels()
     torch.manual_seed(0)
-    model = build_simmim_model("swin-micro", 32, {})
+    model = build_model("simmim", "swin-micro", 32)
     with one_cpu_thread():
         accuracy_random = knn_accuracy(model, train_pixels, train_labels, test_pixels, test_labels)
         losses = train_steps(model, train_pixels, steps=600, batch_size=32, learning_rate=1e-3)

@@ -9,7 +9,6 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModel,
-    AutoModelForImageClassification,
     AutoModelForMaskedImageModeling,
     AutoModelForPreTraining,
     ViTModel,

@@ -1,5 +1,6 @@
-"""Training machinery: schedules, parameter groups, arguments and validation, checkpoints,
-and the loop driven by a method registered here (adding a method needs no loop edits)."""
+"""Training machinery: schedules, parameter groups, arguments and validation, checkpoints.
+
+The loop itself, driven by a method defined in a test module, is in test_method_example.py."""
 
 from __future__ import annotations
 
@@ -11,61 +12,21 @@ import pytest
 import torch
 from accelerate import Accelerator
 from torch import nn
-from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
-from hf_ssl.recipes import OptimizerDefaults, Recipe, available_methods, register_recipe
+from hf_ssl.recipes import OptimizerDefaults, parameter_groups
+from hf_ssl.schedules import apply_optimizer_schedules, cosine_schedule_with_warmup
 from hf_ssl.training import (
     ConfigurationError,
-    cosine_schedule_with_warmup,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
-    parameter_groups,
     parse_arguments,
     prune_checkpoints,
     resolve_arguments,
     save_checkpoint,
-    scaled_learning_rate,
     validate_arguments,
 )
 from hf_ssl.training.checkpointing import TRAINER_STATE_NAME, truncate_training_log
-
-
-# ----- a method defined only in this test module
-
-
-class TinyMAEForTests(ViTMAEForPreTraining):
-    """transformers' MAE with the hf-ssl backbone contract, for driving the loop."""
-
-    def get_backbone(self):
-        return self.vit
-
-    def export_backbone(self, save_directory):
-        self.vit.save_pretrained(save_directory)
-        return Path(save_directory)
-
-
-def build_tiny_mae(model_preset: str, image_size: int, overrides: dict) -> TinyMAEForTests:
-    config = ViTMAEConfig(
-        image_size=image_size, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
-        decoder_intermediate_size=64, **overrides,
-    )
-    return TinyMAEForTests(config)
-
-
-if "test-mae" not in available_methods():
-    register_recipe(
-        Recipe(
-            name="test-mae",
-            description="tiny MAE used by the tests",
-            build_model=build_tiny_mae,
-            augmentation="light",
-            optimizer=OptimizerDefaults(base_learning_rate=1e-3, reference_batch_size=16, warmup_fraction=0.25),
-            default_model="vit-micro",
-            default_image_size=32,
-        )
-    )
 
 
 # ----- schedules and optimizer
@@ -83,18 +44,46 @@ def test_cosine_schedule_hand_values():
         cosine_schedule_with_warmup(1.0, 0.0, total_steps=3, warmup_steps=4)
 
 
-def test_weight_decay_only_on_matrices():
-    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
-    model[2].bias.requires_grad_(False)
-    decayed, not_decayed = parameter_groups(model, weight_decay=0.05)
-    assert decayed["weight_decay"] == 0.05 and not_decayed["weight_decay"] == 0.0
-    assert [tuple(p.shape) for p in decayed["params"]] == [(4, 3), (2, 4)]
-    assert [tuple(p.shape) for p in not_decayed["params"]] == [(4,), (4,), (4,)]  # bias, norm weight, norm bias
+def test_weight_decay_exempts_biases_norms_tokens_and_position_tables():
+    """The official BEiT / MAE / SimMIM / DINO recipes exempt 3-D tokens too, which ">= 2-D" decays."""
+    from transformers import ViTConfig, ViTModel
+
+    vit = ViTModel(ViTConfig(image_size=16, patch_size=8, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=16), add_pooling_layer=False, use_mask_token=True)
+    vit.layers[0].mlp.fc1.bias.requires_grad_(False)
+    decayed, exempt = parameter_groups(vit, weight_decay=0.05)
+    assert (decayed["weight_decay"], exempt["weight_decay"]) == (0.05, 0.0)
+    assert (decayed["apply_weight_decay"], exempt["apply_weight_decay"]) == (True, False)
+    names = {id(parameter): name for name, parameter in vit.named_parameters()}
+    exempt_names = {names[id(parameter)] for parameter in exempt["params"]}
+    decayed_names = {names[id(parameter)] for parameter in decayed["params"]}
+    assert {"embeddings.cls_token", "embeddings.mask_token", "embeddings.position_embeddings"} <= exempt_names
+    assert "layers.0.mlp.fc1.bias" not in exempt_names | decayed_names  # frozen: in no group
+    assert decayed_names == {"embeddings.patch_embeddings.projection.weight", "layers.0.attention.q_proj.weight",
+                             "layers.0.attention.k_proj.weight", "layers.0.attention.v_proj.weight",
+                             "layers.0.attention.o_proj.weight", "layers.0.mlp.fc1.weight", "layers.0.mlp.fc2.weight"}
+
+
+def test_timm_style_no_weight_decay_is_honoured():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    model.no_weight_decay = lambda: {"1.weight"}
+    decayed, exempt = parameter_groups(model, weight_decay=0.1)
+    assert [tuple(p.shape) for p in decayed["params"]] == [(4, 3)]
+    assert [tuple(p.shape) for p in exempt["params"]] == [(4,), (2, 4), (2,)]
+
+
+def test_optimizer_schedules_respect_group_scales_and_exemptions():
+    model = nn.Linear(3, 2)
+    groups = parameter_groups(model, weight_decay=0.05)
+    groups[0]["lr_scale"] = 0.5
+    optimizer = torch.optim.AdamW(groups, lr=1.0)
+    apply_optimizer_schedules(optimizer, learning_rate=2e-3, weight_decay=0.3)
+    assert [(group["lr"], group["weight_decay"]) for group in optimizer.param_groups] == [(1e-3, 0.3), (2e-3, 0.0)]
 
 
 def test_linear_learning_rate_scaling():
     defaults = OptimizerDefaults(base_learning_rate=1.5e-3, reference_batch_size=2048)
-    assert scaled_learning_rate(defaults, 512) == pytest.approx(3.75e-4)
+    assert defaults.scaled_learning_rate(512) == pytest.approx(3.75e-4)
 
 
 # ----- arguments
@@ -102,21 +91,21 @@ def test_linear_learning_rate_scaling():
 
 def test_yaml_config_with_command_line_override(tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text("method: test-mae\nmax_steps: 7\ntotal_batch_size: 8\nimage_size: 16\n")
-    arguments = parse_arguments(["--config", str(config), "--max_steps", "9"])
-    assert (arguments.method, arguments.max_steps, arguments.total_batch_size, arguments.image_size) == ("test-mae", 9, 8, 16)
+    config.write_text("method: mae\nmax_steps: 7\ntotal_batch_size: 8\nimage_size: 16\n")
+    arguments, _ = parse_arguments(["--config", str(config), "--max_steps", "9"])
+    assert (arguments.method, arguments.max_steps, arguments.total_batch_size, arguments.image_size) == ("mae", 9, 8, 16)
     config.write_text("max_step: 7\n")
     with pytest.raises(ConfigurationError, match="unknown argument.*max_step"):
         parse_arguments(["--config", str(config)])
 
 
 def test_no_arguments_resolve_to_the_bundled_default_run():
-    arguments = resolve_arguments(parse_arguments([]))
+    arguments = resolve_arguments(parse_arguments([])[0])
     assert arguments.method == "splitmask"
     assert (arguments.model, arguments.image_size, arguments.max_steps) == ("vit-micro", 32, 1200)
     assert arguments.knn_evaluation is True and arguments.dataset_name is None
     validate_arguments(arguments)
-    other = resolve_arguments(parse_arguments(["--dataset_name", "my-org/images", "--max_steps", "10"]))
+    other = resolve_arguments(parse_arguments(["--dataset_name", "my-org/images", "--max_steps", "10"])[0])
     assert other.knn_evaluation is False and other.total_batch_size == 256
 
 
@@ -124,9 +113,12 @@ def test_no_arguments_resolve_to_the_bundled_default_run():
     "flags, world_size, message",
     [
         (["--method", "nope"], 1, "--method 'nope' is not a registered method; available: .*splitmask"),
-        (["--model", "vit-huge"], 1, "--model: Unknown model preset 'vit-huge'"),
+        (["--model", "vit-huge"], 1, "--model 'vit-huge' is not a preset .*vit-micro"),
+        (["--model", "timm/no_such_net"], 1, "timm has no model 'no_such_net'"),
+        (["--model", "/no/such/folder"], 1, "no transformers config could be read"),
+        (["--method", "mae", "--model", "swin-micro"], 1, "--method mae needs a vit backbone"),
         (["--image_size", "30"], 1, r"--image_size 30: .*patch_size .*image_size \(30\)"),
-        (["--method", "test-mae", "--image_size", "36"], 1, r"--image_size 36 must be a multiple of the model's patch_size \(8\)"),
+        (["--method", "mae", "--image_size", "36"], 1, r"--image_size 36: .*image_size \(36\)"),
         (["--image_size", "0"], 1, "--image_size must be a positive integer"),
         (["--total_batch_size", "63"], 2, r"--total_batch_size 63 must be a positive multiple of processes \(2\)"),
         (["--total_batch_size", "64", "--gradient_accumulation_steps", "3"], 1, "gradient_accumulation_steps"),
@@ -137,7 +129,8 @@ def test_no_arguments_resolve_to_the_bundled_default_run():
 )
 def test_validation_messages(flags, world_size, message):
     with pytest.raises(ConfigurationError, match=message):
-        validate_arguments(resolve_arguments(parse_arguments(flags)), world_size=world_size)
+        arguments, method_arguments = parse_arguments(flags)
+        validate_arguments(resolve_arguments(arguments), method_arguments, world_size=world_size)
 
 
 # ----- checkpoints
@@ -197,37 +190,3 @@ def test_save_and_load_checkpoint_round_trip(tmp_path):
     torch.testing.assert_close(torch.rand(2), expected_random)  # RNG restored
     save_checkpoint(accelerator, tmp_path, 6, {"step": 6, "world_size": 1}, {"position": 24}, save_total_limit=1)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-6"]
-
-
-# ----- the whole script in-process with a method it has never heard of
-
-
-@pytest.mark.slow
-def test_pretrain_main_runs_a_recipe_registered_elsewhere(tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("pretrain_script", Path(__file__).parents[1] / "trainers" / "pretrain.py")
-    pretrain = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pretrain)
-    output_dir = tmp_path / "run"
-    code = pretrain.main([
-        "--method", "test-mae", "--max_steps", "6", "--total_batch_size", "16", "--gradient_accumulation_steps", "2",
-        "--logging_steps", "1", "--save_steps", "3", "--learning_rate", "2e-3", "--dataloader_num_workers", "0", "--report_to", "tensorboard",
-        "--output_dir", str(output_dir), "--knn_evaluation", "false",
-    ])
-    assert code == 0
-    log = [json.loads(line) for line in (output_dir / "training_log.jsonl").read_text().splitlines()]
-    assert [record["step"] for record in log] == [1, 2, 3, 4, 5, 6]
-    assert all(math.isfinite(record["loss"]) for record in log)
-    assert log[-1]["num_images_seen"] == 6 * 16
-    # warm-up: the recipe's 25% of 6 steps = 1.5 -> 2 steps (0, 1e-3), then the peak 2e-3
-    assert [record["learning_rate"] for record in log[:3]] == pytest.approx([0.0, 1e-3, 2e-3])
-    arguments = json.loads((output_dir / "training_args.json").read_text())
-    assert arguments["method"] == "test-mae" and arguments["world_size"] == 1 and arguments["total_batch_size"] == 16
-    assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-3", "checkpoint-6"]
-    assert list((output_dir / "logs").rglob("events.out.tfevents*"))
-    assert (output_dir / "backbone" / "preprocessor_config.json").is_file()
-    # a missing column is a configuration error, reported before training
-    code = pretrain.main(["--method", "test-mae", "--image_column", "pixels", "--output_dir", str(tmp_path / "bad")])
-    assert code == 2
-    assert "--image_column 'pixels' is not a column" in capsys.readouterr().err

@@ -1,50 +1,13 @@
-"""Push a run folder to the Hugging Face Hub (and its encoder to <repo_id>-backbone).
+"""`python trainers/push.py ...` is `hf-ssl push ...` (hf_ssl/cli/push.py); kept for checkouts of the repository."""
 
-    python trainers/push.py runs/splitmask-vit-s --repo_id org/splitmask-vit-s-coco [--private] [--revision v1]
-
-The token comes from HF_TOKEN or the login cache (`hf auth login`); there is deliberately no
---token option, so that it never lands in shell history or process lists. HF_ENDPOINT selects
-the server. The folder gets its model card, modeling code and auto_map first; checkpoints/ and
-logs/ are never uploaded.
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
 import sys
+from pathlib import Path
 
-from hf_ssl.hub import PushError, push_run_folder
+# Python puts this script's folder first on sys.path; a sibling script named like a library
+# (trainers/evaluate.py vs the `evaluate` package) would then shadow that library.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 
-
-def parse_arguments(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", help="run folder written by trainers/pretrain.py")
-    parser.add_argument("--repo_id", required=True, help="org/name on the Hub")
-    parser.add_argument("--private", action="store_true", help="create the repos as private")
-    parser.add_argument("--revision", default=None, help="branch to push to (created when missing)")
-    parser.add_argument("--no_backbone", action="store_true", help="do not push backbone/ as <repo_id>-backbone")
-    parser.add_argument("--commit_message", default=None)
-    return parser.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    arguments = parse_arguments(argv)
-    try:
-        result = push_run_folder(
-            arguments.run_dir,
-            arguments.repo_id,
-            private=arguments.private,
-            revision=arguments.revision,
-            push_backbone=not arguments.no_backbone,
-            commit_message=arguments.commit_message,
-        )
-    except PushError as error:
-        print(str(error), file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2))
-    return 0
-
+from hf_ssl.cli.push import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

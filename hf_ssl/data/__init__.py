@@ -4,13 +4,14 @@ from .default import DEFAULT_DATASET_NAME, load_default_dataset
 from .images import UndecodableImageError, decode_image, to_rgb
 from .loader import EmptyEpochError, TrainingBatches
 from .loading import DatasetConfigurationError, check_image_column, load_image_dataset, stream_source
-from .stream import ResumableImageStream, collate_samples
+from .stream import ResumableImageStream, ResumableRowStream, collate_samples
 
 __all__ = [
     "DEFAULT_DATASET_NAME",
     "DatasetConfigurationError",
     "EmptyEpochError",
     "ResumableImageStream",
+    "ResumableRowStream",
     "TrainingBatches",
     "UndecodableImageError",
     "check_image_column",

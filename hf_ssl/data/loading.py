@@ -85,13 +85,13 @@ def check_image_column(dataset: datasets.Dataset | datasets.IterableDataset, ima
 
 def stream_source(
     dataset: datasets.Dataset | datasets.IterableDataset,
-    image_column: str,
+    columns: str | Sequence[str],
     *,
     rank: int = 0,
     world_size: int = 1,
     shards_per_process: int = 8,
 ) -> datasets.IterableDataset:
-    """Keep `image_column` only, switch off its decoding, and give this process its part.
+    """Keep `columns` only, switch off decoding of their images, and give this process its part.
 
     A map-style `Dataset` becomes an `IterableDataset` with ``world_size * shards_per_process``
     shards, so `split_dataset_by_node` hands every process whole, disjoint shards and DataLoader
@@ -99,16 +99,20 @@ def stream_source(
     not divide `world_size`, `split_dataset_by_node` falls back to every world_size-th example.
 
     Args:
-        dataset: from `load_image_dataset`, with `image_column` present.
+        dataset: from `load_image_dataset`, with every one of `columns` present.
+        columns: the columns a recipe reads (one name or several).
         rank, world_size: this process and the number of processes.
         shards_per_process: shards per process for a map-style dataset (>= DataLoader workers).
     """
-    check_image_column(dataset, image_column)
-    dataset = dataset.select_columns([image_column])
+    columns = [columns] if isinstance(columns, str) else list(columns)
+    for column in columns:
+        check_image_column(dataset, column)
+    dataset = dataset.select_columns(columns)
     features = dataset.features
-    if features is not None and isinstance(features.get(image_column), datasets.Image):
-        # Decode in our worker code, where an undecodable file is counted and skipped.
-        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    for column in columns:
+        if features is not None and isinstance(features.get(column), datasets.Image):
+            # Decode in our worker code, where an undecodable file is counted and skipped.
+            dataset = dataset.cast_column(column, datasets.Image(decode=False))
     if isinstance(dataset, datasets.Dataset):
         number_of_shards = max(1, min(len(dataset), world_size * shards_per_process))
         number_of_shards -= number_of_shards % world_size or 0

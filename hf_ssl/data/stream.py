@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .images import UndecodableImageError, decode_image
+from .images import UndecodableImageError
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def _sample_seed(*coordinates: int) -> int:
     return int(np.random.SeedSequence([int(value) for value in coordinates]).generate_state(2, np.uint64)[0] >> 1)
 
 
-class ResumableImageStream(IterableDataset):
+class ResumableRowStream(IterableDataset):
     """Decode, convert to RGB and augment the images of a `datasets.IterableDataset`.
 
     Yields ``{**transform(image), "skipped_samples": int}`` where ``skipped_samples`` counts the
@@ -45,8 +45,9 @@ class ResumableImageStream(IterableDataset):
 
     Args:
         source: one process's part of the data (see `hf_ssl.data.stream_source`), images not decoded.
-        image_column: column holding the images.
-        transform: ``PIL.Image -> dict[str, Tensor]`` (see `hf_ssl.transforms.build_transform`).
+        columns: the columns each row keeps.
+        transform: ``{column: cell} -> dict[str, Tensor]``, run per row (a recipe's transform);
+            raising `UndecodableImageError` skips and counts the row.
         seed: run seed; with `rank` it fixes the block permutations and augmentation randomness.
         shuffle_buffer_size: rows per shuffled block (memory: this many encoded images per worker).
         rank: this process's index, so processes draw different augmentations.
@@ -55,8 +56,8 @@ class ResumableImageStream(IterableDataset):
     def __init__(
         self,
         source: datasets.IterableDataset,
-        image_column: str,
-        transform: Callable[[Any], dict[str, torch.Tensor]],
+        columns: str | list[str],
+        transform: Callable[[dict], dict[str, torch.Tensor]],
         *,
         seed: int = 0,
         shuffle_buffer_size: int = 1000,
@@ -65,7 +66,7 @@ class ResumableImageStream(IterableDataset):
         if shuffle_buffer_size < 1:
             raise ValueError(f"shuffle_buffer_size must be >= 1, got {shuffle_buffer_size}")
         self.source = source
-        self.image_column = image_column
+        self.columns = [columns] if isinstance(columns, str) else list(columns)
         self.transform = transform
         self.seed = seed
         self.shuffle_buffer_size = shuffle_buffer_size
@@ -93,7 +94,7 @@ class ResumableImageStream(IterableDataset):
     def _read_block(self, rows) -> list:
         block = []
         for row in rows:
-            block.append(row[self.image_column])
+            block.append({column: row[column] for column in self.columns})
             if len(block) == self.shuffle_buffer_size:
                 break
         return block
@@ -125,19 +126,18 @@ class ResumableImageStream(IterableDataset):
                     "block_source_state": block_source_state,
                     "offset": position + 1,
                 }
+                seed = _sample_seed(self.seed, self.rank, self.epoch, worker_id, block_index, position)
                 try:
-                    image = decode_image(block[order[position]])
+                    # fork_rng: with num_workers=0 this runs in the training process, whose RNG drives the model.
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(seed)
+                        sample = self.transform(block[order[position]])
                 except UndecodableImageError as error:
                     skipped_since_last_yield += 1
                     if logged_corrupt < _MAX_LOGGED_CORRUPT_SAMPLES:
                         logger.warning("Skipping an undecodable sample (epoch %d): %s", self.epoch, error)
                         logged_corrupt += 1
                     continue
-                seed = _sample_seed(self.seed, self.rank, self.epoch, worker_id, block_index, position)
-                # fork_rng: with num_workers=0 this runs in the training process, whose RNG drives the model.
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    sample = self.transform(image)
                 sample["skipped_samples"] = skipped_since_last_yield
                 skipped_since_last_yield = 0
                 yield sample
@@ -151,3 +151,13 @@ def collate_samples(samples: list[dict]) -> dict[str, torch.Tensor]:
     batch = {key: torch.stack([sample[key] for sample in samples]) for key in samples[0] if key != "skipped_samples"}
     batch["skipped_samples"] = torch.tensor(sum(sample["skipped_samples"] for sample in samples))
     return batch
+
+
+class ResumableImageStream(ResumableRowStream):
+    """A `ResumableRowStream` over one image column with a transform of the decoded PIL image
+    (the 0.1 interface): ``transform(image) -> dict[str, Tensor]``."""
+
+    def __init__(self, source: datasets.IterableDataset, image_column: str, transform: Callable[[Any], dict], **kwargs):
+        from hf_ssl.transforms import ImageRowTransform, RowsByRole
+
+        super().__init__(source, [image_column], RowsByRole({"image": image_column}, ImageRowTransform(transform)), **kwargs)

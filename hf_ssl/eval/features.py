@@ -65,6 +65,17 @@ def pool_hidden_states(
     raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
+def encode_and_pool(encoder: nn.Module, pixel_values: torch.Tensor, pooling: Pooling = "mean") -> torch.Tensor:
+    """``(B, C, H, W) -> (B, D)``: pooled token sequence, or the model's own pooling for encoders
+    whose output is a feature map (ConvNeXt, ResNet, timm CNNs through `TimmWrapperModel`)."""
+    outputs = encoder(pixel_values=pixel_values)
+    hidden = outputs.last_hidden_state
+    if hidden.ndim != 3:  # (B, C, h, w) feature map: no tokens to pool
+        return outputs.pooler_output.flatten(1)
+    prefix = count_prefix_tokens(getattr(encoder, "config", None), hidden.shape[1], *pixel_values.shape[-2:])
+    return pool_hidden_states(hidden, prefix, pooling)
+
+
 def _batches(pixel_values: torch.Tensor | Iterable[torch.Tensor], batch_size: int) -> Iterable[torch.Tensor]:
     if isinstance(pixel_values, torch.Tensor):
         if pixel_values.ndim != 4:
@@ -114,9 +125,7 @@ def extract_features(
     try:
         for batch in _batches(pixel_values, batch_size):
             batch = batch.to(device=device, dtype=dtype)  # (B, C, H, W)
-            hidden = encoder(pixel_values=batch).last_hidden_state  # (B, T, D)
-            prefix = count_prefix_tokens(getattr(encoder, "config", None), hidden.shape[1], *batch.shape[-2:])
-            features.append(pool_hidden_states(hidden, prefix, pooling).float().cpu())
+            features.append(encode_and_pool(encoder, batch, pooling).float().cpu())
     finally:
         encoder.train(was_training)
     if not features:

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .features import Pooling, _encoder_of, count_prefix_tokens, pool_hidden_states
+from hf_ssl.backbones.modules import feature_dimension
+
+from .features import Pooling, _encoder_of, encode_and_pool
 from .metrics import classification_metrics
 
 
@@ -33,7 +35,7 @@ class BackboneClassifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
-        hidden_size = _hidden_size(backbone.config)
+        hidden_size = feature_dimension(backbone)
         self.norm = nn.LayerNorm(hidden_size)
         self.head = nn.Linear(hidden_size, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=2e-5)
@@ -41,15 +43,7 @@ class BackboneClassifier(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) pixels -> (B, num_classes) logits."""
-        hidden = self.backbone(pixel_values=pixel_values).last_hidden_state  # (B, T, D)
-        prefix = count_prefix_tokens(self.backbone.config, hidden.shape[1], *pixel_values.shape[-2:])
-        return self.head(self.norm(pool_hidden_states(hidden, prefix, self.pooling)))  # (B, C)
-
-
-def _hidden_size(config) -> int:
-    if hasattr(config, "depths"):  # Swin: the last stage's width
-        return int(config.embed_dim * 2 ** (len(config.depths) - 1))
-    return int(config.hidden_size)
+        return self.head(self.norm(encode_and_pool(self.backbone, pixel_values, self.pooling)))  # (B, C)
 
 
 def num_encoder_blocks(config) -> int:

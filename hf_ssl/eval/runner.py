@@ -183,3 +183,19 @@ def evaluate_model(
         merged.update(results)
         output_file.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
     return results
+
+
+def evaluate_run_after_training(run_dir: str | os.PathLike, seed: int = 0) -> str:
+    """The end-of-pre-training check on the bundled data: kNN of the run's encoder and of the same
+    encoder at random init, through `evaluate_model` (the path ``hf-ssl evaluate`` takes), merged
+    into ``run_dir/eval_results.json``. Returns the line to print."""
+    run_dir = Path(run_dir)
+    output_file = run_dir / "eval_results.json"
+    pretrained = evaluate_model(run_dir, protocols=("knn",), output_file=None, seed=seed)["knn"]
+    random_init = evaluate_model(run_dir, protocols=("knn",), random_init=True, output_file=None, seed=seed)["knn"]
+    pretrained["random_init_accuracy"] = random_init["accuracy"]
+    merged = json.loads(output_file.read_text()) if output_file.is_file() else {}
+    merged["knn"] = pretrained
+    output_file.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    return (f"kNN accuracy on {pretrained['dataset']} (k={pretrained['k']}): pre-trained {pretrained['accuracy']:.4f} | "
+            f"random init {random_init['accuracy']:.4f}")

@@ -1,11 +1,12 @@
 """Model cards for run folders: Hub metadata, model-index with measured results, prose from the run.
 
 `write_model_card(run_dir)` reads the run folder (config.json, training_args.json,
-training_log.jsonl, eval_results.json), draws ``loss_curve.png`` (and, for models with a
-reconstruction adapter in `hf_ssl.visualization`, ``reconstruction.png``), and renders the Jinja
-templates of ``model_cards/`` into ``README.md`` (and ``backbone/README.md`` for the exported
-encoder) through `huggingface_hub.ModelCard.from_template`, so the YAML front matter is the one
-the Hub reads.
+training_log.jsonl, eval_results.json), draws ``loss_curve.png`` and the figures the method's
+recipe declares (`Recipe.figures`, e.g. ``reconstruction.png``) on a few images of the run's own
+data, and renders the Jinja templates of ``model_cards/`` into ``README.md`` (and
+``backbone/README.md`` for the exported encoder) through `huggingface_hub.ModelCard.from_template`,
+so the YAML front matter is the one the Hub reads. The method's title, description, limitation
+and tags come from its recipe (`Recipe.card`): this module knows no method.
 """
 
 from __future__ import annotations
@@ -20,39 +21,12 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
 from hf_ssl.plots import save_loss_curve
+from hf_ssl.recipes.base import MethodCard
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LICENSE = "apache-2.0"
 PIPELINE_TAG = "image-feature-extraction"
-METHOD_TEXT = {
-    "splitmask": (
-        "SplitMask",
-        "SplitMask (El-Nouby et al. 2021, arXiv:2112.10740) splits each image's patches into two disjoint "
-        "halves, encodes each half's visible patches, predicts the discrete patch-tokenizer tokens of the "
-        "hidden half with a shallow decoder and matches the two halves' global descriptors with InfoNCE.",
-        "The masked-token targets come from a k-means patch tokenizer fitted on the same data; MIM features "
-        "are usually stronger after fine-tuning than under a frozen linear probe.",
-    ),
-    "beit": (
-        "BEiT",
-        "BEiT-style masked image modeling (Bao et al. 2021, arXiv:2106.08254) with a patch-tokenizer "
-        "vocabulary instead of a dVAE: blockwise-masked patches are predicted as discrete tokens.",
-        "MIM features are usually stronger after fine-tuning than under a frozen linear probe.",
-    ),
-    "simmim": (
-        "SimMIM",
-        "SimMIM (Xie et al. 2021, arXiv:2111.09886) masks large random patches, replaces them with a "
-        "learned mask token and regresses their raw pixels with a linear head (L1 loss on masked pixels).",
-        "MIM features are usually stronger after fine-tuning than under a frozen linear probe.",
-    ),
-    "mae": (
-        "MAE",
-        "MAE (He et al. 2021, arXiv:2111.06377) encodes only the visible 25% of patches and reconstructs the "
-        "normalised pixels of the masked ones with a light decoder (MSE).",
-        "MIM features are usually stronger after fine-tuning than under a frozen linear probe.",
-    ),
-}
 PROTOCOL_NAMES = {"knn": "k-NN", "linear": "Linear probe", "finetune": "Fine-tuning"}
 
 
@@ -183,34 +157,65 @@ def _eval_rows(eval_results: dict) -> list[dict]:
     return rows
 
 
-def _sample_images(training_args: dict, image_processor, count: int = 4):
+def sample_images(training_args: dict, image_processor, count: int = 4):
+    """``(count, C, H, W)`` images for the card's figures: the bundled test split for runs on the
+    bundled data, else the first decodable images of the run's own training data (a dataset
+    without labels has no other split to offer)."""
+    from hf_ssl.data import decode_image, load_image_dataset
+    from hf_ssl.data.images import UndecodableImageError
     from hf_ssl.eval.runner import is_bundled_dataset, load_labelled_split
 
     dataset_name = training_args.get("dataset_name")
-    split = "test" if is_bundled_dataset(dataset_name) else training_args.get("eval_split", "test")
-    dataset = load_labelled_split(dataset_name, split).select(range(count))
-    images = [image.convert("RGB") for image in dataset["image"]]
+    if is_bundled_dataset(dataset_name):
+        cells = load_labelled_split(dataset_name, "test").select(range(count))["image"]
+    else:
+        column = (training_args.get("columns") or {}).get("image") or training_args.get("image_column", "image")
+        dataset = load_image_dataset(
+            dataset_name, dataset_config_name=training_args.get("dataset_config_name"),
+            data_dir=training_args.get("data_dir"), data_files=training_args.get("data_files"),
+            split=training_args.get("train_split", "train"), streaming=True,
+        )
+        cells = (row[column] for row in dataset)
+    images = []
+    for cell in cells:
+        try:
+            images.append(decode_image(cell))
+        except UndecodableImageError:
+            continue
+        if len(images) == count:
+            break
+    if not images:
+        raise ValueError("no decodable image found for the card's figures")
     return image_processor(images=images, return_tensors="pt")["pixel_values"]
 
 
-def save_reconstruction(run_dir: Path, training_args: dict) -> Path | None:
-    """``reconstruction.png`` for models that `hf_ssl.visualization` can draw; None for the others."""
+def save_figures(run_dir: Path, training_args: dict, recipe) -> list[dict]:
+    """Draw the recipe's figures into the run folder; ``[{"file", "title", "caption"}]`` of those drawn."""
     from transformers import AutoImageProcessor
-
-    from hf_ssl.visualization import find_adapter, save_reconstruction_figure
 
     from .loading import load_pretrained
 
+    figures = recipe.figures() if recipe is not None else ()
+    if not figures:
+        return []
     model = load_pretrained(run_dir)
-    try:
-        find_adapter(model)
-    except ValueError:
-        return None  # no pixel prediction to show (e.g. SplitMask predicts discrete tokens)
     image_processor = AutoImageProcessor.from_pretrained(str(run_dir))
-    pixel_values = _sample_images(training_args, image_processor)
-    path = run_dir / "reconstruction.png"
-    save_reconstruction_figure(model, pixel_values, path, image_processor.image_mean, image_processor.image_std)
-    return path
+    pixel_values = sample_images(training_args, image_processor)
+    drawn = []
+    for figure in figures:
+        figure.draw(model, pixel_values, image_processor.image_mean, image_processor.image_std, str(run_dir / figure.file_name))
+        drawn.append({"file": figure.file_name, "title": figure.title, "caption": figure.caption})
+    return drawn
+
+
+def _recipe_of(training_args: dict, config: dict):
+    """The recipe of the run (by ``--method``, else by the config's model type); None if unknown."""
+    from hf_ssl.recipes import available_methods, get_recipe, recipe_for_model_type
+
+    method = training_args.get("method")
+    if method in available_methods():
+        return get_recipe(method)
+    return recipe_for_model_type(str(config.get("model_type", "")))
 
 
 def _method_name(training_args: dict, config: dict) -> str:
@@ -251,9 +256,11 @@ def build_model_card(
     training_args = _read_json(run_dir / "training_args.json")
     eval_results = _read_json(run_dir / "eval_results.json")
     method = _method_name(training_args, config)
-    method_title, method_description, method_limitation = METHOD_TEXT.get(
-        method, (method, f"Pre-trained with the {method} method.", "See the method's paper for its known limits.")
+    recipe = _recipe_of(training_args, config)
+    method_card = recipe.card if recipe is not None else MethodCard(
+        title=method, description=f"Pre-trained with the {method} method."
     )
+    method_title = method_card.title
     model_name = repo_id.split("/")[-1] if repo_id else run_dir.resolve().name
     load_path = repo_id or str(run_dir)
     has_backbone = (run_dir / "backbone" / "config.json").is_file()
@@ -263,21 +270,17 @@ def build_model_card(
         _read_json(run_dir / "backbone" / "config.json") if has_backbone else config
     )
 
-    loss_curve = reconstruction = None
     if make_figures and (run_dir / "training_log.jsonl").is_file():
-        loss_curve = save_loss_curve(run_dir / "training_log.jsonl", run_dir / "loss_curve.png",
-                                     title=f"{method_title} training loss")
-        if (run_dir / "model.safetensors").is_file():
-            try:
-                reconstruction = save_reconstruction(run_dir, training_args)
-            except (OSError, ValueError, ImportError) as error:  # figure is optional; the card is not
-                logger.warning("no reconstruction figure for %s: %s", run_dir, error)
-    loss_curve = "loss_curve.png" if (loss_curve or (run_dir / "loss_curve.png").is_file()) else None
-    reconstruction = "reconstruction.png" if (reconstruction or (make_figures is False and (run_dir / "reconstruction.png").is_file())) else None
+        save_loss_curve(run_dir / "training_log.jsonl", run_dir / "loss_curve.png", title=f"{method_title} training loss")
+    loss_curve = "loss_curve.png" if (run_dir / "loss_curve.png").is_file() else None
+    figures = []
+    if make_figures and (run_dir / "model.safetensors").is_file():
+        figures = save_figures(run_dir, training_args, recipe)
+    elif recipe is not None:  # figures drawn earlier are kept
+        figures = [{"file": figure.file_name, "title": figure.title, "caption": figure.caption}
+                   for figure in recipe.figures() if (run_dir / figure.file_name).is_file()]
 
-    tags = ["hf-ssl", "self-supervised-learning", "image-feature-extraction", method]
-    if method_title.lower() != method:
-        tags.append(method_title.lower())
+    tags = ["hf-ssl", "self-supervised-learning", "image-feature-extraction", method, *method_card.tags]
     card_data = ModelCardData(
         library_name="transformers",
         license=license or training_args.get("license") or DEFAULT_LICENSE,
@@ -294,8 +297,8 @@ def build_model_card(
         model_name=model_name,
         method=method,
         method_title=method_title,
-        method_description=method_description,
-        method_limitation=method_limitation,
+        method_description=method_card.description,
+        method_limitation=method_card.limitation,
         backbone_class=backbone_class,
         backbone_description=backbone_description,
         backbone_repo_id=backbone_repo_id,
@@ -313,7 +316,7 @@ def build_model_card(
         seed=training_args.get("seed", "not recorded"),
         training_args_json=json.dumps(training_args, indent=2, sort_keys=True, default=str),
         loss_curve=loss_curve,
-        reconstruction=reconstruction,
+        figures=figures,
         eval_rows=_eval_rows(eval_results),
         pooling_note=f"{'/'.join(sorted(pooling))}-pooled encoder features",
         load_path=load_path,
@@ -327,8 +330,10 @@ def build_backbone_card(run_dir: str | os.PathLike, repo_id: str | None = None, 
     run_dir = Path(run_dir)
     training_args = _read_json(run_dir / "training_args.json")
     eval_results = _read_json(run_dir / "eval_results.json")
-    method = _method_name(training_args, _read_json(run_dir / "config.json"))
-    method_title = METHOD_TEXT.get(method, (method,))[0]
+    config = _read_json(run_dir / "config.json")
+    method = _method_name(training_args, config)
+    recipe = _recipe_of(training_args, config)
+    method_title = recipe.card.title if recipe is not None else method
     backbone_config = _read_json(run_dir / "backbone" / "config.json")
     backbone_class, backbone_description = describe_backbone(backbone_config)
     parent_name = repo_id.split("/")[-1] if repo_id else run_dir.resolve().name
@@ -368,7 +373,7 @@ def write_model_card(
     """Write ``README.md`` (+ loss_curve.png, reconstruction.png) into a run folder, and
     ``backbone/README.md`` when the folder has an exported backbone. Returns the README path.
 
-    Called by ``trainers/pretrain.py`` after training and by `push_run_folder` before upload.
+    Called by ``hf-ssl pretrain`` after training and by `push_run_folder` before upload.
     """
     run_dir = Path(run_dir)
     card = build_model_card(run_dir, repo_id, license, base_model, make_figures)

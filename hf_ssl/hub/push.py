@@ -31,7 +31,7 @@ class PushError(RuntimeError):
 
 
 def _retry_command(run_dir: Path, repo_id: str, private: bool, revision: str | None, push_backbone: bool) -> str:
-    command = ["python", "trainers/push.py", str(run_dir), "--repo_id", repo_id]
+    command = ["hf-ssl", "push", str(run_dir), "--repo_id", repo_id]
     if private:
         command.append("--private")
     if revision:

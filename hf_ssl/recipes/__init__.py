@@ -1,6 +1,36 @@
 """Method registry: one recipe module per method, registered on import."""
 
-from .base import OptimizerDefaults, Recipe, available_methods, get_recipe, register_recipe
-from . import mae, simmim, splitmask  # noqa: E402,F401  (each module registers its methods)
+from .base import (
+    BuildContext,
+    Figure,
+    MethodCard,
+    OptimizerDefaults,
+    Recipe,
+    ScheduleContext,
+    StepContext,
+    available_methods,
+    build_model,
+    get_recipe,
+    parameter_groups,
+    recipe_for_model,
+    recipe_for_model_type,
+    register_recipe,
+)
+from . import mae, simmim, splitmask  # noqa: E402,F401  (each module registers its method)
 
-__all__ = ["OptimizerDefaults", "Recipe", "available_methods", "get_recipe", "register_recipe"]
+__all__ = [
+    "BuildContext",
+    "Figure",
+    "MethodCard",
+    "OptimizerDefaults",
+    "Recipe",
+    "ScheduleContext",
+    "StepContext",
+    "available_methods",
+    "build_model",
+    "get_recipe",
+    "parameter_groups",
+    "recipe_for_model",
+    "recipe_for_model_type",
+    "register_recipe",
+]

@@ -1,4 +1,4 @@
-"""SimMIM recipe (Xie et al. 2021, arXiv:2111.09886): `--method simmim` on Swin or ViT presets.
+"""SimMIM recipe (Xie et al. 2021, arXiv:2111.09886): `--method simmim` on Swin or ViT backbones.
 
 Published pre-training recipe (paper section 4.1): AdamW, weight decay 0.05, betas (0.9, 0.999),
 learning rate 8e-4 at batch 2048 (the official code writes it as 2e-4 * batch / 512, the same
@@ -10,73 +10,77 @@ resized crop, flip); 192 px for Swin (window 6), 224 px for ViT; random masking,
 
 from __future__ import annotations
 
-from transformers import PreTrainedModel
+import torch
 
-from hf_ssl.backbones import backbone_preset
+from hf_ssl.backbones import SMALL_IMAGE_SIZE, backbone_preset, is_preset
+from hf_ssl.masking.simmim import upsample_patch_mask
 from hf_ssl.modeling.simmim import SimMIMConfig, SwinForSimMIM, ViTForSimMIM
+from hf_ssl.visualization import ReconstructionPanels
 
-from .base import OptimizerDefaults, Recipe, register_recipe
-
-# Below this size (CPU-scale data such as the bundled 32-px digits) 16-px ViT patches and 32-px
-# mask patches would leave a 2x2 grid or less: use 4-px patches and 8-px mask patches instead.
-SMALL_IMAGE_SIZE = 128
-LARGEST_SWIN_WINDOW = 7
+from .base import BuildContext, MethodCard, OptimizerDefaults, Recipe, register_recipe
+from .vit_fields import masked_vit_fields
 
 
-def swin_window_size(image_size: int, patch_size: int, num_stages: int, largest: int = LARGEST_SWIN_WINDOW) -> int:
-    """Largest window <= `largest` that tiles every Swin stage (192 px -> 6, 224 px -> 7, 32 px -> 4).
-
-    A stage no larger than the window is fine (Swin attends over the whole map there).
-    """
-    resolutions = [image_size // patch_size // 2**stage for stage in range(num_stages)]
-    for window in range(largest, 0, -1):
-        if all(resolution <= window or resolution % window == 0 for resolution in resolutions):
-            return window
-    return 1
-
-
-def build_simmim_model(model_preset: str, image_size: int, overrides: dict) -> PreTrainedModel:
-    """SimMIM model for a backbone preset (``"swin-tiny"``, ``"vit-small"``, ``"vit-micro"``, ...)."""
-    family, fields = backbone_preset(model_preset)
-    small = image_size < SMALL_IMAGE_SIZE
-    settings = {"backbone": family, "image_size": image_size, **fields}
-    settings["patch_size"] = 4 if (family == "swin" or small) else 16
-    settings["mask_patch_size"] = 8 if small else 32
-    settings.update(overrides)
-    if family == "swin" and "window_size" not in overrides:
-        settings["window_size"] = swin_window_size(image_size, settings["patch_size"], len(settings["depths"]))
-    config = SimMIMConfig(**settings)
-    return SwinForSimMIM(config) if family == "swin" else ViTForSimMIM(config)
+def simmim_panels(model, pixel_values: torch.Tensor, generator: torch.Generator) -> ReconstructionPanels:
+    """SimMIM: the head predicts every pixel; the loss (and the figure) use the hidden ones."""
+    batch_size, _, height, width = pixel_values.shape
+    bool_masked_pos = model.mask_generator(batch_size, generator=generator)  # (B, N)
+    outputs = model(pixel_values, bool_masked_pos=bool_masked_pos)
+    hidden = upsample_patch_mask(outputs.bool_masked_pos.cpu(), model.config.grid_size, model.config.patch_size)
+    return ReconstructionPanels(
+        images=pixel_values, hidden=hidden.view(batch_size, height, width), prediction=outputs.reconstruction,
+        target=pixel_values,
+    )
 
 
-def default_image_size_for(model_preset: str) -> int:
-    """SimMIM's published resolution for a preset: 192 for Swin, 224 for ViT."""
-    family, _ = backbone_preset(model_preset)
-    return 192 if family == "swin" else 224
-
-
-SIMMIM_RECIPE = register_recipe(
-    Recipe(
-        name="simmim",
-        description="SimMIM: predict raw pixels of randomly masked 32-px patches with a linear head (L1 loss)",
-        build_model=build_simmim_model,
-        augmentation="light",
-        optimizer=OptimizerDefaults(
-            base_learning_rate=8e-4,
-            reference_batch_size=2048,
-            weight_decay=0.05,
-            betas=(0.9, 0.999),
-            warmup_fraction=0.1,
-            min_learning_rate_ratio=0.05,
-            gradient_clip_norm=5.0,
+class SimMIMRecipe(Recipe):
+    name = "simmim"
+    description = "SimMIM: predict raw pixels of randomly masked 32-px patches with a linear head (L1 loss)"
+    registrations = (
+        # One config type, two model classes: the Auto classes pick one by `config.architectures`
+        # (SimMIMConfig fills it from `backbone`), the first of the tuple being the default.
+        (SimMIMConfig, (SwinForSimMIM, ViTForSimMIM), ("AutoModel", "AutoModelForPreTraining", "AutoModelForMaskedImageModeling")),
+    )
+    card = MethodCard(
+        title="SimMIM",
+        description=(
+            "SimMIM (Xie et al. 2021, arXiv:2111.09886) masks large random patches, replaces them with a "
+            "learned mask token and regresses their raw pixels with a linear head (L1 loss on masked pixels)."
         ),
-        default_model="swin-tiny",
-        default_image_size=192,
-        image_size_for_model=default_image_size_for,
-        is_masked_image_modeling=True,
+        limitation="MIM features are usually stronger after fine-tuning than under a frozen linear probe.",
         tags=("simmim", "masked-image-modeling"),
     )
-)
+    optimizer = OptimizerDefaults(
+        base_learning_rate=8e-4,
+        reference_batch_size=2048,
+        weight_decay=0.05,
+        betas=(0.9, 0.999),
+        warmup_fraction=0.1,
+        min_learning_rate_ratio=0.05,
+        gradient_clip_norm=5.0,
+    )
+    default_model = "swin-tiny"
+    default_image_size = 192
+    supported_backbones = ("swin", "vit")
+    reconstruction_panels = staticmethod(simmim_panels)
+
+    def image_size_for(self, backbone_name: str) -> int:
+        """SimMIM's published resolution: 192 for Swin, 224 for ViT."""
+        if is_preset(backbone_name):
+            family, _ = backbone_preset(backbone_name)
+            return 192 if family == "swin" else 224
+        return 224
+
+    def build_model(self, context: BuildContext):
+        fields = masked_vit_fields(self, context.backbone)
+        settings = {"backbone": context.backbone.family, **fields}
+        # Below SMALL_IMAGE_SIZE a 32-px mask patch would leave a 1x1 grid: 8-px mask patches.
+        settings["mask_patch_size"] = 8 if context.image_size < SMALL_IMAGE_SIZE else 32
+        settings.update(context.model_overrides)
+        config = SimMIMConfig(**settings)
+        return SwinForSimMIM(config) if config.backbone == "swin" else ViTForSimMIM(config)
 
 
-__all__ = ["SIMMIM_RECIPE", "build_simmim_model", "default_image_size_for", "swin_window_size"]
+SIMMIM = register_recipe(SimMIMRecipe())
+
+__all__ = ["SIMMIM", "SimMIMRecipe", "simmim_panels"]

@@ -1,14 +1,17 @@
-"""Arguments of `trainers/pretrain.py`: one dataclass, parsed from the command line and/or YAML.
+"""Arguments of ``hf-ssl pretrain``: the common dataclass plus the method's own, from flags and/or YAML.
 
 Every field is a command-line flag (``--max_steps 1000``); ``--config run.yaml`` reads the same
-names from a file, and flags given next to it win. Fields left at None are resolved from the
-method's recipe (model, image size, learning rate, warm-up, clipping) or, when no dataset is
-given, from the bundled default run (digits, vit-micro, 32 px). `validate_arguments` rejects
-unusable combinations before any data is read or any weight is allocated.
+names from a file, and flags given next to it win. The chosen method's recipe may add flags of
+its own (`Recipe.arguments_class`, e.g. DINO's ``--local_crops_number``); ``--method X --help``
+lists them. Fields left at None are resolved from the method's recipe (model, image size,
+learning rate, warm-up, clipping) or, when no dataset is given, from the bundled default run
+(digits, vit-micro, 32 px). `validate_arguments` rejects unusable combinations before any data is
+read or any weight is allocated.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -20,9 +23,9 @@ import torch
 import yaml
 from transformers import HfArgumentParser
 
-from hf_ssl.backbones import backbone_preset
+from hf_ssl.backbones import BackboneSpec, resolve_backbone
 from hf_ssl.data.default import DEFAULT_DATASET_NAME
-from hf_ssl.recipes import available_methods, get_recipe
+from hf_ssl.recipes import BuildContext, Recipe, available_methods, get_recipe
 
 MixedPrecision = Literal["no", "bf16", "fp16"]
 REPORT_TO_CHOICES = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "all", "none")
@@ -49,7 +52,15 @@ class PretrainingArguments:
 
     # --- method and model
     method: str = field(default="splitmask", metadata={"help": "Pre-training method (a registered recipe)."})
-    model: str | None = field(default=None, metadata={"help": "Backbone preset, e.g. vit-small (default: the recipe's)."})
+    model: str | None = field(
+        default=None,
+        metadata={"help": "Backbone: a preset (vit-micro ... vit-large, swin-micro ... swin-base), a transformers model "
+                          "folder or Hub id (ViT, Swin, ConvNeXt, ResNet, DINOv2, ...) or timm/<name> "
+                          "(default: the recipe's)."},
+    )
+    from_scratch: bool = field(
+        default=False, metadata={"help": "With a checkpoint as --model: use its architecture only, not its weights."}
+    )
     model_overrides: str | None = field(
         default=None, metadata={"help": 'JSON dict of model config fields, e.g. \'{"mask_ratio": 0.5}\'.'}
     )
@@ -90,12 +101,12 @@ class PretrainingArguments:
     mixed_precision: MixedPrecision = field(
         default="no",
         metadata={"help": "no / bf16 / fp16. Default 'no': on the default run (2 CPU cores) bf16 autocast changed the "
-                          "loss curve by < 0.05 but the step time by only 4% (0.111 vs 0.116 s), within noise, and CPUs "
-                          "without bf16 instructions get slower; on GPUs with bf16 (A100/H100) use bf16."},
+                          "loss curve by < 0.05 but the step time by only 4 percent (0.111 vs 0.116 s), within noise, "
+                          "and CPUs without bf16 instructions get slower; on GPUs with bf16 (A100/H100) use bf16."},
     )
     seed: int = field(default=0, metadata={"help": "Seed for weights, data order, augmentations and masks."})
     tokenizer_fit_batches: int = field(
-        default=20, metadata={"help": "Training batches given to the recipe's prepare_model (e.g. SplitMask's tokenizer)."}
+        default=20, metadata={"help": "Batches given to the recipe's preparation before training (SplitMask's tokenizer)."}
     )
     # --- outputs
     output_dir: str | None = field(default=None, metadata={"help": "Run folder (default runs/<method>-<model>)."})
@@ -125,34 +136,54 @@ class PretrainingArguments:
         return dataclasses.asdict(self)
 
 
-def parse_arguments(argv: list[str] | None = None) -> PretrainingArguments:
-    """Parse flags; ``--config file.yaml`` supplies defaults that explicit flags override."""
+def _method_and_config(argv: list[str]) -> tuple[str, dict, str | None]:
+    """``--method`` (flag, else YAML, else the default) and the YAML values, read before the full parse."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--method", default=None)
+    early.add_argument("--config", default=None)
+    known, _ = early.parse_known_args(argv)
+    values: dict = {}
+    if known.config is not None:
+        if not Path(known.config).is_file():
+            raise ConfigurationError(f"--config {known.config!r}: no such file")
+        try:
+            values = yaml.safe_load(Path(known.config).read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigurationError(f"--config {known.config}: not valid YAML ({str(error).splitlines()[0]})") from error
+        if not isinstance(values, dict):
+            raise ConfigurationError(f"--config {known.config}: expected a mapping of argument names to values")
+    method = known.method or values.get("method") or PretrainingArguments.method
+    return method, values, known.config
+
+
+def parse_arguments(argv: list[str] | None = None) -> tuple[PretrainingArguments, object | None]:
+    """Parse flags into ``(arguments, method_arguments)``; ``--config file.yaml`` supplies defaults
+    that explicit flags override. `method_arguments` is the recipe's `arguments_class` instance
+    (None when the method has no flags of its own)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(PretrainingArguments)
-    config_path = None
-    for index, token in enumerate(argv):
-        if token == "--config" and index + 1 < len(argv):
-            config_path = argv[index + 1]
-        elif token.startswith("--config="):
-            config_path = token.split("=", 1)[1]
-    if config_path is not None:
-        if not Path(config_path).is_file():
-            raise ConfigurationError(f"--config {config_path!r}: no such file")
-        values = yaml.safe_load(Path(config_path).read_text()) or {}
-        known = {item.name for item in dataclasses.fields(PretrainingArguments)}
+    method, values, config_path = _method_and_config(argv)
+    if method not in available_methods():
+        raise ConfigurationError(f"--method {method!r} is not a registered method; available: {', '.join(available_methods())}")
+    recipe = get_recipe(method)
+    dataclass_types = [PretrainingArguments] + ([recipe.arguments_class] if recipe.arguments_class else [])
+    parser = HfArgumentParser(dataclass_types, description=f"Pre-train with --method {method}: {recipe.description}")
+    if values:
+        known = {item.name for dataclass_type in dataclass_types for item in dataclasses.fields(dataclass_type)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigurationError(f"--config {config_path}: unknown argument(s) {', '.join(unknown)}")
+            raise ConfigurationError(f"--config {config_path}: unknown argument(s) {', '.join(unknown)} for --method {method}")
         parser.set_defaults(**values)
-    (arguments,) = parser.parse_args_into_dataclasses(args=argv)
-    return arguments
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    return parsed[0], (parsed[1] if len(parsed) > 1 else None)
 
 
 def resolve_arguments(arguments: PretrainingArguments) -> PretrainingArguments:
     """Fill the None fields from the bundled default run or the general defaults, then the recipe."""
     recipe = get_recipe(arguments.method) if arguments.method in available_methods() else None
     resolved = dataclasses.replace(arguments)
-    run_defaults = BUNDLED_RUN_DEFAULTS if arguments.uses_bundled_dataset else GENERAL_RUN_DEFAULTS
+    run_defaults = dict(BUNDLED_RUN_DEFAULTS if arguments.uses_bundled_dataset else GENERAL_RUN_DEFAULTS)
+    if recipe is not None and arguments.uses_bundled_dataset:
+        run_defaults.update(recipe.bundled_run_defaults)
     for name, value in run_defaults.items():
         if getattr(resolved, name) is None:
             setattr(resolved, name, value)
@@ -164,7 +195,8 @@ def resolve_arguments(arguments: PretrainingArguments) -> PretrainingArguments:
     if resolved.knn_evaluation is None:
         resolved.knn_evaluation = arguments.uses_bundled_dataset
     if resolved.output_dir is None:
-        resolved.output_dir = str(Path("runs") / f"{resolved.method}-{resolved.model}")
+        model_name = Path(resolved.model).name if Path(resolved.model).exists() else resolved.model.replace("/", "-")
+        resolved.output_dir = str(Path("runs") / f"{resolved.method}-{model_name}")
     return resolved
 
 
@@ -180,18 +212,22 @@ def model_overrides(arguments: PretrainingArguments) -> dict:
     return overrides
 
 
-def validate_arguments(arguments: PretrainingArguments, world_size: int = 1) -> None:
-    """Raise `ConfigurationError` for any argument that would fail later (resolved arguments)."""
+def validate_arguments(arguments: PretrainingArguments, method_arguments=None, world_size: int = 1) -> BackboneSpec:
+    """Raise `ConfigurationError` for any argument that would fail later (resolved arguments).
+
+    Returns:
+        The resolved ``--model``.
+    """
     if arguments.method not in available_methods():
         raise ConfigurationError(
             f"--method {arguments.method!r} is not a registered method; available: {', '.join(available_methods())}"
         )
-    try:
-        backbone_preset(arguments.model)
-    except ValueError as error:
-        raise ConfigurationError(f"--model: {error}") from error
     if arguments.image_size is None or arguments.image_size < 1:
         raise ConfigurationError(f"--image_size must be a positive integer, got {arguments.image_size}")
+    try:
+        backbone = resolve_backbone(arguments.model, arguments.image_size, from_scratch=arguments.from_scratch)
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from error
     if arguments.push_to_hub and not arguments.hub_model_id:
         raise ConfigurationError("--push_to_hub needs --hub_model_id org/name")
     if arguments.max_steps is None or arguments.max_steps < 1:
@@ -223,17 +259,33 @@ def validate_arguments(arguments: PretrainingArguments, world_size: int = 1) -> 
         raise ConfigurationError(
             f"--resume_from_checkpoint {arguments.resume_from_checkpoint!r}: no such checkpoint folder (or use 'latest')"
         )
-    _validate_model_geometry(arguments)
-
-
-def _validate_model_geometry(arguments: PretrainingArguments) -> None:
-    """Build the model on the meta device (no memory, no time) to check the recipe accepts the
-    preset, the image size and the overrides, and that the image size is a multiple of the patch."""
     recipe = get_recipe(arguments.method)
+    _validate_model_geometry(arguments, recipe, build_context(arguments, method_arguments, recipe, backbone))
+    return backbone
+
+
+def build_context(arguments: PretrainingArguments, method_arguments, recipe: Recipe, backbone: BackboneSpec) -> BuildContext:
+    """What the recipe builds its model and transform from."""
+    from hf_ssl.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    return BuildContext(
+        backbone=backbone,
+        image_size=arguments.image_size,
+        model_overrides=model_overrides(arguments),
+        method_arguments=method_arguments,
+        image_mean=tuple(arguments.image_mean or IMAGENET_MEAN),
+        image_std=tuple(arguments.image_std or IMAGENET_STD),
+        columns=recipe.columns(arguments, method_arguments),
+    )
+
+
+def _validate_model_geometry(arguments: PretrainingArguments, recipe: Recipe, context: BuildContext) -> None:
+    """Build the model on the meta device (no memory, no time) to check the recipe accepts the
+    backbone, the image size and the overrides, and that the image size is a multiple of the patch."""
     try:
         with torch.device("meta"):
-            model = recipe.build_model(arguments.model, arguments.image_size, model_overrides(arguments))
-    except (ValueError, TypeError) as error:
+            model = recipe.build_model(context)
+    except (ValueError, TypeError, KeyError) as error:
         raise ConfigurationError(f"--method {arguments.method} --model {arguments.model} --image_size {arguments.image_size}: {error}") from error
     patch_size = getattr(model.config, "patch_size", None)
     if isinstance(patch_size, (tuple, list)):

@@ -1,9 +1,13 @@
 """The optimisation loop: accelerate does devices, processes, accumulation and precision.
 
-One optimizer step = `gradient_accumulation_steps` micro-batches under `accelerator.accumulate`;
-the learning rate comes from a precomputed per-step schedule; the recipe's
-`after_optimizer_step` runs after every step (EMA teachers); logs go to the accelerate trackers
-and to ``training_log.jsonl``; checkpoints are atomic (see `checkpointing`).
+One optimizer step = `gradient_accumulation_steps` micro-batches under `accelerator.accumulate`.
+Every named schedule of the recipe is read at the step (precomputed, see `hf_ssl.schedules`):
+learning rate and weight decay go into the optimizer, the names in
+`recipe.forward_schedule_inputs` into ``model.forward``, all of them to the hooks and the log.
+The recipe's `after_backward` runs between clipping and the optimizer step, `after_optimizer_step`
+after it. Every scalar tensor of the model output is logged to the accelerate trackers and to
+``training_log.jsonl``; values stay on the device between logging steps (no host sync per step).
+Checkpoints are atomic (see `checkpointing`).
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from hf_ssl.data.loader import TrainingBatches
-from hf_ssl.recipes.base import Recipe
+from hf_ssl.recipes.base import Recipe, StepContext
+from hf_ssl.schedules import apply_optimizer_schedules
 
 from .checkpointing import save_checkpoint
-from .schedules import set_learning_rate
 
 TRAINING_LOG_NAME = "training_log.jsonl"
 
@@ -49,8 +53,36 @@ class LoopSettings:
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The augmentation's outputs are the model's keyword inputs; bookkeeping keys are dropped."""
+    """The transform's outputs are the model's keyword inputs; bookkeeping keys are dropped."""
     return {key: value for key, value in batch.items() if key != "skipped_samples"}
+
+
+def scalar_outputs(outputs) -> dict[str, torch.Tensor]:
+    """Every 0-dimensional tensor field of a model output (``loss``, ``mim_loss``, metrics ...)."""
+    return {key: value.detach().float() for key, value in outputs.items() if torch.is_tensor(value) and value.ndim == 0}
+
+
+class _ScalarWindow:
+    """Sums of the logged scalars since the last logging step, kept on the device."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+        self.images = 0
+
+    def add(self, scalars: dict[str, torch.Tensor], weight: float) -> None:
+        for key, value in scalars.items():
+            self.sums[key] = self.sums[key] + value * weight if key in self.sums else value * weight
+
+    def means(self, accelerator: Accelerator) -> dict[str, float]:
+        """Means over the window and over processes (one host sync)."""
+        names = sorted(self.sums)
+        stacked = torch.stack([self.sums[name] for name in names]) / max(self.steps, 1)
+        reduced = accelerator.reduce(stacked, reduction="mean").tolist()
+        return dict(zip(names, reduced))
+
+    def reset(self) -> None:
+        self.sums, self.steps, self.images = {}, 0, 0
 
 
 def train(
@@ -59,78 +91,79 @@ def train(
     optimizer: torch.optim.Optimizer,
     recipe: Recipe,
     batches: TrainingBatches,
-    learning_rates: torch.Tensor,
+    schedules: dict[str, torch.Tensor],
     settings: LoopSettings,
     state: TrainingState,
 ) -> TrainingState:
     """Train until ``state.step == settings.max_steps``; returns the updated state.
 
     Args:
-        learning_rates: ``(max_steps,)`` schedule; step ``s`` uses ``learning_rates[s]``.
+        schedules: ``{name: (max_steps,) tensor}`` from `recipe.schedules`; step ``s`` uses
+            ``schedule[s]``; ``learning_rate`` and ``weight_decay`` are required.
         state: counters, possibly restored from a checkpoint (``state.step > 0``).
     """
+    values_per_step = {name: values.tolist() for name, values in schedules.items()}
     log_path = Path(settings.output_dir) / TRAINING_LOG_NAME
     progress = tqdm(
         total=settings.max_steps, initial=state.step, desc="pre-training", disable=not accelerator.is_local_main_process
     )
-    window_loss = torch.zeros((), device=accelerator.device)
-    window_steps = 0
-    window_images = 0
+    window = _ScalarWindow()
     window_start = time.perf_counter()
     runtime_before = state.train_runtime_s
     run_start = time.perf_counter()
+    unwrapped = accelerator.unwrap_model(model)
     model.train()
     while state.step < settings.max_steps:
-        learning_rate = float(learning_rates[state.step])
-        set_learning_rate(optimizer, learning_rate)
-        step_loss = torch.zeros((), device=accelerator.device)
+        values = {name: column[state.step] for name, column in values_per_step.items()}
+        apply_optimizer_schedules(optimizer, values["learning_rate"], values["weight_decay"])
+        context = StepContext(step=state.step, max_steps=settings.max_steps, values=values)
+        scheduled_inputs = {name: values[name] for name in recipe.forward_schedule_inputs}
         grad_norm = None
         for _ in range(accelerator.gradient_accumulation_steps):
             batch = next(batches)
-            skipped = int(batch["skipped_samples"])
+            state.skipped_samples += int(batch["skipped_samples"])
             inputs = {key: value.to(accelerator.device, non_blocking=True) for key, value in model_inputs(batch).items()}
             with accelerator.accumulate(model):
-                loss = model(**inputs).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and settings.max_grad_norm:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                outputs = model(**inputs, **scheduled_inputs)
+                accelerator.backward(outputs.loss)
+                if accelerator.sync_gradients:
+                    if settings.max_grad_norm:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                    recipe.after_backward(unwrapped, context)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            step_loss += loss.detach().float() / accelerator.gradient_accumulation_steps
+            window.add(scalar_outputs(outputs), 1.0 / accelerator.gradient_accumulation_steps)
             batch_size = next(iter(inputs.values())).shape[0]
-            window_images += batch_size
-            state.skipped_samples += skipped
-        recipe.after_optimizer_step(accelerator.unwrap_model(model), state.step, settings.max_steps)
+            window.images += batch_size
+        recipe.after_optimizer_step(unwrapped, context)
         state.step += 1
         state.num_images_seen += accelerator.gradient_accumulation_steps * batch_size * accelerator.num_processes
-        window_loss += step_loss
-        window_steps += 1
+        window.steps += 1
         progress.update(1)
 
         if state.step % settings.logging_steps == 0 or state.step == settings.max_steps:
-            mean_loss = accelerator.reduce(window_loss / window_steps, reduction="mean").item()
+            means = window.means(accelerator)
             total_skipped = int(accelerator.reduce(torch.tensor(state.skipped_samples, device=accelerator.device), "sum"))
             elapsed = time.perf_counter() - window_start
             record = {
                 "step": state.step,
-                "loss": mean_loss,
-                "learning_rate": learning_rate,
+                **means,
+                **values,
                 "epoch": batches.epoch,
                 "num_images_seen": state.num_images_seen,
                 "skipped_samples": total_skipped,
-                "images_per_second": window_images * accelerator.num_processes / max(elapsed, 1e-9),
+                "images_per_second": window.images * accelerator.num_processes / max(elapsed, 1e-9),
             }
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
-            if not math.isfinite(mean_loss):
-                raise FloatingPointError(f"Loss became {mean_loss} at step {state.step}; lower --learning_rate or use fp32")
+            if not math.isfinite(means["loss"]):
+                raise FloatingPointError(f"Loss became {means['loss']} at step {state.step}; lower --learning_rate or use fp32")
             accelerator.log(record, step=state.step)
             if accelerator.is_main_process:
                 with open(log_path, "a") as handle:
                     handle.write(json.dumps(record) + "\n")
-            progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{learning_rate:.2e}", skipped=total_skipped)
-            window_loss.zero_()
-            window_steps = window_images = 0
+            progress.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{values['learning_rate']:.2e}", skipped=total_skipped)
+            window.reset()
             window_start = time.perf_counter()
 
         if state.step % settings.save_steps == 0 or state.step == settings.max_steps:

@@ -1,29 +1,18 @@
-"""The Hub-ready run folder: model + image processor + run metadata + exported backbone."""
+"""The Hub-ready run folder: model + image processor + run metadata + exported backbone(s)."""
 
 from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, ViTImageProcessor
-from transformers.image_utils import PILImageResampling
 
+from hf_ssl.backbones import is_timm_module
 
-def image_processor_for_run(image_size: int, image_mean: Sequence[float], image_std: Sequence[float]) -> ViTImageProcessor:
-    """A `ViTImageProcessor` that reproduces the run's evaluation preprocessing (size, mean, std)."""
-    return ViTImageProcessor(
-        do_resize=True,
-        size={"height": image_size, "width": image_size},
-        resample=PILImageResampling.BICUBIC,
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=list(image_mean),
-        image_std=list(image_std),
-    )
+BACKBONE_FOLDER = "backbone"
+TIMM_BACKBONE_FOLDER = "backbone_timm"
 
 
 def hardware_description(device: torch.device) -> str:
@@ -39,13 +28,17 @@ def save_run_folder(
     training_arguments: dict,
 ) -> Path:
     """Write config.json + model.safetensors + preprocessor_config.json + training_args.json at
-    `output_dir`, and the encoder as a plain HF checkpoint (+ image processor) under ``backbone/``."""
+    `output_dir`, the encoder as a plain transformers checkpoint under ``backbone/`` and, where timm
+    has an equivalent (ViTs, timm backbones), in timm's format under ``backbone_timm/``."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     image_processor.save_pretrained(output_dir)
-    backbone_directory = Path(model.export_backbone(output_dir / "backbone"))
-    image_processor.save_pretrained(backbone_directory)
+    model.export_backbone(output_dir / BACKBONE_FOLDER, image_processor)
+    if not (output_dir / BACKBONE_FOLDER / "config.json").is_file():
+        raise RuntimeError(f"{type(model).__name__}.export_backbone wrote no config.json")
+    if not is_timm_module(model.get_backbone()):  # a timm backbone's export already is timm's format
+        model.export_timm(output_dir / TIMM_BACKBONE_FOLDER, image_processor)
     (output_dir / "training_args.json").write_text(json.dumps(training_arguments, indent=2, default=str) + "\n")
     return output_dir
 

@@ -1,21 +1,28 @@
-"""MAE pre-training: transformers' `ViTMAEForPreTraining` plus hf-ssl's backbone contract.
+"""MAE pre-training (`ViTForMAE`): transformers' `ViTMAEForPreTraining` plus hf-ssl's backbone contract.
 
 MAE: He et al. 2021, "Masked Autoencoders Are Scalable Vision Learners", arXiv:2111.06377.
 Nothing of the method is re-implemented: masking (per-sample shuffle, 75 % hidden), the encoder
 on visible patches, the light decoder and the normalised-pixel MSE are transformers' code. This
-subclass adds `get_backbone` / `export_backbone`, which turn the `ViTMAEModel` encoder into a
-plain `ViTModel` (learned-position-embedding slot filled with MAE's fixed sin-cos table).
+subclass adds the backbone contract (`get_backbone` / `export_backbone` / `export_timm`), which
+turns the `ViTMAEModel` encoder into a plain `ViTModel` (learned-position-embedding slot filled with
+MAE's fixed sin-cos table), and returns an `MAEOutput`.
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 from transformers import ViTMAEForPreTraining, ViTModel
-from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
+from transformers.models.vit_mae.modeling_vit_mae import (
+    ViTMAEForPreTrainingOutput,
+    build_2d_sinusoidal_position_embedding,
+)
 
-from ..simmim.modeling_simmim import save_plain_encoder
+from hf_ssl.backbones.contract import BackboneContractMixin
+from hf_ssl.backbones.modules import copy_backbone_weights
+
 from .configuration_mae import MAEConfig
 
 # transformers 5.x names the ViTMAEModel encoder weights exactly like ViTModel's (embeddings.*,
@@ -68,11 +75,16 @@ def sinusoidal_table(position_embeddings: torch.Tensor) -> torch.Tensor:
     return table.view(1, length, dim).to(position_embeddings.dtype)
 
 
-class MAEForPreTraining(ViTMAEForPreTraining):
-    """transformers' `ViTMAEForPreTraining` with hf-ssl's `get_backbone` / `export_backbone`.
+@dataclass
+class MAEOutput(ViTMAEForPreTrainingOutput):
+    """Output of [`ViTForMAE`]: transformers' MAE output (``loss``, ``logits`` ``(B, N, p*p*C)``,
+    ``mask`` ``(B, N)`` with 1 = hidden, ``ids_restore``, ...) under hf-ssl's naming."""
 
-    `forward(pixel_values, noise=None, ...)` is transformers' own: it returns
-    `ViTMAEForPreTrainingOutput(loss, logits (B, N, p*p*C), mask (B, N), ids_restore, ...)`.
+
+class ViTForMAE(BackboneContractMixin, ViTMAEForPreTraining):
+    """MAE on a ViT: transformers' `ViTMAEForPreTraining` with hf-ssl's backbone contract.
+
+    `forward(pixel_values, noise=None, ...)` is transformers' own and returns an `MAEOutput`.
     """
 
     config: MAEConfig
@@ -81,6 +93,12 @@ class MAEForPreTraining(ViTMAEForPreTraining):
     def __init__(self, config: MAEConfig):
         super().__init__(config)
         self._initialize_position_tables()
+
+    def forward(self, *args, **kwargs) -> MAEOutput:
+        outputs = super().forward(*args, **kwargs)
+        if not isinstance(outputs, ViTMAEForPreTrainingOutput):
+            return outputs  # return_dict=False: a tuple
+        return MAEOutput(**outputs)
 
     @torch.no_grad()
     def _initialize_position_tables(self) -> None:
@@ -103,30 +121,37 @@ class MAEForPreTraining(ViTMAEForPreTraining):
         torch.nn.init.normal_(self.decoder.mask_token, std=self.config.initializer_range)
 
     def get_backbone(self) -> ViTModel:
-        """A plain `ViTModel` (no pooler) holding a *copy* of the current encoder weights.
+        """The encoder as a plain `ViTModel` (no pooler) whose modules ARE this model's: weights are
+        shared, gradients reach MAE's encoder, and nothing is masked.
 
-        Unlike SimMIM's, this is a snapshot: MAE's encoder class (`ViTMAEModel`) masks inside its
-        embeddings, so the plain encoder is a different module; call again after more training.
+        MAE's `ViTMAEModel` masks inside its embeddings, so the plain view is assembled from its
+        parts: patch projection, CLS token, the fixed sin-cos position table, blocks and final norm.
+        It is built once and kept outside ``state_dict`` (the same tensors are already saved as
+        ``vit.*``).
         """
-        encoder = ViTModel(self.config.encoder_config(), add_pooling_layer=False)
-        state = vit_mae_encoder_to_vit_state_dict(self.vit.state_dict(), encoder.state_dict())
-        encoder.load_state_dict(state, strict=True)
-        parameter = next(self.parameters())
-        return encoder.to(device=parameter.device, dtype=parameter.dtype).eval()
+        shared = self.__dict__.get("_shared_vit")
+        if shared is None:
+            shared = ViTModel(self.config.encoder_config(), add_pooling_layer=False)
+            embeddings, source = shared.embeddings, self.vit.embeddings
+            embeddings.patch_embeddings = source.patch_embeddings
+            embeddings.cls_token = source.cls_token
+            embeddings.position_embeddings = source.position_embeddings
+            shared.layers = self.vit.layers
+            shared.layernorm = self.vit.layernorm
+            self.__dict__["_shared_vit"] = shared  # not a submodule: no duplicate weights in state_dict
+        shared.train(self.training)
+        return shared
 
-    def export_backbone(
-        self,
-        save_directory: str | os.PathLike,
-        image_mean: tuple[float, ...] | None = None,
-        image_std: tuple[float, ...] | None = None,
-    ) -> str:
-        """Write the encoder as a plain `ViTModel` checkpoint + `ViTImageProcessor` config.
+    def load_backbone_weights(self, pretrained_backbone: nn.Module) -> None:
+        """Start from a pre-trained plain ViT: its weights go into MAE's encoder (same names in 5.x).
 
-        Args:
-            save_directory: output folder (created).
-            image_mean, image_std: normalisation used in training (ImageNet's by default).
+        MAE's own fixed sin-cos position table is kept: MAE never learns positions.
         """
-        return save_plain_encoder(self.get_backbone(), save_directory, self.config.image_size, image_mean, image_std)
+        target = ViTModel(self.config.encoder_config(), add_pooling_layer=False)
+        copy_backbone_weights(target, pretrained_backbone)
+        state = target.state_dict()
+        state["embeddings.position_embeddings"] = self.vit.embeddings.position_embeddings.detach().clone()
+        self.vit.load_state_dict(state, strict=True)
 
 
-__all__ = ["MAEForPreTraining", "vit_mae_encoder_to_vit_state_dict"]
+__all__ = ["MAEOutput", "ViTForMAE", "vit_mae_encoder_to_vit_state_dict"]

@@ -13,26 +13,21 @@ pixels only (`hf_ssl.losses.reconstruction.masked_l1_loss`).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import SwinModel, ViTImageProcessor, ViTModel
+from transformers import SwinModel, ViTModel
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.swin.modeling_swin import SwinPreTrainedModel
 from transformers.models.vit.modeling_vit import ViTPreTrainedModel
 from transformers.utils.generic import can_return_tuple
 
+from hf_ssl.backbones.contract import BackboneContractMixin
 from hf_ssl.losses.reconstruction import masked_l1_loss
 from hf_ssl.masking.simmim import SimMIMMaskGenerator, upsample_patch_mask
 
 from .configuration_simmim import SimMIMConfig
-
-# ImageNet statistics: what `light` augmentation normalises with unless the run says otherwise.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 @dataclass
 class SimMIMOutput(ModelOutput):
@@ -63,41 +58,16 @@ def prediction_head(in_channels: int, stride: int, num_channels: int) -> nn.Sequ
     )
 
 
-def save_plain_encoder(
-    encoder: nn.Module,
-    save_directory: str | os.PathLike,
-    image_size: int,
-    image_mean: tuple[float, ...] | None = None,
-    image_std: tuple[float, ...] | None = None,
-) -> str:
-    """Save a plain `ViTModel` / `SwinModel` and the `ViTImageProcessor` that feeds it.
+class _SimMIMMethod(BackboneContractMixin):
+    """What SimMIM adds on top of an encoder: masks and the loss (the backbone contract comes from
+    `BackboneContractMixin`).
 
-    The folder loads with `AutoModel` / `AutoModelForImageClassification` /
-    `AutoImageProcessor` without hf_ssl installed.
-    """
-    os.makedirs(save_directory, exist_ok=True)
-    encoder.save_pretrained(save_directory)
-    processor = ViTImageProcessor(
-        do_resize=True,
-        size={"height": image_size, "width": image_size},
-        do_normalize=True,
-        image_mean=list(image_mean or IMAGENET_MEAN),
-        image_std=list(image_std or IMAGENET_STD),
-    )
-    processor.save_pretrained(save_directory)
-    return str(save_directory)
-
-
-class _SimMIMMethod:
-    """What SimMIM adds on top of an encoder: masks, the loss, and backbone export.
-
-    The concrete classes set `encoder_attribute` (``"vit"`` / ``"swin"``), `encoder_class` and
-    `num_prefix_tokens` (tokens before the patch grid in the encoder output: ViT's CLS).
+    The concrete classes set `encoder_attribute` (``"vit"`` / ``"swin"``) and `num_prefix_tokens`
+    (tokens before the patch grid in the encoder output: ViT's CLS).
     """
 
     config: SimMIMConfig
     encoder_attribute: str
-    encoder_class: type
     num_prefix_tokens: int = 0
 
     def _masked_reconstruction(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None, **kwargs) -> "SimMIMOutput":
@@ -155,26 +125,9 @@ class _SimMIMMethod:
         return masked_l1_loss(reconstruction, pixel_values, pixel_mask.view(batch_size, size, size))
 
     def get_backbone(self) -> ViTModel | SwinModel:
-        """The live encoder (a transformers `ViTModel` / `SwinModel`, weights shared with this model)."""
+        """The live encoder (a transformers `ViTModel` / `SwinModel`, weights shared with this model;
+        `export_backbone` drops its mask token)."""
         return getattr(self, self.encoder_attribute)
-
-    def export_backbone(
-        self,
-        save_directory: str | os.PathLike,
-        image_mean: tuple[float, ...] | None = None,
-        image_std: tuple[float, ...] | None = None,
-    ) -> str:
-        """Write the encoder as a plain transformers checkpoint (no mask token, no hf_ssl class).
-
-        Args:
-            save_directory: output folder (created).
-            image_mean, image_std: normalisation the model was trained with (ImageNet's by default),
-                written to ``preprocessor_config.json``.
-        """
-        encoder = self.encoder_class(self.config.encoder_config(), add_pooling_layer=self.encoder_class is SwinModel)
-        state = {k: v for k, v in self.get_backbone().state_dict().items() if k != "embeddings.mask_token"}
-        encoder.load_state_dict(state, strict=True)  # every weight moves; nothing is silently dropped
-        return save_plain_encoder(encoder.eval(), save_directory, self.config.image_size, image_mean, image_std)
 
 
 class ViTForSimMIM(_SimMIMMethod, ViTPreTrainedModel):
@@ -187,7 +140,6 @@ class ViTForSimMIM(_SimMIMMethod, ViTPreTrainedModel):
     config_class = SimMIMConfig
     base_model_prefix = "vit"
     encoder_attribute = "vit"
-    encoder_class = ViTModel
     num_prefix_tokens = 1  # CLS
 
     def __init__(self, config: SimMIMConfig):
@@ -222,7 +174,6 @@ class SwinForSimMIM(_SimMIMMethod, SwinPreTrainedModel):
     config_class = SimMIMConfig
     base_model_prefix = "swin"
     encoder_attribute = "swin"
-    encoder_class = SwinModel
 
     def __init__(self, config: SimMIMConfig):
         if config.backbone != "swin":
@@ -249,4 +200,4 @@ class SwinForSimMIM(_SimMIMMethod, SwinPreTrainedModel):
         return self._masked_reconstruction(pixel_values, bool_masked_pos, **kwargs)
 
 
-__all__ = ["SimMIMOutput", "SwinForSimMIM", "ViTForSimMIM", "prediction_head", "save_plain_encoder"]
+__all__ = ["SimMIMOutput", "SwinForSimMIM", "ViTForSimMIM", "prediction_head"]

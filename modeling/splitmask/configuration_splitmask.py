@@ -50,7 +50,7 @@ class SplitMaskConfig(PreTrainedConfig):
             batch when running distributed.
     """
 
-    model_type = "splitmask"
+    model_type = "hf-ssl-splitmask"
 
     image_size: int = 224
     patch_size: int = 16
@@ -181,4 +181,16 @@ class BEiTConfig(SplitMaskConfig):
     mask_strategy: str = "blockwise"
 
 
-__all__ = ["BEiTConfig", "SplitMaskConfig"]
+class LegacySplitMaskConfig(SplitMaskConfig):
+    """Reads checkpoints that hf-ssl 0.1 saved under ``model_type="splitmask"`` (every hf-ssl type
+    has had the ``hf-ssl-`` prefix since 0.2): `AutoConfig` finds this class by the old type and it
+    returns a current `SplitMaskConfig`, so the Auto model classes and a later save see the new type."""
+
+    model_type = "splitmask"
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        return SplitMaskConfig.from_dict({**config_dict, "model_type": SplitMaskConfig.model_type}, **kwargs)
+
+
+__all__ = ["BEiTConfig", "LegacySplitMaskConfig", "SplitMaskConfig"]

@@ -17,14 +17,13 @@ user loads with `AutoModel` / `AutoModelForImageClassification`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 import torch.nn as nn
 from transformers import PreTrainedModel, ViTModel
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.vit.modeling_vit import ViTEmbeddings, ViTLayer
 
+from hf_ssl.backbones.contract import BackboneContractMixin
 from hf_ssl.losses import info_nce_loss, masked_token_cross_entropy
 from hf_ssl.masking import beit_mask, random_split_mask, split_indices
 from hf_ssl.tokenizer import PatchTokenizer, codebook_fingerprint
@@ -33,7 +32,7 @@ from .configuration_splitmask import BEiTConfig, SplitMaskConfig
 
 
 @dataclass
-class SplitMaskForPreTrainingOutput(ModelOutput):
+class SplitMaskOutput(ModelOutput):
     """Output of [`ViTForSplitMask`].
 
     Args:
@@ -61,7 +60,7 @@ class SplitMaskForPreTrainingOutput(ModelOutput):
     encoder_last_hidden_state: torch.FloatTensor | None = None
 
 
-class SplitMaskPreTrainedModel(PreTrainedModel):
+class SplitMaskPreTrainedModel(BackboneContractMixin, PreTrainedModel):
     config_class = SplitMaskConfig
     base_model_prefix = "splitmask"
     main_input_name = "pixel_values"
@@ -169,21 +168,9 @@ class ViTForSplitMask(SplitMaskPreTrainedModel):
     # ----- backbone -------------------------------------------------------------------------
 
     def get_backbone(self) -> ViTModel:
-        """The encoder as a plain transformers `ViTModel`."""
+        """The encoder, a transformers `ViTModel` (weights shared with this model; BEiT's mask token
+        is dropped by `export_backbone`)."""
         return self.vit
-
-    def export_backbone(self, save_directory: str | Path) -> Path:
-        """Write the encoder as a plain HF ViT checkpoint (config.json + model.safetensors).
-
-        The folder loads with `ViTModel` / `AutoModel` / `AutoModelForImageClassification` in an
-        environment without hf_ssl; BEiT's mask token, which `ViTModel` does not have, is dropped.
-        """
-        save_directory = Path(save_directory)
-        backbone = ViTModel(self.config.encoder_config(), add_pooling_layer=False)
-        state = {name: tensor for name, tensor in self.vit.state_dict().items() if name != "embeddings.mask_token"}
-        backbone.load_state_dict(state, strict=True)
-        backbone.save_pretrained(save_directory)
-        return save_directory
 
     # ----- tokenizer ------------------------------------------------------------------------
 
@@ -286,7 +273,7 @@ class ViTForSplitMask(SplitMaskPreTrainedModel):
         bool_masked_pos: torch.Tensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> SplitMaskForPreTrainingOutput:
+    ) -> SplitMaskOutput:
         """Compute the pre-training loss.
 
         Args:
@@ -366,7 +353,7 @@ class ViTForSplitMask(SplitMaskPreTrainedModel):
                     gather_distributed=config.gather_negatives_across_processes,
                 )
                 loss = mim_loss + config.contrastive_loss_weight * contrastive_loss
-        return SplitMaskForPreTrainingOutput(
+        return SplitMaskOutput(
             loss=loss,
             mim_loss=mim_loss,
             contrastive_loss=contrastive_loss,
@@ -392,7 +379,7 @@ class ViTForSplitMask(SplitMaskPreTrainedModel):
         logits = self._predict_hidden(decoded, hidden_indices)
         targets = target_tokens.gather(1, hidden_indices)
         mim_loss = masked_token_cross_entropy(logits, targets)
-        return SplitMaskForPreTrainingOutput(
+        return SplitMaskOutput(
             loss=mim_loss,
             mim_loss=mim_loss,
             logits=logits,
@@ -410,4 +397,4 @@ class ViTForBEiT(ViTForSplitMask):
     config_class = BEiTConfig
 
 
-__all__ = ["BEiTConfig", "SplitMaskConfig", "SplitMaskForPreTrainingOutput", "SplitMaskPreTrainedModel", "ViTForBEiT", "ViTForSplitMask"]
+__all__ = ["BEiTConfig", "SplitMaskConfig", "SplitMaskOutput", "SplitMaskPreTrainedModel", "ViTForBEiT", "ViTForSplitMask"]

@@ -1,4 +1,4 @@
-"""Per-step precomputed schedules (learning rate, EMA momentum), as in DINO's main_dino.py.
+"""Per-step precomputed schedules (learning rate, weight decay, EMA momentum, ...), as in DINO's main_dino.py.
 
 A schedule is a 1-D tensor with one value per optimizer step; the loop reads ``schedule[step]``.
 Precomputing makes the value at any step a pure function of the step, so resuming needs only
@@ -39,7 +39,19 @@ def cosine_schedule_with_warmup(
     return torch.tensor(warmup + cosine, dtype=torch.float64)
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, learning_rate: float) -> None:
-    """Write `learning_rate` into every parameter group."""
+def apply_optimizer_schedules(optimizer: torch.optim.Optimizer, learning_rate: float, weight_decay: float) -> None:
+    """Write this step's learning rate and weight decay into the optimizer's parameter groups.
+
+    A group's optional ``lr_scale`` multiplies the learning rate (layer-wise decay); groups with
+    ``apply_weight_decay=False`` (biases, norms, tokens) keep a weight decay of 0.
+    """
     for group in optimizer.param_groups:
-        group["lr"] = learning_rate
+        group["lr"] = learning_rate * group.get("lr_scale", 1.0)
+        group["weight_decay"] = weight_decay if group.get("apply_weight_decay", True) else 0.0
+
+
+def constant_schedule(value: float, total_steps: int) -> torch.Tensor:
+    """``(total_steps,)`` float64 filled with `value`."""
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    return torch.full((total_steps,), float(value), dtype=torch.float64)

@@ -1,0 +1,147 @@
+"""Build any backbone from its nested config, and read one feature vector per image from it.
+
+`build_backbone(nested_config)` returns the ecosystem's own module (a transformers `ViTModel`,
+`ConvNextModel`, ... or a timm model), randomly initialised and without downloading anything, so
+that a method model rebuilds its backbone inside ``from_pretrained`` offline. `VisionBackbone`
+wraps it for the joint-embedding methods: ``(B, C, H, W) -> (B, D)`` pooled features, crops of
+any size for ViTs (position embeddings interpolated), and the plain module for export.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+from .spec import config_from_dict
+
+# transformers encoders whose first token is a CLS token that the final norm covers: their pooled
+# feature is that token (DINO, MoCo v3 and the ViT papers use it); the others use `pooler_output`.
+CLS_TOKEN_MODEL_TYPES = ("vit", "deit", "vit_mae", "beit", "data2vec-vision")
+
+
+def is_timm_module(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("timm.")
+
+
+def build_backbone(nested_config: dict) -> nn.Module:
+    """A randomly initialised backbone from ``{"source": ..., ...}`` (see `hf_ssl.backbones.spec`).
+
+    transformers ViT-family models are built without their pooler (it is not part of any
+    self-supervised objective and would hold parameters that never get a gradient).
+    """
+    source = nested_config.get("source", "transformers")
+    if source == "timm":
+        import timm
+
+        model_args = dict(nested_config.get("model_args") or {})
+        module = timm.create_model(nested_config["architecture"], pretrained=False, num_classes=0, **model_args)
+        module.hf_ssl_model_args = model_args  # timm keeps no record of them; the timm export needs them
+        return module
+    config = config_from_dict(nested_config)
+    model_class = MODEL_MAPPING[type(config)]
+    kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters else {}
+    return model_class(config, **kwargs)
+
+
+def load_pretrained_backbone(nested_config: dict, weights: str) -> nn.Module:
+    """The backbone with the weights of `weights` (a folder or cached Hub id), safetensors only."""
+    if nested_config.get("source") == "timm":
+        import timm
+
+        location = f"local-dir:{weights}" if Path(weights).is_dir() else f"hf-hub:{weights}"
+        model_args = dict(nested_config.get("model_args") or {})
+        module = timm.create_model(location, pretrained=True, num_classes=0, **model_args)
+        module.hf_ssl_model_args = model_args
+        return module
+    config = config_from_dict(nested_config)
+    model_class = MODEL_MAPPING[type(config)]
+    kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters else {}
+    return model_class.from_pretrained(weights, config=config, use_safetensors=True, **kwargs)
+
+
+def feature_dimension(module: nn.Module) -> int:
+    """D of the pooled features of a backbone (timm, `TimmWrapperModel` or a transformers encoder)."""
+    if is_timm_module(module):
+        return int(module.num_features)
+    if hasattr(module, "timm_model"):  # transformers' TimmWrapperModel
+        return int(module.timm_model.num_features)
+    config = module.config
+    if hasattr(config, "hidden_sizes") and config.hidden_sizes:  # ConvNeXt, ResNet: last stage
+        return int(config.hidden_sizes[-1])
+    if hasattr(config, "depths") and hasattr(config, "embed_dim"):  # Swin: last stage
+        return int(config.embed_dim * 2 ** (len(config.depths) - 1))
+    return int(config.hidden_size)
+
+
+def pooled_features(module: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W) -> (B, D)``: CLS token for ViT-family encoders, the model's pooling otherwise.
+
+    ViTs accept crops of other sizes than their config's (multi-crop): transformers' position
+    embeddings are interpolated, timm ViTs need ``model_args={"dynamic_img_size": True}``.
+    """
+    if is_timm_module(module):
+        return module(pixel_values)  # num_classes=0: timm returns pooled, pre-logits features
+    model_type = module.config.model_type
+    if model_type in CLS_TOKEN_MODEL_TYPES:
+        hidden = module(pixel_values=pixel_values, interpolate_pos_encoding=True).last_hidden_state  # (B, T, D)
+        return hidden[:, 0]
+    pooled = module(pixel_values=pixel_values).pooler_output  # (B, D) or (B, D, 1, 1) for ResNet
+    return pooled.flatten(1)
+
+
+class VisionBackbone(nn.Module):
+    """Any vision encoder as ``(B, C, H, W) -> (B, D)`` pooled features.
+
+    Args:
+        nested_config: the backbone's nested config (`BackboneSpec.nested()`), stored in the
+            method config so that loading rebuilds it offline.
+
+    Attributes:
+        model: the plain transformers / timm module (what `export_backbone` writes).
+        feature_dimension: D.
+    """
+
+    def __init__(self, nested_config: dict):
+        super().__init__()
+        self.model = build_backbone(nested_config)
+        self.feature_dimension = feature_dimension(self.model)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return pooled_features(self.model, pixel_values)
+
+
+def copy_backbone_weights(target: nn.Module, source: nn.Module) -> None:
+    """Copy every weight of `source` into `target` (same architecture); names must match exactly."""
+    source_state = source.state_dict()
+    target_state = target.state_dict()
+    missing = sorted(set(target_state) - set(source_state))
+    if missing:
+        raise ValueError(f"the pre-trained backbone lacks weights for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    for name, tensor in target_state.items():
+        if source_state[name].shape != tensor.shape:
+            raise ValueError(
+                f"pre-trained weight {name} has shape {tuple(source_state[name].shape)}, the model expects "
+                f"{tuple(tensor.shape)} (a different image size or architecture; use --from_scratch to ignore the weights)"
+            )
+    target.load_state_dict({name: source_state[name] for name in target_state}, strict=True)
+
+
+def is_transformers_model(module: nn.Module) -> bool:
+    return isinstance(module, PreTrainedModel)
+
+
+__all__ = [
+    "VisionBackbone",
+    "build_backbone",
+    "copy_backbone_weights",
+    "feature_dimension",
+    "is_timm_module",
+    "is_transformers_model",
+    "load_pretrained_backbone",
+    "pooled_features",
+]

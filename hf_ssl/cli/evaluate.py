@@ -1,0 +1,105 @@
+"""Evaluate a pre-trained encoder: kNN, linear probe and fine-tuning on labelled images (``hf-ssl evaluate``).
+
+    hf-ssl evaluate --model runs/splitmask-vit-s --protocol knn linear finetune
+    hf-ssl evaluate --model runs/x --protocol knn linear --dataset_name my-org/labelled --label_column label
+    hf-ssl evaluate --model runs/x --protocol linear --label_settings all 10% 1% 1-per-class
+
+Without --dataset_name the bundled digits are used. Results are merged into
+<model>/eval_results.json (a local folder) and the model card is refreshed; --output_file
+writes elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from hf_ssl.eval import PROTOCOLS, evaluate_model
+
+
+def parse_arguments(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="run folder, backbone folder or Hub repo id")
+    parser.add_argument("--protocol", nargs="+", default=["knn", "linear"], choices=PROTOCOLS)
+    parser.add_argument("--dataset_name", default=None, help="datasets name/path; default: bundled digits")
+    parser.add_argument("--train_split", default="train")
+    parser.add_argument("--test_split", default="test")
+    parser.add_argument("--image_column", default="image")
+    parser.add_argument("--label_column", default="label")
+    parser.add_argument("--label_settings", nargs="+", default=["all"],
+                        help="labelled part of the train split: all, 1%%, 10%%, 1-per-class, ...")
+    parser.add_argument("--pooling", default="mean", choices=["mean", "cls"],
+                        help="mean of patch tokens (SplitMask's downstream recipe) or the CLS token")
+    parser.add_argument("--knn_k", type=int, default=20, help="neighbours (DINO: 20)")
+    parser.add_argument("--knn_temperature", type=float, default=0.07, help="vote temperature (DINO: 0.07)")
+    parser.add_argument("--linear_epochs", type=int, default=100)
+    parser.add_argument("--linear_learning_rate", type=float, default=3e-2)
+    parser.add_argument("--finetune_epochs", type=int, default=10)
+    parser.add_argument("--finetune_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--finetune_batch_size", type=int, default=32)
+    parser.add_argument("--layer_decay", type=float, default=0.75,
+                        help="layer-wise LR decay for fine-tuning (BEiT: 0.65-0.75); 1 disables it")
+    parser.add_argument("--max_samples", type=int, default=None, help="cap on images per split (quick checks)")
+    parser.add_argument("--random_init", action="store_true", help="evaluate a randomly initialised encoder (baseline)")
+    parser.add_argument("--feature_cache_dir", default=None,
+                        help="keep frozen features here (default: <model>/eval_cache for local folders)")
+    parser.add_argument("--output_file", default=None, help="default: <model>/eval_results.json for local folders")
+    parser.add_argument("--no_card", action="store_true", help="do not refresh the model card")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    arguments = parse_arguments(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(arguments)
+    except (ValueError, OSError) as error:  # bad model path, unsafe checkpoint, missing column ...
+        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(arguments: argparse.Namespace) -> dict:
+    local = Path(arguments.model)
+    is_run_folder = local.is_dir() and (local / "config.json").is_file()
+    output_file = arguments.output_file or (local / "eval_results.json" if is_run_folder and not arguments.random_init else None)
+    cache_dir = arguments.feature_cache_dir or (local / "eval_cache" if is_run_folder and not arguments.random_init else None)
+    results = evaluate_model(
+        arguments.model,
+        protocols=arguments.protocol,
+        dataset_name=arguments.dataset_name,
+        train_split=arguments.train_split,
+        test_split=arguments.test_split,
+        image_column=arguments.image_column,
+        label_column=arguments.label_column,
+        label_settings=arguments.label_settings,
+        pooling=arguments.pooling,
+        knn_k=arguments.knn_k,
+        knn_temperature=arguments.knn_temperature,
+        linear_epochs=arguments.linear_epochs,
+        linear_learning_rate=arguments.linear_learning_rate,
+        finetune_epochs=arguments.finetune_epochs,
+        finetune_learning_rate=arguments.finetune_learning_rate,
+        finetune_batch_size=arguments.finetune_batch_size,
+        layer_decay=None if arguments.layer_decay == 1 else arguments.layer_decay,
+        max_samples=arguments.max_samples,
+        random_init=arguments.random_init,
+        feature_cache_dir=cache_dir,
+        output_file=output_file,
+        seed=arguments.seed,
+    )
+    print(json.dumps(results, indent=2, sort_keys=True))
+    if output_file is not None and is_run_folder and not arguments.no_card and (local / "model.safetensors").is_file() \
+            and local.name != "backbone":
+        from hf_ssl.hub import write_model_card
+
+        print(f"model card: {write_model_card(local)}")
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(main())

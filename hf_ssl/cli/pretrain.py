@@ -1,0 +1,268 @@
+"""Pre-train a self-supervised vision model: ``hf-ssl pretrain`` / ``accelerate launch -m hf_ssl.cli.pretrain``.
+
+With no arguments it runs the bundled default: SplitMask on a tiny ViT over scikit-learn's
+digits (no network, a few minutes on 2 CPU cores), then prints the kNN accuracy of the
+pre-trained encoder next to its baselines. Reads top to bottom:
+parse -> Accelerator -> seed -> data -> model -> param groups -> schedules -> prepare -> resume
+-> loop -> save -> evaluate -> card. Everything method-specific comes from the method's recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import sys
+from pathlib import Path
+
+from accelerate import Accelerator, PartialState
+from accelerate.utils import ProjectConfiguration, set_seed
+
+import hf_ssl  # noqa: F401  (registers models with the Auto classes and methods with the recipe registry)
+from hf_ssl.backbones import default_image_processor, load_pretrained_backbone
+from hf_ssl.data import (
+    DEFAULT_DATASET_NAME,
+    DatasetConfigurationError,
+    ResumableRowStream,
+    TrainingBatches,
+    load_image_dataset,
+    stream_source,
+)
+from hf_ssl.hub import PushError, push_run_folder, write_model_card
+from hf_ssl.recipes import ScheduleContext, get_recipe
+from hf_ssl.training import (
+    ConfigurationError,
+    LoopSettings,
+    TrainingState,
+    build_context,
+    build_optimizer,
+    latest_checkpoint,
+    load_checkpoint,
+    parse_arguments,
+    resolve_arguments,
+    train,
+    validate_arguments,
+)
+from hf_ssl.training.checkpointing import truncate_training_log
+from hf_ssl.training.loop import TRAINING_LOG_NAME
+from hf_ssl.training.outputs import hardware_description, save_run_folder
+from hf_ssl.training.runtime import configure_cpu_threads, multi_process_cpu_run
+from hf_ssl.transforms import ImageRowTransform, RowsByRole, build_transform
+
+logger = logging.getLogger("hf_ssl.pretrain")
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def check_schedules(schedules: dict, max_steps: int, recipe_name: str) -> None:
+    """A recipe's schedules must give the optimizer its two values at every step."""
+    for required in ("learning_rate", "weight_decay"):
+        if required not in schedules:
+            raise ValueError(f"recipe {recipe_name!r}: schedules() has no {required!r}")
+    for name, values in schedules.items():
+        if values.ndim != 1 or len(values) != max_steps:
+            raise ValueError(f"recipe {recipe_name!r}: schedule {name!r} has shape {tuple(values.shape)}, expected ({max_steps},)")
+
+
+def steps_per_epoch(dataset, per_device_batch_size: int, world_size: int, accumulation: int) -> int | None:
+    """Optimizer steps per pass over a dataset of known length (None for a stream)."""
+    try:
+        length = len(dataset)
+    except TypeError:
+        return None
+    return max(1, length // (world_size * per_device_batch_size * accumulation))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # ----- parse and validate (before any data is read or weight allocated)
+    try:
+        arguments, method_arguments = parse_arguments(argv)
+        arguments = resolve_arguments(arguments)
+        backbone = validate_arguments(
+            arguments, method_arguments, world_size=PartialState(cpu=multi_process_cpu_run()).num_processes
+        )
+    except ConfigurationError as error:
+        return fail(str(error))
+    recipe = get_recipe(arguments.method)
+    context = build_context(arguments, method_arguments, recipe, backbone)
+    output_dir = Path(arguments.output_dir)
+
+    # ----- accelerator and seed
+    trackers = [name.strip() for name in arguments.report_to.split(",") if name.strip() and name.strip() != "none"]
+    accelerator = Accelerator(
+        cpu=multi_process_cpu_run(),
+        gradient_accumulation_steps=arguments.gradient_accumulation_steps,
+        mixed_precision=arguments.mixed_precision,
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    configure_cpu_threads(accelerator.device, accelerator.num_processes, arguments.dataloader_num_workers)
+    set_seed(arguments.seed)
+    per_device_batch_size = arguments.total_batch_size // (accelerator.num_processes * arguments.gradient_accumulation_steps)
+
+    # ----- data: this process's disjoint part of the stream, decoded and transformed in workers
+    columns = context.columns  # {role: dataset column}
+    try:
+        dataset = load_image_dataset(
+            arguments.dataset_name,
+            dataset_config_name=arguments.dataset_config_name,
+            data_dir=arguments.data_dir,
+            data_files=arguments.data_files,
+            split=arguments.train_split,
+            streaming=arguments.streaming,
+            cache_dir=arguments.cache_dir,
+        )
+        source = stream_source(
+            dataset,
+            list(columns.values()),
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+            shards_per_process=max(8, arguments.dataloader_num_workers),
+        )
+    except DatasetConfigurationError as error:
+        return fail(str(error))
+    stream = ResumableRowStream(
+        source,
+        list(columns.values()),
+        RowsByRole(columns, recipe.build_transform(context)),
+        seed=arguments.seed,
+        shuffle_buffer_size=arguments.shuffle_buffer_size,
+        rank=accelerator.process_index,
+    )
+    batches = TrainingBatches(stream, per_device_batch_size, num_workers=arguments.dataloader_num_workers)
+
+    # ----- model, and the recipe's preparation on training images (the same images on every process)
+    model = recipe.build_model(context)
+    if backbone.weights is not None:
+        model.load_backbone_weights(load_pretrained_backbone(backbone.nested(), backbone.weights))
+        logger.info("Backbone initialised from %s", backbone.weights)
+    if recipe.prepares_model:
+        image_column = columns["image"]
+        fitting_stream = ResumableRowStream(
+            stream_source(dataset, [image_column]),
+            [image_column],
+            RowsByRole({"image": image_column},
+                       ImageRowTransform(build_transform("eval", arguments.image_size, context.image_mean, context.image_std))),
+            seed=arguments.seed,
+            shuffle_buffer_size=arguments.shuffle_buffer_size,
+        )
+        fitting_batches = TrainingBatches(fitting_stream, per_device_batch_size, num_workers=arguments.dataloader_num_workers)
+        recipe.prepare_model(
+            model, (batch["pixel_values"] for batch in itertools.islice(fitting_batches, arguments.tokenizer_fit_batches))
+        )
+    # From here on every process draws its own masks and noise.
+    set_seed(arguments.seed, device_specific=True)
+
+    # ----- optimizer over the recipe's parameter groups, and its per-step schedules
+    defaults = recipe.optimizer
+    learning_rate = arguments.learning_rate or defaults.scaled_learning_rate(arguments.total_batch_size)
+    weight_decay = defaults.weight_decay if arguments.weight_decay is None else arguments.weight_decay
+    optimizer = build_optimizer(recipe.parameter_groups(model, weight_decay), defaults, learning_rate)
+    warmup_steps = arguments.warmup_steps
+    if warmup_steps is None:
+        warmup_steps = int(round(defaults.warmup_fraction * arguments.max_steps))
+    schedules = recipe.schedules(
+        ScheduleContext(
+            max_steps=arguments.max_steps,
+            warmup_steps=warmup_steps,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            steps_per_epoch=steps_per_epoch(dataset, per_device_batch_size, accelerator.num_processes,
+                                            arguments.gradient_accumulation_steps),
+            method_arguments=method_arguments,
+        )
+    )
+    check_schedules(schedules, arguments.max_steps, recipe.name)
+    max_grad_norm = defaults.gradient_clip_norm if arguments.max_grad_norm is None else arguments.max_grad_norm
+
+    # ----- prepare
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    # ----- resume
+    state = TrainingState(world_size=accelerator.num_processes)
+    checkpoint = None
+    if arguments.resume_from_checkpoint == "latest":
+        checkpoint = latest_checkpoint(output_dir)
+        if checkpoint is None:
+            logger.info("No checkpoint in %s yet: starting from scratch", output_dir)
+    elif arguments.resume_from_checkpoint:
+        checkpoint = Path(arguments.resume_from_checkpoint)
+    if checkpoint is not None:
+        trainer_state, data_state = load_checkpoint(accelerator, checkpoint)
+        state = TrainingState(**trainer_state)
+        state.skipped_samples = data_state["skipped_samples"]
+        batches.load_state_dict(data_state["batches"])
+        logger.info("Resumed from %s at step %d", checkpoint, state.step)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        truncate_training_log(output_dir / TRAINING_LOG_NAME, last_step=state.step)
+    tracker_config = {
+        key: value if isinstance(value, (int, float, str, bool)) else str(value)
+        for key, value in dataclasses.asdict(arguments).items()
+    }
+    accelerator.init_trackers("pretrain", config=tracker_config)
+
+    # ----- loop
+    settings = LoopSettings(
+        max_steps=arguments.max_steps,
+        max_grad_norm=max_grad_norm,
+        logging_steps=arguments.logging_steps,
+        save_steps=arguments.save_steps,
+        save_total_limit=arguments.save_total_limit,
+        output_dir=str(output_dir),
+    )
+    state = train(accelerator, model, optimizer, recipe, batches, schedules, settings, state)
+
+    # ----- save the Hub-ready folder, evaluate on the bundled data, write the card
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        training_arguments = {
+            **arguments.to_dict(),
+            **({"method_arguments": dataclasses.asdict(method_arguments)} if method_arguments is not None else {}),
+            "columns": columns,
+            "dataset_name": arguments.dataset_name or DEFAULT_DATASET_NAME,
+            "image_mean": list(context.image_mean),
+            "image_std": list(context.image_std),
+            "backbone_source": backbone.source,
+            "learning_rate": learning_rate,
+            "weight_decay": weight_decay,
+            "warmup_steps": warmup_steps,
+            "max_grad_norm": max_grad_norm,
+            "world_size": accelerator.num_processes,
+            "hardware": hardware_description(accelerator.device),
+            "train_runtime_s": round(state.train_runtime_s, 2),
+            "num_images_seen": state.num_images_seen,
+            "skipped_samples": state.skipped_samples,
+        }
+        image_processor = default_image_processor(arguments.image_size, context.image_mean, context.image_std)
+        save_run_folder(unwrapped, output_dir, image_processor, training_arguments)
+        if arguments.knn_evaluation:
+            from hf_ssl.eval.runner import evaluate_run_after_training
+
+            print(evaluate_run_after_training(output_dir))
+        # ----- model card (README.md, loss curve, figures): the folder is Hub-ready
+        try:
+            write_model_card(output_dir, repo_id=arguments.hub_model_id)
+        except Exception as error:  # the weights are saved; a figure problem must not lose the run
+            logger.warning("Model card not written (%s); `hf-ssl push` writes it before uploading", error)
+        print(f"Hub-ready folder written to {output_dir.resolve()} (encoder alone: {(output_dir / 'backbone').resolve()})")
+        if arguments.push_to_hub:
+            try:
+                pushed = push_run_folder(
+                    output_dir, arguments.hub_model_id, private=arguments.hub_private_repo, revision=arguments.hub_revision
+                )
+            except PushError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 1
+            print(f"Pushed to the Hub: {pushed}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

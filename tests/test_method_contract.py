@@ -1,0 +1,183 @@
+"""The method contract, checked for every registered method (one test, parametrized).
+
+A method is a modeling folder + a recipe; whatever it is, a user gets: a tiny model built from a
+backbone name, a forward pass on inputs made by the recipe's own transform with a finite loss and
+gradients reaching the backbone, an identical model after save / `AutoModel.from_pretrained`, a
+backbone export that plain transformers (and timm, for ViTs) loads without hf-ssl, and a model
+card with the method's figures.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from transformers import AutoModel
+
+import hf_ssl
+from hf_ssl.backbones import default_image_processor, is_timm_module
+from hf_ssl.data import collate_samples, load_default_dataset
+from hf_ssl.hub import write_model_card
+from hf_ssl.recipes import BuildContext, available_methods, get_recipe
+from hf_ssl.training import PretrainingArguments
+from hf_ssl.training.outputs import BACKBONE_FOLDER, TIMM_BACKBONE_FOLDER, save_run_folder
+from hf_ssl.transforms import ImageRowTransform, RowsByRole, build_transform
+
+IMAGE_SIZE = 32
+METHODS = available_methods()
+
+
+def tiny_backbone_name(method: str) -> str:
+    supported = get_recipe(method).supported_backbones
+    return "vit-micro" if ("vit" in supported or "any" in supported) else "swin-micro"
+
+
+def tiny_context(method: str) -> BuildContext:
+    recipe = get_recipe(method)
+    method_arguments = recipe.method_arguments_defaults()
+    return BuildContext(
+        backbone=hf_ssl.resolve_backbone(tiny_backbone_name(method), IMAGE_SIZE),
+        image_size=IMAGE_SIZE,
+        method_arguments=method_arguments,
+        columns=recipe.columns(PretrainingArguments(method=method), method_arguments),
+    )
+
+
+def recipe_batch(method: str, context: BuildContext, count: int = 4) -> dict[str, torch.Tensor]:
+    """A batch made exactly as training makes it: bundled rows -> the recipe's transform -> collate."""
+    recipe = get_recipe(method)
+    rows = load_default_dataset("train").select(range(count))
+    transform = RowsByRole(context.columns, recipe.build_transform(context))
+    samples = []
+    for index, row in enumerate(rows):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(index)
+            samples.append({**transform(row), "skipped_samples": 0})
+    batch = collate_samples(samples)
+    batch.pop("skipped_samples")
+    return batch
+
+
+def build_tiny(method: str):
+    """The tiny model, prepared as the training run prepares it (e.g. a fitted patch tokenizer)."""
+    recipe = get_recipe(method)
+    context = tiny_context(method)
+    torch.manual_seed(0)
+    model = recipe.build_model(context)
+    if recipe.prepares_model:
+        evaluation = RowsByRole({"image": context.columns["image"]},
+                                ImageRowTransform(build_transform("eval", IMAGE_SIZE)))
+        pixels = torch.stack([evaluation(row)["pixel_values"] for row in load_default_dataset("train").select(range(16))])
+        recipe.prepare_model(model, [pixels])
+    return model, context
+
+
+def seeded_loss(model, batch: dict, seed: int = 0) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return model(**batch).loss
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_forward_backward_and_save_load(method, tmp_path):
+    model, context = build_tiny(method)
+    batch = recipe_batch(method, context)
+    model.train()
+    loss = seeded_loss(model, batch)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    backbone_gradients = [parameter.grad for parameter in model.get_backbone().parameters() if parameter.requires_grad]
+    assert any(gradient is not None and gradient.abs().sum() > 0 for gradient in backbone_gradients)
+
+    model.eval()
+    with torch.no_grad():
+        expected = seeded_loss(model, batch)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"].startswith("hf-ssl-")
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(loaded) is type(model)
+    with torch.no_grad():
+        torch.testing.assert_close(seeded_loss(loaded, batch), expected)
+
+
+def test_names_follow_one_pattern():
+    for method in METHODS:
+        for config_class, model_classes, _ in get_recipe(method).registrations:
+            assert config_class.model_type.startswith("hf-ssl-") or config_class.__name__.startswith("Legacy"), config_class
+            for model_class in model_classes if isinstance(model_classes, tuple) else (model_classes,):
+                assert "For" in model_class.__name__, model_class  # <Backbone>For<Method>
+                output_annotation = str(model_class.forward.__annotations__.get("return", ""))
+                assert output_annotation.endswith("Output"), (model_class, output_annotation)
+
+
+def _run_without_hf_ssl(script: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh interpreter in which ``import hf_ssl`` fails."""
+    prelude = "import sys\nsys.modules['hf_ssl'] = None  # importing hf_ssl now raises ImportError\n"
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(script)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.slow
+def test_exports_load_in_plain_transformers_and_timm_without_hf_ssl(tmp_path):
+    expected = {}
+    for method in METHODS:
+        model, _ = build_tiny(method)
+        model.eval()
+        folder = tmp_path / method
+        processor = default_image_processor(IMAGE_SIZE)
+        model.export_backbone(folder / BACKBONE_FOLDER, processor)
+        backbone = model.get_backbone()
+        pixels = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            if is_timm_module(backbone):
+                reference = backbone(pixels)
+            else:
+                hidden = backbone(pixel_values=pixels).last_hidden_state
+                reference = hidden[:, 1:].mean(1) if hidden.ndim == 3 and backbone.config.model_type == "vit" else None
+        timm_folder = None if is_timm_module(backbone) else model.export_timm(folder / TIMM_BACKBONE_FOLDER, processor)
+        torch.save({"pixels": pixels, "reference": reference}, folder / "reference.pt")
+        expected[method] = {"timm": str(timm_folder) if timm_folder else None}
+    script = f"""
+    import json, torch, timm
+    from transformers import AutoModel, AutoModelForImageClassification
+    expected = json.loads({json.dumps(json.dumps(expected))})
+    for method, info in expected.items():
+        folder = {str(tmp_path)!r} + "/" + method
+        data = torch.load(folder + "/reference.pt")
+        backbone = AutoModel.from_pretrained(folder + "/backbone").eval()
+        classifier = AutoModelForImageClassification.from_pretrained(folder + "/backbone", num_labels=3)
+        assert classifier(pixel_values=data["pixels"]).logits.shape == (2, 3), method
+        if info["timm"]:
+            model = timm.create_model("local-dir:" + info["timm"], pretrained=True).eval()
+            with torch.no_grad():
+                torch.testing.assert_close(model(data["pixels"]), data["reference"], rtol=1e-4, atol=1e-5)
+        print("ok", method, type(backbone).__name__)
+    assert "hf_ssl" not in [name.split(".")[0] for name in sys.modules if sys.modules[name] is not None]
+    """
+    result = _run_without_hf_ssl(script)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(line.split()[1] for line in result.stdout.splitlines() if line.startswith("ok")) == sorted(METHODS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_run_folder_card_renders_with_the_methods_figures(method, tmp_path):
+    model, _ = build_tiny(method)
+    recipe = get_recipe(method)
+    training_arguments = {"method": method, "model": tiny_backbone_name(method), "dataset_name": "digits",
+                          "image_size": IMAGE_SIZE, "max_steps": 2, "total_batch_size": 4}
+    save_run_folder(model, tmp_path, default_image_processor(IMAGE_SIZE), training_arguments)
+    (tmp_path / "training_log.jsonl").write_text(
+        "".join(json.dumps({"step": step, "loss": 2.0 / step, "learning_rate": 1e-3}) + "\n" for step in (1, 2))
+    )
+    readme = write_model_card(tmp_path)
+    card = ModelCard.load(readme)
+    assert method in card.data.tags and recipe.card.title in card.text
+    assert (tmp_path / "loss_curve.png").is_file()
+    for figure in recipe.figures():
+        assert (tmp_path / figure.file_name).is_file() and f"]({figure.file_name})" in card.text
