@@ -1,7 +1,43 @@
-"""Losses as plain functions on tensors, usable without any hf-ssl model."""
+"""Losses as plain functions on tensors, usable without any hf-ssl model.
+
+- masked image modeling: `masked_token_cross_entropy` (BEiT, SplitMask), `masked_l1_loss` (SimMIM)
+- contrastive: `info_nce_loss` (SplitMask), `nt_xent_loss` (SimCLR), `moco_v3_loss`
+- negative-free: `byol_loss`, `simsiam_loss`, `barlow_twins_loss`, `vicreg_loss` (-> `VICRegLossTerms`)
+- self-distillation: `dino_loss`, `update_dino_center`, `teacher_temperature_schedule`
+- image-text: `clip_loss`, `siglip_loss`
+
+Batch-level terms cover every process's rows when a process group runs (``gather_distributed``).
+"""
 
 from .contrastive import info_nce_loss
+from .dino import dino_loss, teacher_temperature_schedule, update_dino_center
+from .image_text import clip_loss, siglip_loss
+from .joint_embedding import (
+    VICRegLossTerms,
+    barlow_twins_loss,
+    byol_loss,
+    moco_v3_loss,
+    nt_xent_loss,
+    simsiam_loss,
+    vicreg_loss,
+)
 from .masked_modeling import masked_token_cross_entropy
 from .reconstruction import masked_l1_loss
 
-__all__ = ["info_nce_loss", "masked_l1_loss", "masked_token_cross_entropy"]
+__all__ = [
+    "VICRegLossTerms",
+    "barlow_twins_loss",
+    "byol_loss",
+    "clip_loss",
+    "dino_loss",
+    "info_nce_loss",
+    "masked_l1_loss",
+    "masked_token_cross_entropy",
+    "moco_v3_loss",
+    "nt_xent_loss",
+    "siglip_loss",
+    "simsiam_loss",
+    "teacher_temperature_schedule",
+    "update_dino_center",
+    "vicreg_loss",
+]
