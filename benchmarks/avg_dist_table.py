@@ -16,11 +16,13 @@ from pathlib import Path
 
 import torch
 
-from hf_ssl.masking import blockwise_patch_mask, random_patch_mask, random_split_mask
+from hf_ssl.masking import beit_mask, random_patch_mask, random_split_mask
 from hf_ssl.masking.avg_dist import mask_generator_average_distance
+from hf_ssl.masking.blockwise import BEIT_NUM_MASKED_PATCHES, python_random, sample_blocks
 from hf_ssl.masking.simmim import SimMIMMaskGenerator
 
 REPO = Path(__file__).resolve().parents[1]
+BLOCK_MASKS = 10_000  # masks behind the block statistics of the BEiT section
 
 
 def simmim_row(label: str, image_size: int, mask_patch_size: int, mask_ratio: float, strategy: str):
@@ -48,10 +50,24 @@ def table_rows():
     rows.append(patch_row("MAE (`--method mae`)", 224, 16, "random",
                           lambda n, g: random_patch_mask(n, (14, 14), 0.75, generator=g)))
     rows.append(patch_row("BEiT (`--method beit`)", 224, 16, "blockwise",
-                          lambda n, g: blockwise_patch_mask(n, (14, 14), 0.4, generator=g)))
+                          lambda n, g: beit_mask("blockwise", n, (14, 14), 0.4, generator=g)))
     rows.append(patch_row("SplitMask, one half (`--method splitmask`)", 224, 16, "split",
                           lambda n, g: random_split_mask(n, 196, generator=g)))
     return rows
+
+
+def block_statistics(num_masks: int, seed: int) -> dict[str, float]:
+    """BEiT's block loop at 224 px (75 of 196 patches) before padding, over `num_masks` masks."""
+    rng = python_random(torch.Generator().manual_seed(seed))
+    draws = [sample_blocks(rng, (14, 14), BEIT_NUM_MASKED_PATCHES) for _ in range(num_masks)]
+    block_sizes = [size for _, sizes in draws for size in sizes]
+    return dict(
+        block_masks=num_masks,
+        blocks_per_mask=len(block_sizes) / num_masks,
+        block_area=sum(block_sizes) / len(block_sizes),
+        hidden_by_blocks=sum(block_sizes) / num_masks,
+        padded_percent=100 * sum(int(mask.sum()) < BEIT_NUM_MASKED_PATCHES for mask, _ in draws) / num_masks,
+    )
 
 
 def render(num_masks: int, seed: int) -> str:
@@ -64,7 +80,7 @@ def render(num_masks: int, seed: int) -> str:
         value = mask_generator_average_distance(generate, grid, unit, num_masks=num_masks, seed=seed)
         lines.append(f"| {label} | {image_size} | {unit} | {strategy} | {hidden_fraction:.2f} | {value:.1f} |")
     table = "\n".join(lines)
-    return TEMPLATE.format(table=table, num_masks=num_masks, seed=seed)
+    return TEMPLATE.format(table=table, num_masks=num_masks, seed=seed, **block_statistics(BLOCK_MASKS, seed))
 
 
 TEMPLATE = """# Masking strategies and AvgDist
@@ -83,18 +99,41 @@ SimMIM (Xie et al. 2021, arXiv:2111.09886) masks on a grid of *mask patches* who
 is 8x8 Swin patches (4 px) or 2x2 ViT/16 patches. It must be a multiple of the encoder's patch
 size and divide the image size (`SimMIMConfig` raises a `ValueError` otherwise).
 
-- `random` (default): exactly `round(mask_ratio * M)` of the `M` mask patches, uniformly.
+- `random` (default): exactly `ceil(mask_ratio * M)` of the `M` mask patches, uniformly. The
+  count rounds up as the official `MaskGenerator` does (microsoft/SimMIM, `data/data_simmim.py`):
+  30 of 49 mask patches for ViT at 224 px, 22 of 36 for Swin at 192 px.
 - `square`: one randomly placed square whose area is the nearest square to `mask_ratio * M`
   (so the hidden fraction is approximate: 5x5 of 6x6 = 0.69 for ratio 0.6).
-- `blockwise`: BEiT's block-wise masking (rectangles of random area and aspect ratio) on the
-  mask-patch grid, topped up to exactly `round(mask_ratio * M)`; the smallest block is 1/12 of
-  the grid (BEiT: 16 of 196 patches).
+- `blockwise`: BEiT's block-wise masking (below) on the mask-patch grid, padded to exactly
+  `ceil(mask_ratio * M)`; the smallest block is 1/12 of the grid (BEiT: 16 of 196 patches).
 
 ```python
 from hf_ssl.masking.simmim import SimMIMMaskGenerator
 masks = SimMIMMaskGenerator(image_size=192, model_patch_size=4, mask_patch_size=32,
                             mask_ratio=0.6, strategy="random")(batch_size=8)   # (8, 48 * 48) bool
 ```
+
+## BEiT masks (`hf_ssl.masking.blockwise`)
+
+`beit_mask(strategy, batch_size, grid_size, mask_ratio=0.4)` hides the official BEiT count: the
+released recipe sets `--num_mask_patches 75` on the 14x14 grid of a 224-px image
+(microsoft/unilm, `beit/run_beit_pretraining.py` and the README's commands), which the paper
+calls 40 % (75 / 196 = 0.383). Other grids and ratios scale that count,
+`round(N * mask_ratio / 0.4 * 75 / 196)`, as the authors advise for other resolutions
+(microsoft/unilm issue #396); `blockwise_patch_mask` / `random_patch_mask` called directly hide
+`round(mask_ratio * N)` or an explicit `num_masked_patches`.
+
+The `blockwise` strategy runs the official block loop (`beit/masking_generator.py`): each block
+draws a target area uniformly between 16 patches and the number still to hide, an aspect ratio
+log-uniform in [0.3, 1/0.3], 10 placements, and keeps a block that hides at least one new patch
+and no more than the remaining count; the loop stops when a block finds no place. That loop
+can end a few patches short; since every image of a batch must hide the same number of patches,
+the missing ones are then hidden uniformly at random among the visible patches, as BEiT v2's
+generator does (`beit2/masking_generator.py`), which leaves the blocks themselves as the official
+loop draws them. The loop at 224 px over {block_masks:,} masks (seed {seed}): {blocks_per_mask:.2f} blocks
+per mask, {block_area:.1f} newly hidden patches per block, {hidden_by_blocks:.1f} of 75 patches hidden by
+the blocks, {padded_percent:.0f} % of the masks padded. `random` hides the same count uniformly, for
+BEiT's block-wise vs random ablation.
 
 ## AvgDist
 

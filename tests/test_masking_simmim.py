@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from hf_ssl.masking.simmim import (
     MASK_STRATEGIES,
     SimMIMMaskGenerator,
     blockwise_min_patches,
+    simmim_num_masked_patches,
     square_patch_mask,
     upsample_patch_mask,
 )
@@ -59,12 +61,48 @@ def test_masks_are_aligned_to_mask_patches(strategy, image_size, model_patch_siz
 def test_random_and_blockwise_hide_exactly_the_ratio(strategy, mask_ratio):
     generator = SimMIMMaskGenerator(192, 4, 32, mask_ratio, strategy)  # 6x6 = 36 mask patches
     coarse = generator.coarse(32, generator=torch.Generator().manual_seed(1))
-    expected = round(mask_ratio * 36)  # 0.3 -> 11, 0.6 -> 22, 0.75 -> 27
+    expected = math.ceil(mask_ratio * 36)  # 0.3 -> 11, 0.6 -> 22, 0.75 -> 27
     assert coarse.sum(dim=1).tolist() == [expected] * 32
     # pixel level: each hidden mask patch hides 32 * 32 pixels
     pixels = generator.pixel_mask(4, generator=torch.Generator().manual_seed(1))
     assert pixels.shape == (4, 192, 192)
     assert pixels.sum(dim=(1, 2)).tolist() == [expected * 32 * 32] * 4
+
+
+def official_mask_count(input_size: int, mask_patch_size: int, mask_ratio: float) -> int:
+    """`mask_count` of microsoft/SimMIM data/data_simmim.py `MaskGenerator.__init__`, transcribed."""
+    rand_size = input_size // mask_patch_size
+    token_count = rand_size**2
+    return int(np.ceil(token_count * mask_ratio))
+
+
+@pytest.mark.parametrize("strategy", ["random", "blockwise"])
+@pytest.mark.parametrize(
+    "image_size,model_patch_size,mask_patch_size,expected",
+    [
+        (224, 16, 32, 30),  # ViT-B/16 at 224 px: ceil(0.6 * 49) = 30 (rounding would give 29)
+        (192, 4, 32, 22),  # Swin at 192 px: ceil(0.6 * 36) = 22
+        (224, 8, 8, 471),  # 28 x 28 mask patches: ceil(470.4) = 471 (rounding would give 470)
+    ],
+)
+def test_published_configurations_hide_the_official_count(strategy, image_size, model_patch_size, mask_patch_size, expected):
+    assert official_mask_count(image_size, mask_patch_size, 0.6) == expected
+    generator = SimMIMMaskGenerator(image_size, model_patch_size, mask_patch_size, 0.6, strategy)
+    coarse = generator.coarse(16, generator=torch.Generator().manual_seed(0))
+    assert coarse.sum(dim=1).tolist() == [expected] * 16
+    scale = (mask_patch_size // model_patch_size) ** 2
+    assert generator(2, generator=torch.Generator().manual_seed(0)).sum(dim=1).tolist() == [expected * scale] * 2
+
+
+@pytest.mark.parametrize("mask_ratio", [0.1, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9])
+@pytest.mark.parametrize("image_size,mask_patch_size", [(192, 32), (224, 32), (224, 16), (32, 8), (160, 32)])
+def test_count_matches_the_official_formula_for_every_ratio(mask_ratio, image_size, mask_patch_size):
+    # Rounding up differs from rounding to nearest whenever the fractional part is below 0.5.
+    side = image_size // mask_patch_size
+    expected = official_mask_count(image_size, mask_patch_size, mask_ratio)
+    assert simmim_num_masked_patches(side * side, mask_ratio) == expected
+    generator = SimMIMMaskGenerator(image_size, mask_patch_size, mask_patch_size, mask_ratio, "random")
+    assert generator.coarse(4, generator=torch.Generator().manual_seed(0)).sum(dim=1).tolist() == [expected] * 4
 
 
 def test_square_mask_is_one_contiguous_square_of_the_nearest_area():

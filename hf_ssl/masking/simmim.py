@@ -5,12 +5,16 @@ SimMIM, Xie et al. 2021, arXiv:2111.09886, section 3.1. Masks are drawn on the c
 ViT, 4 px for Swin), so every hidden unit is a whole mask patch whatever the encoder. Three
 strategies from the paper's ablation (Table 1):
 
-- ``"random"``: each mask patch is hidden at random; exactly ``round(mask_ratio * M)`` of the
+- ``"random"``: each mask patch is hidden at random; exactly ``ceil(mask_ratio * M)`` of the
   ``M`` mask patches per image (the paper's default, ratio 0.6 with 32-px mask patches).
 - ``"square"``: one randomly placed square of mask patches whose area is the closest square to
   ``mask_ratio * M`` (the ratio is therefore approximate: 6x6 grid, 0.6 -> 5x5 = 0.69).
 - ``"blockwise"``: BEiT's block-wise masking (rectangles of random area and aspect ratio) on the
-  mask-patch grid, topped up to exactly ``round(mask_ratio * M)`` hidden mask patches.
+  mask-patch grid, padded to exactly ``ceil(mask_ratio * M)`` hidden mask patches.
+
+The count rounds up, as the official `MaskGenerator` does (microsoft/SimMIM, data/data_simmim.py:
+``mask_count = int(np.ceil(token_count * mask_ratio))``): at ViT 224 px with 32-px mask patches
+that is 30 of 49, at Swin 192 px 22 of 36.
 """
 
 from __future__ import annotations
@@ -51,6 +55,11 @@ def square_patch_mask(
     return square.flatten(1)
 
 
+def simmim_num_masked_patches(num_cells: int, mask_ratio: float) -> int:
+    """Hidden mask patches per image: ``ceil(num_cells * mask_ratio)``, the official count."""
+    return int(math.ceil(num_cells * mask_ratio))
+
+
 def blockwise_min_patches(num_cells: int) -> int:
     """BEiT's smallest block is 16 of 196 patches (1/12 of the grid); keep that fraction on coarse grids."""
     return max(1, round(num_cells * 16 / 196))
@@ -64,14 +73,18 @@ def coarse_mask(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Draw masks on a grid of mask patches with the named strategy; returns ``(B, rows * cols)`` bool."""
+    num_cells = grid_size[0] * grid_size[1]
     if strategy == "random":
-        return random_patch_mask(batch_size, grid_size, mask_ratio, generator=generator)
+        return random_patch_mask(
+            batch_size, grid_size, mask_ratio, generator=generator,
+            num_masked_patches=simmim_num_masked_patches(num_cells, mask_ratio),
+        )
     if strategy == "square":
         return square_patch_mask(batch_size, grid_size, mask_ratio, generator=generator)
     if strategy == "blockwise":
-        min_block = blockwise_min_patches(grid_size[0] * grid_size[1])
         return blockwise_patch_mask(
-            batch_size, grid_size, mask_ratio, min_block_patches=min_block, generator=generator
+            batch_size, grid_size, mask_ratio, min_block_patches=blockwise_min_patches(num_cells),
+            generator=generator, num_masked_patches=simmim_num_masked_patches(num_cells, mask_ratio),
         )
     raise ValueError(f"mask_strategy must be one of {MASK_STRATEGIES}, got {strategy!r}")
 
@@ -152,6 +165,7 @@ __all__ = [
     "SimMIMMaskGenerator",
     "blockwise_min_patches",
     "coarse_mask",
+    "simmim_num_masked_patches",
     "square_patch_mask",
     "upsample_patch_mask",
 ]
