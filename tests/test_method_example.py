@@ -191,9 +191,13 @@ def test_a_method_defined_in_a_test_uses_every_seam(tmp_path, two_column_parquet
         torch.manual_seed(1)
         ConvNextModel(ConvNextConfig(num_stages=2, depths=[1, 1], hidden_sizes=[16, 32])).save_pretrained(folder)
         backbone = str(folder)
-    code, output_dir = _run(tmp_path, two_column_parquet, backbone)
+    code, output_dir = _run(tmp_path, two_column_parquet, backbone, ["--eval_steps", "2"])
     assert code == 0
-    log = [json.loads(line) for line in (output_dir / "training_log.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (output_dir / "training_log.jsonl").read_text().splitlines()]
+    online = [record for record in records if "online_knn_accuracy" in record]
+    assert [record["step"] for record in online] == [2, 4]  # the bundled digits, scored by the live encoder
+    assert all(0.0 <= record["online_knn_accuracy"] <= 1.0 for record in online)
+    log = [record for record in records if "loss" in record]
     assert [record["step"] for record in log] == [1, 2, 3, 4]
     for record in log:  # every scalar of the output, and every schedule, is logged
         for key in ("loss", "invariance_loss", "brightness_loss", "embedding_std", "learning_rate", "weight_decay",

@@ -190,3 +190,56 @@ def test_save_and_load_checkpoint_round_trip(tmp_path):
     torch.testing.assert_close(torch.rand(2), expected_random)  # RNG restored
     save_checkpoint(accelerator, tmp_path, 6, {"step": 6, "world_size": 1}, {"position": 24}, save_total_limit=1)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-6"]
+
+
+# ----- the loop's monitors
+
+
+class _ConstantBatches:
+    """Endless identical batches with the interface the loop reads."""
+
+    epoch = 0
+
+    def __next__(self):
+        return {"pixel_values": torch.ones(4, 3), "skipped_samples": torch.tensor(0)}
+
+    def state_dict(self):
+        return {}
+
+
+class _CollapsingModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(3, 2)
+
+    def forward(self, pixel_values):
+        from transformers.modeling_outputs import ModelOutput
+
+        loss = self.layer(pixel_values).pow(2).mean()
+        return ModelOutput(loss=loss, embedding_std=torch.tensor(0.01))
+
+    def get_backbone(self):
+        return self.layer
+
+
+def test_loop_warns_on_collapse_and_runs_the_periodic_evaluation(tmp_path, caplog):
+    from hf_ssl.recipes import get_recipe
+    from hf_ssl.training import LoopSettings, TrainingState, train
+
+    accelerator = Accelerator(cpu=True)
+    model = _CollapsingModel()
+    optimizer = torch.optim.AdamW(parameter_groups(model, 0.0))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    evaluated = []
+    settings = LoopSettings(max_steps=4, max_grad_norm=None, logging_steps=2, save_steps=100, save_total_limit=1,
+                            output_dir=str(tmp_path), eval_steps=3,
+                            periodic_evaluation=lambda encoder: evaluated.append(encoder) or {"online_metric": 0.5})
+    schedules = {"learning_rate": torch.full((4,), 1e-3), "weight_decay": torch.zeros(4)}
+    with caplog.at_level("WARNING", logger="hf_ssl.training.loop"):
+        state = train(accelerator, model, optimizer, get_recipe("mae"), _ConstantBatches(), schedules, settings,
+                      TrainingState())
+    assert state.step == 4
+    assert [record.message.split(":")[0] for record in caplog.records] == ["Representation collapse at step 2"]
+    assert len(evaluated) == 1 and isinstance(evaluated[0], nn.Linear)
+    records = [json.loads(line) for line in (tmp_path / "training_log.jsonl").read_text().splitlines()]
+    assert [(record["step"], "online_metric" in record) for record in records] == [(2, False), (3, True), (4, False)]

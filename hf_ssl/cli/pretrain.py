@@ -206,7 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     accelerator.init_trackers("pretrain", config=tracker_config)
 
-    # ----- loop
+    # ----- loop (with the online kNN check when asked for)
+    periodic_evaluation = None
+    if arguments.eval_steps and accelerator.is_main_process:
+        from hf_ssl.eval.online import OnlineKNN
+
+        periodic_evaluation = OnlineKNN(arguments.eval_dataset_name, arguments.image_size, context.image_mean, context.image_std)
     settings = LoopSettings(
         max_steps=arguments.max_steps,
         max_grad_norm=max_grad_norm,
@@ -214,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         save_steps=arguments.save_steps,
         save_total_limit=arguments.save_total_limit,
         output_dir=str(output_dir),
+        eval_steps=arguments.eval_steps,
+        periodic_evaluation=periodic_evaluation,
     )
     state = train(accelerator, model, optimizer, recipe, batches, schedules, settings, state)
 

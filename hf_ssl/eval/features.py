@@ -67,7 +67,10 @@ def pool_hidden_states(
 
 def encode_and_pool(encoder: nn.Module, pixel_values: torch.Tensor, pooling: Pooling = "mean") -> torch.Tensor:
     """``(B, C, H, W) -> (B, D)``: pooled token sequence, or the model's own pooling for encoders
-    whose output is a feature map (ConvNeXt, ResNet, timm CNNs through `TimmWrapperModel`)."""
+    whose output is a feature map (ConvNeXt, ResNet, timm CNNs through `TimmWrapperModel`); a
+    timm module (``num_classes=0``) returns pooled features itself."""
+    if type(encoder).__module__.startswith("timm."):
+        return encoder(pixel_values)
     outputs = encoder(pixel_values=pixel_values)
     hidden = outputs.last_hidden_state
     if hidden.ndim != 3:  # (B, C, h, w) feature map: no tokens to pool

@@ -120,6 +120,15 @@ class PretrainingArguments:
     knn_evaluation: bool | None = field(
         default=None, metadata={"help": "kNN accuracy vs random init at the end (default: on for the bundled digits)."}
     )
+    eval_steps: int | None = field(
+        default=None,
+        metadata={"help": "Online kNN of the encoder every this many steps, logged as online_knn_accuracy (off by default)."},
+    )
+    eval_dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Labelled dataset (train + test splits, columns image/label) for --eval_steps; default: the "
+                          "bundled digits."},
+    )
     push_to_hub: bool = field(
         default=False, metadata={"help": "Upload the run folder (and backbone/ as <hub_model_id>-backbone) at the end."}
     )
@@ -232,6 +241,8 @@ def validate_arguments(arguments: PretrainingArguments, method_arguments=None, w
         raise ConfigurationError("--push_to_hub needs --hub_model_id org/name")
     if arguments.max_steps is None or arguments.max_steps < 1:
         raise ConfigurationError(f"--max_steps must be >= 1, got {arguments.max_steps}")
+    if arguments.eval_steps is not None and arguments.eval_steps < 1:
+        raise ConfigurationError(f"--eval_steps must be >= 1, got {arguments.eval_steps}")
     for name in ("gradient_accumulation_steps", "logging_steps", "save_steps", "save_total_limit", "shuffle_buffer_size"):
         if getattr(arguments, name) < 1:
             raise ConfigurationError(f"--{name} must be >= 1, got {getattr(arguments, name)}")

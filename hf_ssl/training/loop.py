@@ -13,8 +13,10 @@ Checkpoints are atomic (see `checkpointing`).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,10 +25,13 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from hf_ssl.data.loader import TrainingBatches
+from hf_ssl.monitoring import COLLAPSE_THRESHOLD
 from hf_ssl.recipes.base import Recipe, StepContext
 from hf_ssl.schedules import apply_optimizer_schedules
 
 from .checkpointing import save_checkpoint
+
+logger = logging.getLogger(__name__)
 
 TRAINING_LOG_NAME = "training_log.jsonl"
 
@@ -44,12 +49,21 @@ class TrainingState:
 
 @dataclass
 class LoopSettings:
+    """How the loop runs.
+
+    Args:
+        periodic_evaluation: ``encoder -> {metric: value}``, run on the main process every
+            `eval_steps` optimizer steps (e.g. online kNN on a labelled split); None disables it.
+    """
+
     max_steps: int
     max_grad_norm: float | None
     logging_steps: int
     save_steps: int
     save_total_limit: int
     output_dir: str
+    eval_steps: int | None = None
+    periodic_evaluation: Callable[[torch.nn.Module], dict[str, float]] | None = None
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -112,6 +126,7 @@ def train(
     runtime_before = state.train_runtime_s
     run_start = time.perf_counter()
     unwrapped = accelerator.unwrap_model(model)
+    collapsed = False
     model.train()
     while state.step < settings.max_steps:
         values = {name: column[state.step] for name, column in values_per_step.items()}
@@ -158,6 +173,16 @@ def train(
                 record["grad_norm"] = float(grad_norm)
             if not math.isfinite(means["loss"]):
                 raise FloatingPointError(f"Loss became {means['loss']} at step {state.step}; lower --learning_rate or use fp32")
+            if "embedding_std" in means and (means["embedding_std"] < COLLAPSE_THRESHOLD) != collapsed:
+                collapsed = not collapsed
+                if collapsed:
+                    logger.warning(
+                        "Representation collapse at step %d: normalised embedding std %.3f < %.2f (1 = spread out, "
+                        "0 = every image maps to one point). Check the learning rate, the augmentations and the "
+                        "teacher/EMA settings.", state.step, means["embedding_std"], COLLAPSE_THRESHOLD,
+                    )
+                else:
+                    logger.info("Embeddings spread out again at step %d (std %.3f)", state.step, means["embedding_std"])
             accelerator.log(record, step=state.step)
             if accelerator.is_main_process:
                 with open(log_path, "a") as handle:
@@ -165,6 +190,15 @@ def train(
             progress.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{values['learning_rate']:.2e}", skipped=total_skipped)
             window.reset()
             window_start = time.perf_counter()
+
+        if settings.periodic_evaluation is not None and settings.eval_steps and state.step % settings.eval_steps == 0:
+            if accelerator.is_main_process:
+                metrics = settings.periodic_evaluation(unwrapped.get_backbone())
+                accelerator.log(metrics, step=state.step)
+                with open(log_path, "a") as handle:
+                    handle.write(json.dumps({"step": state.step, **metrics}) + "\n")
+                progress.write(f"step {state.step}: " + ", ".join(f"{key} {value:.4f}" for key, value in metrics.items()))
+            model.train()
 
         if state.step % settings.save_steps == 0 or state.step == settings.max_steps:
             state.train_runtime_s = runtime_before + time.perf_counter() - run_start
