@@ -123,6 +123,13 @@ def main(argv: list[str] | None = None) -> int:
             world_size=accelerator.num_processes,
             shards_per_process=max(8, arguments.dataloader_num_workers),
         )
+        if recipe.prepares_inputs:
+            preparation_rows = stream_source(dataset, list(columns.values()))
+            recipe.prepare_inputs(
+                context,
+                ({role: row[column] for role, column in columns.items()}
+                 for row in itertools.islice(preparation_rows, arguments.preparation_rows)),
+            )
     except DatasetConfigurationError as error:
         return fail(str(error))
     stream = ResumableRowStream(
@@ -249,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         image_processor = default_image_processor(arguments.image_size, context.image_mean, context.image_std)
         save_run_folder(unwrapped, output_dir, image_processor, training_arguments)
+        recipe.save_extra_files(unwrapped, context, output_dir)
         if arguments.knn_evaluation:
             from hf_ssl.eval.runner import evaluate_run_after_training
 

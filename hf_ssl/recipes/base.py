@@ -5,9 +5,10 @@ A method is one modeling folder (``modeling/<method>/``: config + model) plus on
 ``hf_ssl.cli.pretrain``, the model card and the figures never branch on the method name; they
 ask the recipe:
 
-- inputs: which dataset columns it reads (`columns`) and the per-row transform run in the
-  DataLoader workers (`build_transform`, ``row -> dict of tensors``; the collate stacks each key,
-  so multi-crop views of several sizes are separate keys);
+- inputs: which dataset columns it reads (`columns`), what it derives from raw rows before
+  anything is built (`prepare_inputs`, e.g. train a text tokenizer) and the per-row transform run
+  in the DataLoader workers (`build_transform`, ``row -> dict of tensors``; the collate stacks each
+  key, so multi-crop views of several sizes are separate keys);
 - its own command-line flags (`arguments_class`, a dataclass parsed next to the common ones);
 - the model (`build_model`) from a resolved ``--model`` (`BackboneSpec`) and the run's settings;
 - optimisation: published defaults (`optimizer`), parameter groups with the weight-decay
@@ -17,7 +18,8 @@ ask the recipe:
 - hooks: `prepare_model` (once, before training, on evaluation-transformed images),
   `after_backward` (between backward and the optimizer step, after clipping) and
   `after_optimizer_step` (e.g. an EMA update);
-- its model card text and tags (`card`) and figures (`figures`).
+- its model card text and tags (`card`), figures (`figures`) and any file the run folder needs
+  besides the model and image processor (`save_extra_files`, e.g. a tokenizer and processor).
 
 Every scalar tensor the model output carries (``loss``, ``mim_loss``, ``contrastive_loss``, a
 collapse metric, ...) is logged by the loop.
@@ -133,6 +135,8 @@ class BuildContext:
         method_arguments: the parsed `Recipe.arguments_class` instance (None without one).
         image_mean, image_std: normalisation of the inputs.
         columns: dataset column per input role (`Recipe.columns`).
+        artifacts: what `Recipe.prepare_inputs` derived from the data before the transform and the
+            model were built (e.g. a tokenizer trained on the captions).
     """
 
     backbone: BackboneSpec
@@ -142,6 +146,7 @@ class BuildContext:
     image_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     image_std: tuple[float, ...] = (0.229, 0.224, 0.225)
     columns: dict[str, str] = field(default_factory=lambda: {"image": "image"})
+    artifacts: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -221,6 +226,8 @@ class Recipe(ABC):
         supported_backbones: backbone families the method can build on (``"vit"``, ``"swin"``,
             ...; ``"any"`` for every transformers / timm vision model).
         forward_schedule_inputs: schedule names passed to ``model.forward`` as keyword arguments.
+        prepares_inputs: call `prepare_inputs` with raw training rows before the transform and the
+            model are built.
         prepares_model: call `prepare_model` before training (it reads training images first).
         reconstruction_panels: for masked image modeling, ``(model, pixel_values, generator) ->
             ReconstructionPanels`` (see `hf_ssl.visualization`); None otherwise.
@@ -237,6 +244,7 @@ class Recipe(ABC):
     bundled_run_defaults: dict = {}
     supported_backbones: tuple[str, ...] = ("vit",)
     forward_schedule_inputs: tuple[str, ...] = ()
+    prepares_inputs: bool = False
     prepares_model: bool = False
     reconstruction_panels: Callable | None = None
 
@@ -249,6 +257,11 @@ class Recipe(ABC):
     def columns(self, arguments, method_arguments) -> dict[str, str]:
         """Dataset column per input role; the transform receives ``{role: cell}``."""
         return {"image": arguments.image_column}
+
+    def prepare_inputs(self, context: BuildContext, rows: Iterable[dict]) -> None:
+        """Derive what the transform and the model need from raw rows ``{role: cell}`` (the first
+        training rows, the same on every process) into ``context.artifacts``; when
+        `prepares_inputs` is True."""
 
     def build_transform(self, context: BuildContext) -> Callable[[dict], dict[str, torch.Tensor]]:
         """The per-row transform run in DataLoader workers (picklable). Default: one "light" view."""
@@ -321,6 +334,10 @@ class Recipe(ABC):
                 draw=draw,
             ),
         )
+
+    def save_extra_files(self, model: PreTrainedModel, context: BuildContext, output_dir) -> None:
+        """Write files the run folder needs besides the model and the image processor (e.g. a
+        tokenizer and a processor, so ``pipeline(..., model=run_dir)`` works)."""
 
     def method_arguments_defaults(self):
         """An instance of `arguments_class` with its defaults (None without one)."""

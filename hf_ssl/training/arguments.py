@@ -105,6 +105,9 @@ class PretrainingArguments:
                           "and CPUs without bf16 instructions get slower; on GPUs with bf16 (A100/H100) use bf16."},
     )
     seed: int = field(default=0, metadata={"help": "Seed for weights, data order, augmentations and masks."})
+    preparation_rows: int = field(
+        default=10000, metadata={"help": "Raw training rows a method may read before training (e.g. to train a text tokenizer)."}
+    )
     tokenizer_fit_batches: int = field(
         default=20, metadata={"help": "Batches given to the recipe's preparation before training (SplitMask's tokenizer)."}
     )
