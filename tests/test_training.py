@@ -243,3 +243,21 @@ def test_loop_warns_on_collapse_and_runs_the_periodic_evaluation(tmp_path, caplo
     assert len(evaluated) == 1 and isinstance(evaluated[0], nn.Linear)
     records = [json.loads(line) for line in (tmp_path / "training_log.jsonl").read_text().splitlines()]
     assert [(record["step"], "online_metric" in record) for record in records] == [(2, False), (3, True), (4, False)]
+
+
+def test_mixed_precision_auto_follows_the_hardware(tmp_path, monkeypatch):
+    from hf_ssl.training import runtime
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert runtime.cpu_has_native_bf16(str(cpuinfo))
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert not runtime.cpu_has_native_bf16(str(cpuinfo))
+    assert not runtime.cpu_has_native_bf16(str(tmp_path / "missing"))
+    monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.default_mixed_precision() == "bf16"
+    assert resolve_arguments(parse_arguments([])[0]).mixed_precision == "bf16"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert resolve_arguments(parse_arguments([])[0]).mixed_precision == "no"
+    assert resolve_arguments(parse_arguments(["--mixed_precision", "bf16"])[0]).mixed_precision == "bf16"

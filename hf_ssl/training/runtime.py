@@ -33,3 +33,24 @@ def multi_process_cpu_run() -> bool:
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     return world_size > 1 and not torch.cuda.is_available()
+
+
+def cpu_has_native_bf16(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 in its flags).
+
+    Without those units oneDNN emulates bf16 matmuls through fp32 and autocast only adds casts.
+    """
+    try:
+        with open(cpuinfo_path, encoding="utf-8") as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def default_mixed_precision(use_cpu: bool = False) -> str:
+    """``"bf16"`` where the hardware computes it natively (CUDA GPUs with bf16, CPUs with AVX512-BF16
+    or AMX), else ``"no"``: what ``--mixed_precision auto`` (the default) resolves to."""
+    if not use_cpu and torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cpu_has_native_bf16() else "no"
