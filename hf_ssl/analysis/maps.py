@@ -11,7 +11,6 @@ exceeds 1 - mass (equivalently: the mass ranked above it is still below `mass`).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 DINO_MASK_MASS = 0.6
 
@@ -65,18 +64,3 @@ def attention_mass_masks(attention_maps: torch.Tensor, mass: float = DINO_MASK_M
     keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
     return keep.reshape(attention_maps.shape)
 
-
-def upsample_to_pixels(patch_maps: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """Nearest-neighbour upsampling of patch-grid maps to pixels (each patch a square block).
-
-    Args:
-        patch_maps: ``(B, H, h, w)`` float or bool.
-        patch_size: pixels per patch side.
-
-    Returns:
-        ``(B, H, h * patch_size, w * patch_size)`` of the input's dtype.
-    """
-    if patch_maps.ndim != 4:
-        raise ValueError(f"patch_maps must be (B, H, h, w), got {tuple(patch_maps.shape)}")
-    upsampled = F.interpolate(patch_maps.float(), scale_factor=patch_size, mode="nearest")
-    return upsampled.to(patch_maps.dtype)

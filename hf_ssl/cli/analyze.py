@@ -25,8 +25,33 @@ import logging
 import sys
 from pathlib import Path
 
-REPRESENTATION_POOLINGS = ("flatten", "tokens", "mean", "cls")
-BUNDLED_VARIANTS = ("digits", "scenes")
+from hf_ssl.analysis.cka import cka_matrix
+from hf_ssl.analysis.encoders import (
+    AnalysisInputError,
+    bundled_images,
+    displayable_images,
+    load_image_processor,
+    load_images,
+    load_vit_encoder,
+    preprocess_images,
+)
+from hf_ssl.analysis.figures import (
+    attention_overlay,
+    mask_overlay,
+    plot_cka_matrix,
+    plot_head_kl_divergence,
+    plot_per_head_statistic,
+    save_attention_grid,
+    save_rgb,
+)
+from hf_ssl.analysis.statistics import (
+    REPRESENTATION_POOLINGS,
+    attention_statistics,
+    cls_attention,
+    cross_model_cka,
+    layer_representations,
+)
+from hf_ssl.data.default import DEFAULT_VARIANTS
 # At most this many images go into the single attention_grid.png (each gets its own folder).
 GRID_IMAGE_LIMIT = 8
 
@@ -49,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--images", nargs="+", default=None, help="image files (default: the bundled test split)")
         command.add_argument("--num_images", type=int, default=default_images,
                              help=f"bundled images to use without --images (default {default_images})")
-        command.add_argument("--bundled_variant", default="digits", choices=BUNDLED_VARIANTS,
+        command.add_argument("--bundled_variant", default="digits", choices=DEFAULT_VARIANTS,
                              help="which bundled data to take images from without --images")
         command.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
         command.add_argument("--out", required=True, help="output folder (created)")
@@ -63,9 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     cka = commands.add_parser("cka", help="linear CKA between layers (one model or two)")
     add_common(cka, 64)
     cka.add_argument("--other_model", default=None, help="a second model to compare layer by layer")
-    cka.add_argument("--pooling", default="flatten", choices=REPRESENTATION_POOLINGS,
-                     help="flatten: all tokens of an image form one example (Kornblith et al.); tokens: each "
-                          "patch token is an example; mean / cls: one pooled vector per image")
+    cka.add_argument("--pooling", default="mean", choices=REPRESENTATION_POOLINGS,
+                     help="mean: mean patch token per image (default); cls: the CLS token; flatten: all tokens of "
+                          "an image as one example (Kornblith et al.'s activation maps; near 1 between every pair "
+                          "of layers of the small default ViT); tokens: each patch token is an example")
     return parser
 
 
@@ -76,8 +102,6 @@ def _model_name(path: str) -> str:
 
 def _inputs(arguments):
     """(images, names) from --images or the bundled test split."""
-    from hf_ssl.analysis.encoders import bundled_images, load_images
-
     if arguments.images:
         return load_images(arguments.images), [Path(path).stem for path in arguments.images]
     images = bundled_images(arguments.num_images, arguments.bundled_variant)
@@ -86,23 +110,15 @@ def _inputs(arguments):
 
 def _load(path: str):
     """(encoder, image processor or None)."""
-    from hf_ssl.analysis.encoders import load_image_processor, load_vit_encoder
-
     model = load_vit_encoder(path)
     try:
         processor = load_image_processor(path)
     except (OSError, ValueError) as error:
-        from hf_ssl.analysis.encoders import AnalysisInputError
-
         raise AnalysisInputError(f"cannot load the image processor of {path}: {error}") from error
     return model, processor
 
 
 def run_attention(arguments) -> list[Path]:
-    from hf_ssl.analysis.encoders import displayable_images, preprocess_images
-    from hf_ssl.analysis.figures import attention_overlay, mask_overlay, save_attention_grid, save_rgb
-    from hf_ssl.analysis.statistics import cls_attention
-
     model, processor = _load(arguments.model)
     images, names = _inputs(arguments)
     pixel_values = preprocess_images(images, model, processor)
@@ -139,10 +155,6 @@ def run_attention(arguments) -> list[Path]:
 
 
 def run_metrics(arguments) -> list[Path]:
-    from hf_ssl.analysis.encoders import preprocess_images
-    from hf_ssl.analysis.figures import plot_head_kl_divergence, plot_per_head_statistic
-    from hf_ssl.analysis.statistics import attention_statistics
-
     model, processor = _load(arguments.model)
     images, _ = _inputs(arguments)
     statistics = attention_statistics(model, preprocess_images(images, model, processor), arguments.batch_size)
@@ -162,11 +174,6 @@ def run_metrics(arguments) -> list[Path]:
 
 
 def run_cka(arguments) -> list[Path]:
-    from hf_ssl.analysis.cka import cka_matrix
-    from hf_ssl.analysis.encoders import preprocess_images
-    from hf_ssl.analysis.figures import plot_cka_matrix
-    from hf_ssl.analysis.statistics import cross_model_cka, layer_representations
-
     model, processor = _load(arguments.model)
     images, _ = _inputs(arguments)
     name, out = _model_name(arguments.model), Path(arguments.out)
@@ -231,8 +238,6 @@ def main(argv=None) -> int:
     # Loading an encoder without its pooler prints a key report per model; the analysis never uses it.
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
-    from hf_ssl.analysis.encoders import AnalysisInputError
-
     try:
         written = COMMANDS[arguments.command](arguments)
     except AnalysisInputError as error:
