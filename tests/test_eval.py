@@ -279,7 +279,7 @@ def test_pretrained_mae_beats_random_init_on_bundled_digits(tmp_path):
     script = Path(__file__).resolve().parents[1] / "trainers" / "evaluate.py"
     completed = subprocess.run(
         [sys.executable, str(script), "--model", str(run_dir), "--protocol", "knn", "linear",
-         "--label_settings", "all", "10%", "--linear_epochs", "30"],
+         "--label_settings", "all", "10%", "--linear_epochs", "30", "--baselines", "random_init", "raw_pixels"],
         capture_output=True, text=True, timeout=180,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -294,6 +294,16 @@ def test_pretrained_mae_beats_random_init_on_bundled_digits(tmp_path):
           {key: round(value["accuracy"], 3) for key, value in random.items()})
     assert pretrained["knn"]["accuracy"] > random["knn"]["accuracy"] + 0.05
     assert pretrained["linear"]["accuracy"] > random["linear"]["accuracy"] + 0.05
+    # the baselines stored with each result are the same protocol on the random-init encoder ...
+    assert pretrained["knn"]["baselines"]["random_init"] == pytest.approx(random["knn"]["accuracy"])
+    # ... and on the centred raw pixels of the same preprocessed images
+    from hf_ssl.eval.baselines import raw_pixel_knn
+    from hf_ssl.eval.runner import preprocess
+
+    train_pixels, train_labels = preprocess(load_default_dataset("train"), processor)
+    test_pixels, test_labels = preprocess(load_default_dataset("test"), processor)
+    raw = raw_pixel_knn(train_pixels, train_labels, test_pixels, test_labels)["accuracy"]
+    assert pretrained["knn"]["baselines"]["raw_pixels"] == pytest.approx(raw)
     # the evaluation refreshed the card: measured results in the model-index, MAE reconstructions drawn
     from huggingface_hub import ModelCard
 
@@ -305,8 +315,32 @@ def test_pretrained_mae_beats_random_init_on_bundled_digits(tmp_path):
 
 
 def test_the_name_training_runs_record_for_bundled_data_is_recognised():
-    from hf_ssl.data.default import DEFAULT_DATASET_NAME
-    from hf_ssl.eval.runner import is_bundled_dataset
+    from hf_ssl.data.default import DEFAULT_DATASET_NAME, SCENES_DATASET_NAME
+    from hf_ssl.eval.runner import dataset_label, is_bundled_dataset
 
-    assert is_bundled_dataset(DEFAULT_DATASET_NAME) and is_bundled_dataset(None)
+    assert is_bundled_dataset(DEFAULT_DATASET_NAME) and is_bundled_dataset(None) and is_bundled_dataset(SCENES_DATASET_NAME)
     assert not is_bundled_dataset("my-org/labelled")
+    assert "scenes" in dataset_label(SCENES_DATASET_NAME) and dataset_label("my-org/labelled") == "my-org/labelled"
+
+
+def test_every_result_carries_its_three_baselines(tmp_path):
+    """Same protocol, labels and split for the encoder and its baselines; supervised = fine-tuned from random init."""
+    from hf_ssl.eval import evaluate_model
+    from hf_ssl.eval.runner import format_comparison
+    from run_folders import image_processor
+
+    vit = tiny_vit()
+    vit.save_pretrained(tmp_path)
+    image_processor(32).save_pretrained(tmp_path)
+    results = evaluate_model(tmp_path, ["knn", "linear", "finetune"], max_samples=60, linear_epochs=2, finetune_epochs=1,
+                             baselines=("random_init", "raw_pixels", "supervised"))
+    for protocol in ("knn", "linear"):
+        assert set(results[protocol]["baselines"]) == {"random_init", "raw_pixels", "supervised"}
+    # fine-tuning has no raw-pixel counterpart, and its random-init baseline IS the supervised model
+    assert set(results["finetune"]["baselines"]) == {"random_init", "supervised"}
+    assert results["finetune"]["baselines"]["random_init"] == results["finetune"]["baselines"]["supervised"]
+    assert results["knn"]["baselines"]["supervised"] == results["finetune"]["baselines"]["supervised"]
+    text = format_comparison(results["knn"])
+    assert "raw pixels" in text and "supervised" in text and "random init" in text
+    with pytest.raises(ValueError, match="baselines must be among"):
+        evaluate_model(tmp_path, ["knn"], baselines=("imagenet",))

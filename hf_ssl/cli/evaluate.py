@@ -17,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from hf_ssl.eval import PROTOCOLS, evaluate_model
+from hf_ssl.eval import BASELINES, PROTOCOLS, evaluate_model
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -44,6 +44,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="layer-wise LR decay for fine-tuning (BEiT: 0.65-0.75); 1 disables it")
     parser.add_argument("--max_samples", type=int, default=None, help="cap on images per split (quick checks)")
     parser.add_argument("--random_init", action="store_true", help="evaluate a randomly initialised encoder (baseline)")
+    parser.add_argument("--baselines", nargs="+", default=list(BASELINES), choices=[*BASELINES, "none"],
+                        help="compare with the same encoder at random init, raw pixels and a supervised model of the "
+                             "same architecture trained on the labelled split (default: all three; 'none' skips them)")
     parser.add_argument("--feature_cache_dir", default=None,
                         help="keep frozen features here (default: <model>/eval_cache for local folders)")
     parser.add_argument("--output_file", default=None, help="default: <model>/eval_results.json for local folders")
@@ -88,6 +91,7 @@ def run(arguments: argparse.Namespace) -> dict:
         layer_decay=None if arguments.layer_decay == 1 else arguments.layer_decay,
         max_samples=arguments.max_samples,
         random_init=arguments.random_init,
+        baselines=() if "none" in arguments.baselines or arguments.random_init else tuple(arguments.baselines),
         feature_cache_dir=cache_dir,
         output_file=output_file,
         seed=arguments.seed,

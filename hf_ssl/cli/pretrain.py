@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         if arguments.knn_evaluation:
             from hf_ssl.eval.runner import evaluate_run_after_training
 
-            print(evaluate_run_after_training(output_dir))
+            print(evaluate_run_after_training(output_dir, dataset_name=arguments.dataset_name))
         # ----- model card (README.md, loss curve, figures): the folder is Hub-ready
         try:
             write_model_card(output_dir, repo_id=arguments.hub_model_id)

@@ -175,3 +175,18 @@ def load_default_dataset(
     return datasets.Dataset.from_dict(
         {"image": [images[i] for i in order], "label": [int(labels[i]) for i in order]}, features=features
     )
+
+
+# The names a run or an evaluation uses for the bundled data (``--dataset_name``), by variant.
+BUNDLED_DATASET_NAMES = {DEFAULT_DATASET_NAME: "digits", SCENES_DATASET_NAME: SCENES_VARIANT}
+BUNDLED_DATASET_LABELS = {
+    "digits": "hf-ssl bundled digits (scikit-learn)",
+    SCENES_VARIANT: "hf-ssl bundled digit scenes (off-centre digits among distractors, from scikit-learn's digits)",
+}
+
+
+def bundled_variant(dataset_name: str | None) -> str | None:
+    """The bundled variant a dataset name means (None and "digits" -> "digits"); None for any other data."""
+    if dataset_name in (None, "", "default", "bundled"):
+        return "digits"
+    return BUNDLED_DATASET_NAMES.get(dataset_name)

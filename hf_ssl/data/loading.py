@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import datasets
 from datasets.distributed import split_dataset_by_node
 
-from .default import DEFAULT_DATASET_NAME, load_default_dataset
+from .default import bundled_variant, load_default_dataset
 
 
 class DatasetConfigurationError(ValueError):
@@ -36,13 +36,14 @@ def load_image_dataset(
 
     Args:
         dataset_name: Hub dataset id (``"my-org/my-images"``), packaged builder name
-            (``"parquet"``, ``"webdataset"``, ``"imagefolder"``), local folder, or None /
-            ``"digits"`` for the bundled default data.
+            (``"parquet"``, ``"webdataset"``, ``"imagefolder"``), local folder, or a bundled dataset:
+            None / ``"digits"`` (centred digits) or ``"digit-scenes"`` (off-centre digits in clutter).
         data_files / data_dir / dataset_config_name: passed to `datasets.load_dataset`.
         streaming: return an `IterableDataset` that reads while training (no full download).
     """
-    if dataset_name in (None, DEFAULT_DATASET_NAME) and not data_files and not data_dir:
-        dataset = load_default_dataset("train" if split == "train" else split)
+    variant = bundled_variant(dataset_name)
+    if variant is not None and not data_files and not data_dir:
+        dataset = load_default_dataset("train" if split == "train" else split, variant=variant)
         return dataset.to_iterable_dataset() if streaming else dataset
     if dataset_name is None:
         raise DatasetConfigurationError(

@@ -10,9 +10,10 @@ from .knn import knn_class_scores, knn_classify
 from .linear_probe import linear_probe, train_linear_classifier
 from .low_label import low_label_indices, parse_label_setting
 from .metrics import TopKAccuracy, classification_metrics
-from .runner import PROTOCOLS, evaluate_model
+from .runner import BASELINES, PROTOCOLS, evaluate_model
 
 __all__ = [
+    "BASELINES",
     "PROTOCOLS",
     "BackboneClassifier",
     "TopKAccuracy",

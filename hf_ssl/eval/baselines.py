@@ -49,6 +49,22 @@ def pixel_matrix(images: Images) -> torch.Tensor:
     return torch.from_numpy(array.reshape(array.shape[0], -1).astype(np.float32) / scale)
 
 
+def centred_pixel_features(train_images: Images, test_images: Images) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattened pixels minus the mean training image: the raw-pixel "features" ``(N, D)``, ``(M, D)``.
+
+    Centring matters for cosine protocols: without it, every pair of mostly-black images is close
+    and the nearest neighbours are those with the most ink.
+    """
+    train_pixels = pixel_matrix(train_images)  # (N, D)
+    test_pixels = pixel_matrix(test_images)  # (M, D)
+    if train_pixels.shape[1] != test_pixels.shape[1]:
+        raise ValueError(
+            f"train and test images must have the same size, got {train_pixels.shape[1]} and {test_pixels.shape[1]} values"
+        )
+    mean_image = train_pixels.mean(dim=0, keepdim=True)  # (1, D)
+    return train_pixels - mean_image, test_pixels - mean_image
+
+
 def raw_pixel_knn(
     train_images: Images,
     train_labels: Sequence[int] | torch.Tensor,
@@ -67,17 +83,11 @@ def raw_pixel_knn(
     Returns:
         ``{"accuracy": float, "top5_accuracy": float}`` as `knn_classify`.
     """
-    train_pixels = pixel_matrix(train_images)  # (N, D)
-    test_pixels = pixel_matrix(test_images)  # (M, D)
-    if train_pixels.shape[1] != test_pixels.shape[1]:
-        raise ValueError(
-            f"train and test images must have the same size, got {train_pixels.shape[1]} and {test_pixels.shape[1]} values"
-        )
-    mean_image = train_pixels.mean(dim=0, keepdim=True)  # (1, D)
+    train_features, test_features = centred_pixel_features(train_images, test_images)
     return knn_classify(
-        train_pixels - mean_image,
+        train_features,
         torch.as_tensor(train_labels, dtype=torch.long),
-        test_pixels - mean_image,
+        test_features,
         torch.as_tensor(test_labels, dtype=torch.long),
         k=k,
         temperature=temperature,

@@ -20,9 +20,10 @@ from transformers import AutoImageProcessor, AutoModel
 
 from hf_ssl.hub.loading import load_backbone
 
-from .features import Pooling, cached_features
+from .baselines import centred_pixel_features
+from .features import Pooling, cached_features, extract_features
 from .finetune import finetune
-from hf_ssl.data.default import DEFAULT_DATASET_NAME
+from hf_ssl.data.default import BUNDLED_DATASET_LABELS, bundled_variant
 
 from .knn import knn_classify
 from .linear_probe import linear_probe
@@ -32,14 +33,22 @@ logger = logging.getLogger(__name__)
 
 Protocol = Literal["knn", "linear", "finetune"]
 PROTOCOLS = ("knn", "linear", "finetune")
-# "digits" is what training runs record for the bundled data (hf_ssl.data.DEFAULT_DATASET_NAME).
-BUNDLED_DATASET_NAMES = (None, "", "default", "bundled", DEFAULT_DATASET_NAME)
-BUNDLED_DATASET_LABEL = "hf-ssl bundled digits (scikit-learn)"
+# What a pre-trained encoder is compared with, in every report: the same encoder at random init
+# (same protocol), the raw pixels (same protocol; not for fine-tuning, which needs an encoder), and
+# the same architecture trained with labels on the labelled split (fine-tuned from random init).
+BASELINES = ("random_init", "raw_pixels", "supervised")
+BUNDLED_DATASET_LABEL = BUNDLED_DATASET_LABELS["digits"]
 
 
 def is_bundled_dataset(dataset_name: str | None) -> bool:
-    """True when `dataset_name` means the bundled default data."""
-    return dataset_name in BUNDLED_DATASET_NAMES
+    """True when `dataset_name` means bundled data (None / "digits" / "digit-scenes")."""
+    return bundled_variant(dataset_name) is not None
+
+
+def dataset_label(dataset_name: str | None) -> str:
+    """How results and cards name a dataset: a description for bundled data, else its name."""
+    variant = bundled_variant(dataset_name)
+    return BUNDLED_DATASET_LABELS[variant] if variant is not None else str(dataset_name)
 
 
 def load_labelled_split(
@@ -50,7 +59,7 @@ def load_labelled_split(
     if is_bundled_dataset(dataset_name):
         from hf_ssl.data import load_default_dataset
 
-        dataset = load_default_dataset(split)
+        dataset = load_default_dataset(split, variant=bundled_variant(dataset_name))
     elif Path(str(dataset_name)).is_dir() and (Path(dataset_name) / "dataset_info.json").is_file():
         dataset = datasets.load_from_disk(dataset_name)
         dataset = dataset[split] if isinstance(dataset, datasets.DatasetDict) else dataset
@@ -109,6 +118,7 @@ def evaluate_model(
     layer_decay: float | None = 0.75,
     max_samples: int | None = None,
     random_init: bool = False,
+    baselines: tuple[str, ...] | list[str] = (),
     feature_cache_dir: str | os.PathLike | None = None,
     output_file: str | os.PathLike | None = None,
     seed: int = 0,
@@ -122,6 +132,8 @@ def evaluate_model(
             ``"1%"``, ``"10%"``, ``"1-per-class"``...; results of a low-label setting are stored
             under ``"<protocol>-<setting>"`` (kNN and the probe use only the labelled subset).
         random_init: evaluate a randomly initialised encoder of the same architecture (baseline).
+        baselines: any of `BASELINES`; each result then carries ``"baselines": {name: top-1}``
+            measured with the same protocol, labels and split.
         output_file: JSON file to merge the results into (e.g. ``run_dir/eval_results.json``).
 
     Returns:
@@ -130,6 +142,9 @@ def evaluate_model(
     unknown = [protocol for protocol in protocols if protocol not in PROTOCOLS]
     if unknown:
         raise ValueError(f"protocols must be among {PROTOCOLS}, got {unknown}")
+    unknown = [baseline for baseline in baselines if baseline not in BASELINES]
+    if unknown:
+        raise ValueError(f"baselines must be among {BASELINES}, got {unknown}")
     backbone = load_backbone(model_path)
     if random_init:
         backbone = random_init_like(backbone, seed)
@@ -139,43 +154,67 @@ def evaluate_model(
     train_pixels, train_labels = preprocess(train_set, image_processor, image_column, label_column)
     test_pixels, test_labels = preprocess(test_set, image_processor, image_column, label_column)
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    dataset_label = BUNDLED_DATASET_LABEL if is_bundled_dataset(dataset_name) else str(dataset_name)
-    data_key = f"{dataset_label}|{max_samples}|{image_processor.to_json_string()}"
+    label = dataset_label(dataset_name)
+    data_key = f"{label}|{max_samples}|{image_processor.to_json_string()}"
 
     def features(pixels: torch.Tensor, split: str) -> torch.Tensor:
         cache = Path(feature_cache_dir) / f"{split}-{pooling}.safetensors" if feature_cache_dir else None
         return cached_features(backbone, pixels, cache, f"{data_key}|{split}", pooling=pooling)
 
+    frozen = {"knn", "linear"} & set(protocols)
     train_features = test_features = None
-    if {"knn", "linear"} & set(protocols):
+    if frozen:
         train_features, test_features = features(train_pixels, train_split), features(test_pixels, test_split)
+    baseline_features = {}
+    if frozen and "random_init" in baselines:
+        random_backbone = random_init_like(backbone, seed)
+        baseline_features["random_init"] = (extract_features(random_backbone, train_pixels, pooling=pooling),
+                                            extract_features(random_backbone, test_pixels, pooling=pooling))
+    if frozen and "raw_pixels" in baselines:
+        baseline_features["raw_pixels"] = centred_pixel_features(train_pixels, test_pixels)
+
+    def frozen_metrics(protocol: str, subset: torch.Tensor, train: torch.Tensor, test: torch.Tensor) -> dict:
+        if protocol == "knn":
+            return knn_classify(train[subset], train_labels[subset], test, test_labels, k=knn_k,
+                                temperature=knn_temperature, num_classes=num_classes)
+        return linear_probe(train[subset], train_labels[subset], test, test_labels, num_classes=num_classes,
+                            epochs=linear_epochs, learning_rate=linear_learning_rate, seed=seed)
+
+    def finetuned_metrics(encoder: torch.nn.Module, subset: torch.Tensor) -> dict:
+        metrics, _ = finetune(encoder, train_pixels[subset], train_labels[subset], test_pixels, test_labels,
+                              num_classes=num_classes, epochs=finetune_epochs, batch_size=finetune_batch_size,
+                              learning_rate=finetune_learning_rate, layer_decay=layer_decay, pooling=pooling, seed=seed)
+        return metrics
+
     results: dict[str, dict] = {}
     for setting in label_settings:
         subset = low_label_indices(train_labels, seed=seed, **parse_label_setting(setting)) \
             if parse_label_setting(setting) else torch.arange(len(train_labels))
         suffix = "" if not parse_label_setting(setting) else f"-{setting}"
+        supervised = None
+        if "supervised" in baselines or ("finetune" in protocols and "random_init" in baselines):
+            logger.info("training the supervised baseline (same architecture, random init) with %s labels", setting)
+            supervised = finetuned_metrics(random_init_like(backbone, seed), subset)["accuracy"]
         for protocol in protocols:
             logger.info("evaluating %s with %s labels", protocol, setting)
-            if protocol == "knn":
-                metrics = knn_classify(train_features[subset], train_labels[subset], test_features, test_labels,
-                                       k=knn_k, temperature=knn_temperature, num_classes=num_classes)
-                details = {"k": knn_k, "temperature": knn_temperature}
-            elif protocol == "linear":
-                metrics = linear_probe(train_features[subset], train_labels[subset], test_features, test_labels,
-                                       num_classes=num_classes, epochs=linear_epochs,
-                                       learning_rate=linear_learning_rate, seed=seed)
-                details = {"epochs": linear_epochs, "learning_rate": linear_learning_rate}
-            else:
-                metrics, _ = finetune(backbone, train_pixels[subset], train_labels[subset], test_pixels, test_labels,
-                                      num_classes=num_classes, epochs=finetune_epochs, batch_size=finetune_batch_size,
-                                      learning_rate=finetune_learning_rate, layer_decay=layer_decay, pooling=pooling,
-                                      seed=seed)
+            if protocol == "finetune":
+                metrics = finetuned_metrics(backbone, subset)
                 details = {"epochs": finetune_epochs, "learning_rate": finetune_learning_rate,
                            "layer_decay": layer_decay}
+                compared = {"random_init": supervised} if "random_init" in baselines else {}
+            else:
+                metrics = frozen_metrics(protocol, subset, train_features, test_features)
+                details = ({"k": knn_k, "temperature": knn_temperature} if protocol == "knn"
+                           else {"epochs": linear_epochs, "learning_rate": linear_learning_rate})
+                compared = {name: frozen_metrics(protocol, subset, *pair)["accuracy"]
+                            for name, pair in baseline_features.items()}
+            if "supervised" in baselines:
+                compared["supervised"] = supervised
             results[protocol + suffix] = {
-                **metrics, "dataset": dataset_label, "split": test_split, "train_split": train_split,
+                **metrics, "dataset": label, "split": test_split, "train_split": train_split,
                 "label_setting": setting, "num_labelled": int(len(subset)), "pooling": pooling,
                 "random_init": random_init, **details,
+                **({"baselines": {name: compared[name] for name in BASELINES if name in compared}} if compared else {}),
             }
     if output_file is not None:
         output_file = Path(output_file)
@@ -185,17 +224,25 @@ def evaluate_model(
     return results
 
 
-def evaluate_run_after_training(run_dir: str | os.PathLike, seed: int = 0) -> str:
-    """The end-of-pre-training check on the bundled data: kNN of the run's encoder and of the same
-    encoder at random init, through `evaluate_model` (the path ``hf-ssl evaluate`` takes), merged
-    into ``run_dir/eval_results.json``. Returns the line to print."""
+def evaluate_run_after_training(run_dir: str | os.PathLike, dataset_name: str | None = None, seed: int = 0) -> str:
+    """The end-of-pre-training check on bundled data: kNN of the run's encoder next to its three
+    baselines (random init, raw pixels, supervised), through `evaluate_model` (the path
+    ``hf-ssl evaluate`` takes), merged into ``run_dir/eval_results.json``. Returns the lines to print."""
     run_dir = Path(run_dir)
-    output_file = run_dir / "eval_results.json"
-    pretrained = evaluate_model(run_dir, protocols=("knn",), output_file=None, seed=seed)["knn"]
-    random_init = evaluate_model(run_dir, protocols=("knn",), random_init=True, output_file=None, seed=seed)["knn"]
-    pretrained["random_init_accuracy"] = random_init["accuracy"]
-    merged = json.loads(output_file.read_text()) if output_file.is_file() else {}
-    merged["knn"] = pretrained
-    output_file.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
-    return (f"kNN accuracy on {pretrained['dataset']} (k={pretrained['k']}): pre-trained {pretrained['accuracy']:.4f} | "
-            f"random init {random_init['accuracy']:.4f}")
+    result = evaluate_model(run_dir, protocols=("knn",), dataset_name=dataset_name, baselines=BASELINES,
+                            output_file=run_dir / "eval_results.json", seed=seed)["knn"]
+    return format_comparison(result)
+
+
+def format_comparison(result: dict) -> str:
+    """One line per model: the encoder, then each baseline, with the verdict a reader looks for."""
+    lines = [f"{result['dataset']}, {result['split']} split, kNN (k={result.get('k', 20)}) top-1:",
+             f"  {'pre-trained encoder':<26} {result['accuracy']:.4f}"]
+    names = {"random_init": "same encoder, random init", "raw_pixels": "raw pixels", "supervised": "supervised (labels)"}
+    for name, value in result.get("baselines", {}).items():
+        lines.append(f"  {names[name]:<26} {value:.4f}")
+    beaten = [names[name] for name, value in result.get("baselines", {}).items()
+              if name != "supervised" and result["accuracy"] <= value]
+    if beaten:
+        lines.append(f"  The pre-trained encoder does NOT beat: {', '.join(beaten)}.")
+    return "\n".join(lines)

@@ -88,9 +88,9 @@ def describe_backbone(config: dict) -> tuple[str, str]:
 
 
 def _dataset_description(dataset_name: str | None) -> str:
-    from hf_ssl.eval.runner import BUNDLED_DATASET_LABEL, is_bundled_dataset
+    from hf_ssl.eval.runner import dataset_label, is_bundled_dataset
 
-    return BUNDLED_DATASET_LABEL if is_bundled_dataset(dataset_name) else f"`{dataset_name}`"
+    return dataset_label(dataset_name) if is_bundled_dataset(dataset_name) else f"`{dataset_name}`"
 
 
 def _hub_dataset_ids(dataset_name: str | None) -> list[str] | None:
@@ -104,10 +104,12 @@ def _hub_dataset_ids(dataset_name: str | None) -> list[str] | None:
 
 def _dataset_type(dataset: str) -> str:
     """A dataset identifier for model-index ``dataset.type`` (Hub id, or a slug of a description)."""
-    from hf_ssl.eval.runner import BUNDLED_DATASET_LABEL
+    from hf_ssl.data.default import BUNDLED_DATASET_LABELS
 
-    if dataset == BUNDLED_DATASET_LABEL:
+    if dataset == BUNDLED_DATASET_LABELS["digits"]:
         return "sklearn-digits"
+    if dataset in BUNDLED_DATASET_LABELS.values():
+        return "hf-ssl-digit-scenes"
     return dataset if " " not in dataset else "-".join(dataset.lower().split())
 
 
@@ -138,6 +140,18 @@ def eval_results_for_card(eval_results: dict, model_name: str) -> list[EvalResul
     return entries
 
 
+def _baseline(result: dict, name: str):
+    """A baseline's top-1 from a result (``random_init_accuracy`` is how 0.1 runs stored random init)."""
+    value = result.get("baselines", {}).get(name)
+    if value is None and name == "random_init":
+        value = result.get("random_init_accuracy")
+    return value
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
 def _eval_rows(eval_results: dict) -> list[dict]:
     rows = []
     for key, result in sorted(eval_results.items()):
@@ -151,7 +165,7 @@ def _eval_rows(eval_results: dict) -> list[dict]:
                 "split": result.get("split", "test"),
                 "accuracy": f"{100 * result['accuracy']:.2f}",
                 "top5": "-" if top5 is None else f"{100 * top5:.2f}",
-                "random_init": "-" if "random_init_accuracy" not in result else f"{100 * result['random_init_accuracy']:.2f}",
+                **{name: _percent(_baseline(result, name)) for name in ("random_init", "raw_pixels", "supervised")},
             }
         )
     return rows

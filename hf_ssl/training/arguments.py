@@ -24,7 +24,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from hf_ssl.backbones import BackboneSpec, resolve_backbone
-from hf_ssl.data.default import DEFAULT_DATASET_NAME
+from hf_ssl.data.default import bundled_variant
 from hf_ssl.recipes import BuildContext, Recipe, available_methods, get_recipe
 
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
@@ -142,7 +142,7 @@ class PretrainingArguments:
 
     @property
     def uses_bundled_dataset(self) -> bool:
-        return self.dataset_name in (None, DEFAULT_DATASET_NAME) and not self.data_files and not self.data_dir
+        return bundled_variant(self.dataset_name) is not None and not self.data_files and not self.data_dir
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
