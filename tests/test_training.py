@@ -261,3 +261,16 @@ def test_mixed_precision_auto_follows_the_hardware(tmp_path, monkeypatch):
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     assert resolve_arguments(parse_arguments([])[0]).mixed_precision == "no"
     assert resolve_arguments(parse_arguments(["--mixed_precision", "bf16"])[0]).mixed_precision == "bf16"
+
+
+def test_first_rows_of_a_dataset_and_of_a_stream():
+    import datasets
+
+    from hf_ssl.cli.pretrain import first_rows
+
+    table = datasets.Dataset.from_dict({"value": list(range(10))})
+    assert first_rows(table, 3)["value"] == [0, 1, 2] and len(first_rows(table, 30)) == 10
+    assert [row["value"] for row in first_rows(table.to_iterable_dataset(), 4)] == [0, 1, 2, 3]
+    with pytest.raises(ConfigurationError, match="--max_train_samples must be >= 1"):
+        arguments, method_arguments = parse_arguments(["--max_train_samples", "0"])
+        validate_arguments(resolve_arguments(arguments), method_arguments)

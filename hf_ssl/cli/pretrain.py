@@ -15,6 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
+import datasets
 from accelerate import Accelerator, PartialState
 from accelerate.utils import ProjectConfiguration, set_seed
 
@@ -76,6 +77,13 @@ def steps_per_epoch(dataset, per_device_batch_size: int, world_size: int, accumu
     return max(1, length // (world_size * per_device_batch_size * accumulation))
 
 
+def first_rows(dataset, count: int):
+    """The first `count` rows of a dataset or stream (the bundled splits are already shuffled once)."""
+    if isinstance(dataset, datasets.Dataset):
+        return dataset.select(range(min(count, len(dataset))))
+    return dataset.take(count)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     # ----- parse and validate (before any data is read or weight allocated)
@@ -116,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             streaming=arguments.streaming,
             cache_dir=arguments.cache_dir,
         )
+        if arguments.max_train_samples is not None:
+            dataset = first_rows(dataset, arguments.max_train_samples)
         source = stream_source(
             dataset,
             list(columns.values()),

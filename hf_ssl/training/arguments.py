@@ -79,6 +79,10 @@ class PretrainingArguments:
     train_split: str = field(default="train", metadata={"help": "Split to pre-train on."})
     image_column: str = field(default="image", metadata={"help": "Column holding the images (webdataset: e.g. jpg)."})
     streaming: bool = field(default=False, metadata={"help": "Read the dataset while training instead of downloading it first."})
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={"help": "Pre-train on the first N rows of the split only (a data-fraction study, a quick check)."},
+    )
     shuffle_buffer_size: int = field(
         default=1000, metadata={"help": "Rows per shuffled block per worker (exactly resumable block shuffle)."}
     )
@@ -248,6 +252,8 @@ def validate_arguments(arguments: PretrainingArguments, method_arguments=None, w
         raise ConfigurationError("--push_to_hub needs --hub_model_id org/name")
     if arguments.max_steps is None or arguments.max_steps < 1:
         raise ConfigurationError(f"--max_steps must be >= 1, got {arguments.max_steps}")
+    if arguments.max_train_samples is not None and arguments.max_train_samples < 1:
+        raise ConfigurationError(f"--max_train_samples must be >= 1, got {arguments.max_train_samples}")
     if arguments.eval_steps is not None and arguments.eval_steps < 1:
         raise ConfigurationError(f"--eval_steps must be >= 1, got {arguments.eval_steps}")
     for name in ("gradient_accumulation_steps", "logging_steps", "save_steps", "save_total_limit", "shuffle_buffer_size"):
