@@ -28,7 +28,7 @@ from hf_ssl.training import (
     scaled_learning_rate,
     validate_arguments,
 )
-from hf_ssl.training.checkpointing import TRAINER_STATE_NAME, truncate_training_log
+from hf_ssl.training.checkpointing import TRAINER_STATE_NAME, truncate_training_log, write_manifest
 
 
 # ----- a method defined only in this test module
@@ -148,6 +148,7 @@ def _fake_checkpoint(root: Path, step: int, complete: bool = True) -> Path:
     path.mkdir(parents=True)
     if complete:
         (path / TRAINER_STATE_NAME).write_text("{}")
+        write_manifest(path)
     return path
 
 
