@@ -109,7 +109,8 @@ def _levels_from_stream(source, **stream_arguments) -> tuple[list[int], int]:
     stream = ResumableImageStream(source, stream_arguments.pop("image_column", "image"), _grey_level_transform, **stream_arguments)
     levels, skipped = [], 0
     for sample in stream:
-        levels.append(int(round(float(sample["pixel_values"][0]))))
+        if "pixel_values" in sample:  # else: the count of undecodable rows after the last sample
+            levels.append(int(round(float(sample["pixel_values"][0]))))
         skipped += sample["skipped_samples"]
     return levels, skipped
 
