@@ -41,7 +41,6 @@ from hf_ssl.training import (
     TrainingState,
     build_optimizer,
     cosine_schedule_with_warmup,
-    latest_checkpoint,
     load_checkpoint,
     parse_arguments,
     resolve_arguments,
@@ -54,6 +53,7 @@ from hf_ssl.training.checkpointing import truncate_training_log
 from hf_ssl.training.evaluation import knn_accuracy_on_digits
 from hf_ssl.training.loop import TRAINING_LOG_NAME
 from hf_ssl.training.outputs import hardware_description, image_processor_for_run, save_run_folder
+from hf_ssl.training.run_folder import check_run_folder, prepare_output_dir, resume_arguments
 from hf_ssl.training.runtime import configure_cpu_threads, multi_process_cpu_run
 from hf_ssl.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
@@ -66,11 +66,20 @@ def fail(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except (ConfigurationError, DatasetConfigurationError) as error:  # e.g. all data undecodable, a damaged checkpoint
+        return fail(str(error))
+
+
+def run(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     # ----- parse and validate (before any data is read or weight allocated)
     try:
         arguments = resolve_arguments(parse_arguments(argv))
-        validate_arguments(arguments, world_size=PartialState(cpu=multi_process_cpu_run()).num_processes)
+        world_size = PartialState(cpu=multi_process_cpu_run()).num_processes
+        validate_arguments(arguments, world_size=world_size)
+        checkpoint = check_run_folder(arguments, world_size)
     except ConfigurationError as error:
         return fail(str(error))
     recipe = get_recipe(arguments.method)
@@ -156,13 +165,6 @@ def main(argv: list[str] | None = None) -> int:
 
     # ----- resume
     state = TrainingState(world_size=accelerator.num_processes)
-    checkpoint = None
-    if arguments.resume_from_checkpoint == "latest":
-        checkpoint = latest_checkpoint(output_dir)
-        if checkpoint is None:
-            logger.info("No checkpoint in %s yet: starting from scratch", output_dir)
-    elif arguments.resume_from_checkpoint:
-        checkpoint = Path(arguments.resume_from_checkpoint)
     if checkpoint is not None:
         trainer_state, data_state = load_checkpoint(accelerator, checkpoint)
         state = TrainingState(**trainer_state)
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         batches.load_state_dict(data_state["batches"])
         logger.info("Resumed from %s at step %d", checkpoint, state.step)
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        prepare_output_dir(output_dir, overwrite=arguments.overwrite_output_dir)
         truncate_training_log(output_dir / TRAINING_LOG_NAME, last_step=state.step)
     tracker_config = {
         key: value if isinstance(value, (int, float, str, bool)) else str(value)
@@ -186,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         save_steps=arguments.save_steps,
         save_total_limit=arguments.save_total_limit,
         output_dir=str(output_dir),
+        run_arguments=resume_arguments(arguments, accelerator.num_processes),
     )
     state = train(accelerator, model, optimizer, recipe, batches, learning_rates, settings, state)
 
