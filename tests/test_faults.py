@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import os
-import pickle
 import shutil
 import signal
 import subprocess
@@ -65,21 +64,18 @@ FAULT_INJECTOR = textwrap.dedent('''
             return original_inputs(batch)
 
         loop.model_inputs = model_inputs
-    elif kind == "write":  # half-way through writing file NAME of checkpoint STEP
+    elif kind == "write":  # file NAME of checkpoint STEP only half on disk when the process dies
         import hf_ssl.training.checkpointing as checkpointing
         step, name = argument.split(":")
-        original_write = checkpointing._write_bytes_durably
+        original_make_durable = checkpointing._make_durable
 
-        def write(path, data):
+        def make_durable(path):
             if Path(path).name == name and Path(path).parent.name == f".tmp-checkpoint-{step}":
-                with open(path, "wb") as handle:
-                    handle.write(data[: len(data) // 2])
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                os.truncate(path, os.path.getsize(path) // 2)
                 die()
-            return original_write(path, data)
+            return original_make_durable(path)
 
-        checkpointing._write_bytes_durably = write
+        checkpointing._make_durable = make_durable
     elif kind == "prune":  # while deleting checkpoint STEP: one file gone, the rest still there
         import shutil
         original_rmtree = shutil.rmtree
@@ -355,21 +351,26 @@ class _Payload:
 
 def test_pickles_planted_in_a_checkpoint_are_never_executed(data, reference, tmp_path):
     marker = tmp_path / "payload-ran"
-    payload = pickle.dumps(_Payload(marker))
+    buffer = io.BytesIO()
+    torch.save(_Payload(marker), buffer)  # torch's own format, which torch.load(weights_only=False) runs
+    payload = buffer.getvalue()
     run = _copy_run(reference, tmp_path / "run")
     checkpoint = run / "checkpoints" / "checkpoint-8"
-    for name in ("data_state_0.pt", "random_states_0.pkl", "optimizer.bin", "pytorch_model.bin", "scheduler.bin"):
+    # where hf-ssl used to keep each process's data position (read with torch.load(weights_only=False))
+    for name in ("data_state_0.pt", "pytorch_model.bin", "scheduler.bin"):
         (checkpoint / name).write_bytes(payload)
     _injected("pickles planted next to a checkpoint")
     resumed = _run(_arguments(data, run, "half", "--resume_from_checkpoint", "latest"))
+    assert not marker.exists(), "a pickle planted in the checkpoint was executed"
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert not marker.exists()
     _survived("pickles planted next to a checkpoint")
 
+    for name in ("random_states_0.pkl", "optimizer.bin"):
+        (checkpoint / name).write_bytes(payload)
     (checkpoint / "manifest.json").unlink()  # now it looks like an old (accelerate, pickle) checkpoint
     (run / "checkpoints" / "checkpoint-6" / "manifest.json").unlink()
     _injected("pickle-only checkpoint")
     error = _one_error_line(_run(_arguments(data, run, "half", "--resume_from_checkpoint", str(checkpoint))))
-    assert "manifest.json is missing: the checkpoint holds pickle files" in error
+    assert "manifest.json is missing: the checkpoint holds pickle files (data_state_0.pt, optimizer.bin" in error
     assert not marker.exists()
     _survived("pickle-only checkpoint")

@@ -42,9 +42,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from safetensors import SafetensorError
-from safetensors.torch import load as load_tensors_from_bytes
+from safetensors.torch import load_file as load_tensors
 from safetensors.torch import load_model as load_model_weights
-from safetensors.torch import save as save_tensors_to_bytes
+from safetensors.torch import save_file as save_tensors
 from safetensors.torch import save_model as save_model_weights
 
 from .arguments import ConfigurationError
@@ -118,7 +118,7 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
         try:
             verify_checkpoint(checkpoint)
         except DamagedCheckpointError as error:
-            logger.warning("Skipping %s", error)
+            logger.warning("%s; skipping it", error)
             newest_damage = newest_damage or error
             continue
         if newest_damage is not None:
@@ -151,7 +151,7 @@ def write_manifest(checkpoint: str | Path) -> dict:
             name = path.relative_to(checkpoint).as_posix()
             files[name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
     manifest = {"format": MANIFEST_FORMAT, "files": files}
-    _write_bytes_durably(checkpoint / MANIFEST_NAME, json.dumps(manifest, indent=1).encode())
+    _write_json_durably(checkpoint / MANIFEST_NAME, manifest)
     return manifest
 
 
@@ -266,16 +266,15 @@ def join_state(structure: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return {key: join_state(value, tensors) for key, value in structure.items()}
 
 
-def _write_bytes_durably(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync_file(path: Path) -> None:
+def _make_durable(path: Path) -> None:
+    """fsync a file just written (every checkpoint file goes through here)."""
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
+
+
+def _write_json_durably(path: Path, payload: Any, **dump_options) -> None:
+    path.write_text(json.dumps(payload, **dump_options))
+    _make_durable(path)
 
 
 def _fsync_directory(path: Path) -> None:
@@ -302,10 +301,10 @@ def save_state_files(folder: str | Path, name: str, state: Any) -> list[str]:
     structure, tensors = split_state(state)
     written = [f"{name}.json"]
     if tensors:
-        _write_bytes_durably(folder / f"{name}.safetensors", save_tensors_to_bytes(_separate_storages(tensors)))
+        save_tensors(_separate_storages(tensors), str(folder / f"{name}.safetensors"))
+        _make_durable(folder / f"{name}.safetensors")
         written.append(f"{name}.safetensors")
-    payload = {"tensors_file": f"{name}.safetensors" if tensors else None, "state": structure}
-    _write_bytes_durably(folder / f"{name}.json", json.dumps(payload).encode())
+    _write_json_durably(folder / f"{name}.json", {"tensors_file": f"{name}.safetensors" if tensors else None, "state": structure})
     return written
 
 
@@ -325,7 +324,7 @@ def load_state_files(folder: str | Path, name: str) -> Any:
         if tensors_file != f"{name}.safetensors" or not (folder / tensors_file).is_file():
             raise DamagedCheckpointError(folder, f"{name}.safetensors", "is missing")
         try:
-            tensors = load_tensors_from_bytes((folder / tensors_file).read_bytes())
+            tensors = load_tensors(str(folder / tensors_file))
         except (SafetensorError, ValueError, RuntimeError) as error:
             raise DamagedCheckpointError(folder, tensors_file, f"does not parse ({error})") from None
     try:
@@ -378,7 +377,7 @@ def _write_main_process_files(accelerator: Accelerator, folder: Path, trainer_st
     for index, model in enumerate(accelerator._models):
         path = folder / f"{_numbered('model', index)}.safetensors"
         save_model_weights(accelerator.unwrap_model(model), str(path), force_contiguous=True)
-        _fsync_file(path)
+        _make_durable(path)
     for index, optimizer in enumerate(accelerator._optimizers):
         save_state_files(folder, _numbered("optimizer", index), optimizer.state_dict())
     for index, scheduler in enumerate(accelerator._schedulers):
@@ -387,9 +386,9 @@ def _write_main_process_files(accelerator: Accelerator, folder: Path, trainer_st
         save_state_files(folder, "scaler", accelerator.scaler.state_dict())
     for index, custom_object in enumerate(accelerator._custom_objects):
         save_state_files(folder, f"custom_state_{index}", custom_object.state_dict())
-    _write_bytes_durably(folder / TRAINER_STATE_NAME, json.dumps(trainer_state, indent=2).encode())
+    _write_json_durably(folder / TRAINER_STATE_NAME, trainer_state, indent=2)
     if run_arguments is not None:
-        _write_bytes_durably(folder / RUN_ARGUMENTS_NAME, json.dumps(run_arguments, indent=2, sort_keys=True).encode())
+        _write_json_durably(folder / RUN_ARGUMENTS_NAME, run_arguments, indent=2, sort_keys=True)
 
 
 def save_checkpoint(
