@@ -13,6 +13,9 @@ Received files are kept in memory, byte for byte (`files(repo_id, revision)`), a
 out as a git repository in olah's mirror layout (`export_git_mirror`) so that olah serves them
 back for download tests. Safety: binds to 127.0.0.1 only, refuses bodies above `max_body_bytes`
 and requests beyond `max_requests`, and shuts itself down after `lifetime_s` seconds.
+
+`OlahMirror` runs olah (a read-only Hub mirror) over such git repos in its own process group and
+stops the whole group (olah and the `timeout` guard around it) when it exits.
 """
 
 from __future__ import annotations
@@ -20,9 +23,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
+import signal
+import socket
 import subprocess
+import sys
+import textwrap
 import threading
+import time
+import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -123,6 +133,7 @@ class HubServer:
         self.authorized_requests = 0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
         self._timer: threading.Timer | None = None
 
     # ----- life cycle ---------------------------------------------------------------------
@@ -152,7 +163,8 @@ class HubServer:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
         self._timer = threading.Timer(self.lifetime_s, self.stop)
         self._timer.daemon = True
         self._timer.start()
@@ -165,6 +177,8 @@ class HubServer:
             server, self._server = self._server, None
             server.shutdown()
             server.server_close()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
 
     def __enter__(self) -> "HubServer":
         return self.start()
@@ -349,3 +363,79 @@ def _remove(path: Path) -> None:
         path.rmdir()
     else:
         path.unlink()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Terminate the process group `process` leads (started with ``start_new_session=True``), wait,
+    then kill what is left; killing only `process` would orphan its children."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # children that ignored SIGTERM, or outlived the leader
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=grace_s)
+
+
+class OlahMirror:
+    """olah in offline mode serving the git repos under `mirrors` (``with OlahMirror(...) as url:``).
+
+    Args:
+        mirrors: folder with ``models/<org>/<name>`` git repositories (`HubServer.export_git_mirror`).
+        workdir: folder for olah's config, repos cache and logs.
+        probe_repo: a repo id served, polled until olah answers.
+        lifetime_s: `timeout` kills olah after this many seconds even if the test process dies.
+    """
+
+    def __init__(self, mirrors: Path, workdir: Path, probe_repo: str, lifetime_s: int = 150):
+        self.mirrors, self.workdir, self.probe_repo, self.lifetime_s = Path(mirrors), Path(workdir), probe_repo, lifetime_s
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> str:
+        port = free_port()
+        config = self.workdir / "olah.toml"
+        config.write_text(textwrap.dedent(f"""
+            [basic]
+            host = "127.0.0.1"
+            port = {port}
+            repos-path = "{self.workdir / 'olah-repos'}"
+            mirrors-path = ["{self.mirrors}"]
+            [accessibility]
+            offline = true
+        """))
+        olah = Path(sys.executable).parent / "olah-cli"
+        self.process = subprocess.Popen(
+            ["timeout", str(self.lifetime_s), str(olah), "-c", str(config), "--log-path", str(self.workdir / "olah-logs")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.workdir, start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/api/models/{self.probe_repo}/revision/main", timeout=2) as response:
+                    if response.status == 200:
+                        return url
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("olah did not start within 40 s")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            process, self.process = self.process, None
+            stop_process_group(process)
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

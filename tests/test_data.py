@@ -16,8 +16,11 @@ from hf_ssl.data import (
     DatasetConfigurationError,
     EmptyEpochError,
     ResumableImageStream,
+    ResumableRowStream,
     TrainingBatches,
     UndecodableImageError,
+    check_columns,
+    collate_samples,
     decode_image,
     load_default_dataset,
     load_image_dataset,
@@ -109,7 +112,8 @@ def _levels_from_stream(source, **stream_arguments) -> tuple[list[int], int]:
     stream = ResumableImageStream(source, stream_arguments.pop("image_column", "image"), _grey_level_transform, **stream_arguments)
     levels, skipped = [], 0
     for sample in stream:
-        levels.append(int(round(float(sample["pixel_values"][0]))))
+        if "pixel_values" in sample:  # else: the count of undecodable rows after the last sample
+            levels.append(int(round(float(sample["pixel_values"][0]))))
         skipped += sample["skipped_samples"]
     return levels, skipped
 
@@ -236,3 +240,81 @@ def test_resume_is_exact_in_process_across_blocks_and_epochs():
 @pytest.mark.slow
 def test_resume_is_exact_with_worker_processes():
     _assert_resume_is_exact(num_workers=2, stop_after=9, total=30)
+
+
+# ----- rows: several columns, a per-row transform, exact skipped counts
+
+
+def _image_cell(level: int) -> dict:
+    return {"bytes": _png_bytes(Image.new("RGB", (8, 8), (level,) * 3)), "path": None}
+
+
+def _multicrop_row_transform(row: dict) -> dict[str, torch.Tensor]:
+    """Decodes the encoded image itself; two views of different sizes plus the label."""
+    if row["label"] < 0:
+        raise KeyError("a bug in the transform, not a corrupt image")
+    level = float(np.asarray(decode_image(row["image"]))[0, 0, 0])
+    return {"global_crops": torch.full((2, 3, 4, 4), level), "local_crops": torch.full((3, 3, 2, 2), level),
+            "label": torch.tensor(row["label"])}
+
+
+def test_row_stream_gives_the_transform_raw_rows_and_stacks_each_key():
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64"), "caption": datasets.Value("string")})
+    dataset = datasets.Dataset.from_dict(
+        {"image": [_image_cell(level) for level in range(6)], "label": list(range(6)), "caption": ["x"] * 6}, features=features
+    )
+    seen = []
+
+    def transform(row):
+        seen.append(row)
+        return _multicrop_row_transform(row)
+
+    stream = ResumableRowStream(stream_source(dataset, ["image", "label"]), ["image", "label"], transform)
+    batch = next(TrainingBatches(stream, batch_size=3, num_workers=0))
+    assert set(seen[0]) == {"image", "label"} and isinstance(seen[0]["image"]["bytes"], bytes)  # still encoded
+    assert batch["global_crops"].shape == (3, 2, 3, 4, 4) and batch["local_crops"].shape == (3, 3, 3, 2, 2)
+    assert sorted(batch["label"].tolist()) == sorted(int(level) for level in batch["global_crops"][:, 0, 0, 0, 0])
+    assert collate_samples([{"count": 1}, {"count": 2}])["count"].tolist() == [1, 2]
+    with pytest.raises(DatasetConfigurationError, match=r"column 'text' is not a column of the dataset; columns: image, label, caption"):
+        stream_source(dataset, ["image", "text"])
+    with pytest.raises(DatasetConfigurationError, match=r"'a', 'b' are not columns"):
+        check_columns(dataset, ["a", "b"])
+
+
+def test_other_transform_errors_stop_the_run():
+    dataset = datasets.Dataset.from_dict({"image": [_image_cell(1)], "label": [-1]},
+                                         features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}))
+    stream = ResumableRowStream(stream_source(dataset, ["image", "label"]), ["image", "label"], _multicrop_row_transform)
+    with pytest.raises(KeyError, match="a bug in the transform"):
+        next(TrainingBatches(stream, batch_size=1, num_workers=0))
+
+
+def _one_good_then_corrupt(corrupt: int) -> ResumableRowStream:
+    dataset = datasets.Dataset.from_dict(
+        {"image": [_image_cell(9)] + [{"bytes": b"junk", "path": None}] * corrupt},
+        features=datasets.Features({"image": datasets.Image()}),
+    )
+    # One shard (its order cannot change between epochs) and shuffle_buffer_size=1: rows are read in
+    # file order, so the good row comes first in every epoch.
+    return ResumableImageStream(stream_source(dataset, "image", shards_per_process=1), "image", _grey_level_transform,
+                                shuffle_buffer_size=1)
+
+
+@pytest.mark.parametrize("num_workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_corrupt_rows_after_the_last_good_one_are_counted(num_workers):
+    # 1 good + 44 corrupt rows, one row per batch: all 44 corrupt rows of an epoch follow its only
+    # batch; they are reported with the next epoch's batch (with 2 workers, one has no rows at all).
+    batches = TrainingBatches(_one_good_then_corrupt(44), batch_size=1, num_workers=num_workers)
+    assert [int(next(batches)["skipped_samples"]) for _ in range(2)] == [0, 44]
+    state = batches.state_dict()
+    expected_next = int(next(batches)["skipped_samples"])
+    resumed = TrainingBatches(_one_good_then_corrupt(44), batch_size=1, num_workers=num_workers)
+    resumed.load_state_dict(state)
+    assert expected_next == int(next(resumed)["skipped_samples"]) == 44
+    with pytest.raises(DatasetConfigurationError, match=f"saved with --dataloader_num_workers {num_workers}, this run has 1"):
+        TrainingBatches(_one_good_then_corrupt(44), batch_size=1, num_workers=1).load_state_dict(state)
+
+
+def test_the_stream_reports_trailing_corrupt_rows():
+    levels, skipped = _levels_from_stream(_one_good_then_corrupt(5).source, shuffle_buffer_size=1)
+    assert levels == [9] and skipped == 5

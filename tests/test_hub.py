@@ -1,18 +1,15 @@
 """Push and load over real HTTP: uploads to tests/hub_server.py, downloads from olah (a Hub mirror).
 
-Only 127.0.0.1 is contacted; both servers stop by themselves.
+Only 127.0.0.1 is contacted; both servers are stopped when a test ends (and by themselves later).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,14 +19,17 @@ from safetensors.torch import load_file
 
 from hf_ssl.hub import PushError, UnsafeCheckpointError, load_backbone, load_pretrained, push_run_folder
 from hf_ssl.hub.push import NEVER_PUSHED
-from hub_server import HubServer
+from hf_ssl.hub.remote_code import remote_code_files
+from hf_ssl.modeling.splitmask import SplitMaskConfig, ViTForSplitMask
+from hub_server import HubServer, OlahMirror, free_port
 from run_folders import EVAL_RESULTS, tiny_splitmask_run
 
 SECRET = "hf_testsecret_0123456789abcdefABCDEF"
+# The run folder plus the self-contained remote code: the method's files and the hf_ssl modules they use.
 PUSHED_ROOT_FILES = {
     "README.md", "config.json", "model.safetensors", "preprocessor_config.json", "training_args.json",
-    "training_log.jsonl", "eval_results.json", "loss_curve.png", "reconstruction.png", "configuration_splitmask.py", "modeling_splitmask.py",
-}
+    "training_log.jsonl", "eval_results.json", "loss_curve.png", "reconstruction.png",
+} | set(remote_code_files(SplitMaskConfig, ViTForSplitMask))
 
 
 @pytest.fixture
@@ -45,43 +45,6 @@ def local_hub(monkeypatch):
 
 def _local_files(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _start_olah(mirrors: Path, workdir: Path, probe_repo: str) -> tuple[subprocess.Popen, str]:
-    """olah in offline mode serving the git repos under `mirrors`; killed by `timeout` after 150 s."""
-    port = _free_port()
-    config = workdir / "olah.toml"
-    config.write_text(textwrap.dedent(f"""
-        [basic]
-        host = "127.0.0.1"
-        port = {port}
-        repos-path = "{workdir / 'olah-repos'}"
-        mirrors-path = ["{mirrors}"]
-        [accessibility]
-        offline = true
-    """))
-    olah = Path(sys.executable).parent / "olah-cli"
-    process = subprocess.Popen(
-        ["timeout", "150", str(olah), "-c", str(config), "--log-path", str(workdir / "olah-logs")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/api/models/{probe_repo}/revision/main", timeout=2) as response:
-                if response.status == 200:
-                    return process, url
-        except OSError:
-            time.sleep(0.3)
-    process.kill()
-    raise RuntimeError("olah did not start within 40 s")
 
 
 def _run_python(code: str, env: dict, timeout: int = 120) -> dict:
@@ -133,7 +96,7 @@ def test_failed_push_keeps_the_folder_and_says_how_to_retry(tmp_path, local_hub,
     assert "hf_wrong_token_value" not in message
     assert local_hub.repos == {}
     before = _local_files(run_dir)
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     with pytest.raises(PushError, match="local folder is unchanged"):
         push_run_folder(run_dir, "org/splitmask-tiny")
     assert _local_files(run_dir) == before
@@ -172,8 +135,7 @@ def test_push_then_download_through_olah(tmp_path, local_hub):
     for repo_id in ("org/splitmask-tiny", "org/splitmask-tiny-backbone"):
         local_hub.repos[repo_id].branches["main"] = local_hub.repos[repo_id].branches["v1"]
         local_hub.export_git_mirror(repo_id, tmp_path / "mirrors")
-    olah, olah_url = _start_olah(tmp_path / "mirrors", tmp_path, "org/splitmask-tiny")
-    try:
+    with OlahMirror(tmp_path / "mirrors", tmp_path, "org/splitmask-tiny") as olah_url:
         cache = tmp_path / "hf-home"
         # 1. a fresh process that never imports hf_ssl: snapshot_download, trust_remote_code, exported encoder
         downloaded = _run_python(textwrap.dedent(f"""
@@ -204,9 +166,6 @@ def test_push_then_download_through_olah(tmp_path, local_hub):
         remote = load_file(str(tmp_path / "remote.safetensors"))
         assert remote.keys() == reference.keys()
         assert all(torch.equal(remote[name], reference[name]) for name in reference)  # identical weights
-    finally:
-        olah.kill()
-        olah.wait(timeout=10)
 
     # 2. offline, from the HF cache layout only, with the registered hf-ssl classes
     offline = _run_python(textwrap.dedent(f"""

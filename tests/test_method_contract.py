@@ -166,6 +166,17 @@ def test_exports_load_in_plain_transformers_and_timm_without_hf_ssl(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
+def test_trust_remote_code_folder_loads_without_hf_ssl_and_matches(method, tmp_path):
+    """The pushed folder carries every hf_ssl module the method imports: no hf-ssl install needed."""
+    from remote_code_check import assert_remote_code_matches
+
+    model, context = build_tiny(method)
+    report = assert_remote_code_matches(model.eval(), recipe_batch(method, context, count=2), tmp_path / "model")
+    assert report["class"].endswith(type(model).__name__) and report["class"].startswith("transformers_modules")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
 def test_run_folder_card_renders_with_the_methods_figures(method, tmp_path):
     model, _ = build_tiny(method)
     recipe = get_recipe(method)

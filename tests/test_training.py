@@ -26,7 +26,7 @@ from hf_ssl.training import (
     save_checkpoint,
     validate_arguments,
 )
-from hf_ssl.training.checkpointing import TRAINER_STATE_NAME, truncate_training_log
+from hf_ssl.training.checkpointing import TRAINER_STATE_NAME, truncate_training_log, write_manifest
 
 
 # ----- schedules and optimizer
@@ -141,6 +141,7 @@ def _fake_checkpoint(root: Path, step: int, complete: bool = True) -> Path:
     path.mkdir(parents=True)
     if complete:
         (path / TRAINER_STATE_NAME).write_text("{}")
+        write_manifest(path)
     return path
 
 

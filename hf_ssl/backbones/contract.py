@@ -10,7 +10,9 @@ method:
 - ``export_timm(save_directory, image_processor=None) -> Path | None``: timm's format for ViT
   encoders, ``timm.create_model("local-dir:<folder>", pretrained=True)``; None when timm has no
   equivalent of the encoder;
-- ``load_backbone_weights(module)``: start pre-training from a checkpoint's encoder weights.
+- ``load_backbone_weights(module)``: start pre-training from a checkpoint's encoder weights;
+- ``from_pretrained`` that loads safetensors only (`hf_ssl.safe_loading.SafeLoadingMixin`): a
+  folder or repo with only pickle weights is refused, also through ``AutoModel``.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ from pathlib import Path
 from torch import nn
 from transformers import ViTImageProcessor
 
+from hf_ssl.safe_loading import SafeLoadingMixin
+
 from .export import default_image_processor, export_backbone_folder, export_vit_to_timm
 from .modules import copy_backbone_weights, is_timm_module
 
 
-class BackboneContractMixin:
-    """Export and initialisation of a method model's encoder (see the module docstring)."""
+class BackboneContractMixin(SafeLoadingMixin):
+    """Export and initialisation of a method model's encoder, and safe loading (see the module docstring).
+
+    Goes first in a model's bases, before `PreTrainedModel`."""
 
     def _image_processor_or_default(self, image_processor: ViTImageProcessor | None) -> ViTImageProcessor:
         if image_processor is not None:

@@ -37,8 +37,10 @@ from hf_ssl.training import (
     TrainingState,
     build_context,
     build_optimizer,
-    latest_checkpoint,
+    check_run_folder,
     load_checkpoint,
+    prepare_output_dir,
+    resume_arguments,
     parse_arguments,
     resolve_arguments,
     train,
@@ -85,16 +87,20 @@ def first_rows(dataset, count: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    # ----- parse and validate (before any data is read or weight allocated)
     try:
-        arguments, method_arguments = parse_arguments(argv)
-        arguments = resolve_arguments(arguments)
-        backbone = validate_arguments(
-            arguments, method_arguments, world_size=PartialState(cpu=multi_process_cpu_run()).num_processes
-        )
-    except ConfigurationError as error:
+        return run(argv)
+    except (ConfigurationError, DatasetConfigurationError) as error:  # e.g. all data undecodable, a damaged checkpoint
         return fail(str(error))
+
+
+def run(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # ----- parse and validate, the run folder included (before any data is read or weight allocated)
+    arguments, method_arguments = parse_arguments(argv)
+    arguments = resolve_arguments(arguments)
+    world_size = PartialState(cpu=multi_process_cpu_run()).num_processes
+    backbone = validate_arguments(arguments, method_arguments, world_size=world_size)
+    checkpoint = check_run_folder(arguments, world_size, method_arguments)
     recipe = get_recipe(arguments.method)
     context = build_context(arguments, method_arguments, recipe, backbone)
     output_dir = Path(arguments.output_dir)
@@ -201,13 +207,6 @@ def main(argv: list[str] | None = None) -> int:
 
     # ----- resume
     state = TrainingState(world_size=accelerator.num_processes)
-    checkpoint = None
-    if arguments.resume_from_checkpoint == "latest":
-        checkpoint = latest_checkpoint(output_dir)
-        if checkpoint is None:
-            logger.info("No checkpoint in %s yet: starting from scratch", output_dir)
-    elif arguments.resume_from_checkpoint:
-        checkpoint = Path(arguments.resume_from_checkpoint)
     if checkpoint is not None:
         trainer_state, data_state = load_checkpoint(accelerator, checkpoint)
         state = TrainingState(**trainer_state)
@@ -215,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         batches.load_state_dict(data_state["batches"])
         logger.info("Resumed from %s at step %d", checkpoint, state.step)
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        prepare_output_dir(output_dir, overwrite=arguments.overwrite_output_dir)
         truncate_training_log(output_dir / TRAINING_LOG_NAME, last_step=state.step)
     tracker_config = {
         key: value if isinstance(value, (int, float, str, bool)) else str(value)
@@ -238,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         output_dir=str(output_dir),
         eval_steps=arguments.eval_steps,
         periodic_evaluation=periodic_evaluation,
+        run_arguments=resume_arguments(arguments, accelerator.num_processes, method_arguments=method_arguments),
     )
     state = train(accelerator, model, optimizer, recipe, batches, schedules, settings, state)
 

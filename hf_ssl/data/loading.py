@@ -3,7 +3,7 @@
 One code path for every source: a Hub dataset name (streaming or not), the packaged builders
 (``parquet``, ``webdataset``, ``imagefolder``) with ``data_files`` / ``data_dir``, a local folder,
 or the bundled digits. Whatever comes in leaves as a `datasets.IterableDataset` holding only the
-image column, with image decoding switched off (bytes are decoded in DataLoader workers, where a
+columns the method reads, with image decoding switched off (bytes are decoded in DataLoader workers, where a
 corrupt file is skipped instead of crashing the iterator), split across processes with
 `split_dataset_by_node`.
 """
@@ -73,15 +73,30 @@ def dataset_column_names(dataset: datasets.Dataset | datasets.IterableDataset) -
     return [] if first_row is None else list(first_row)
 
 
+def check_columns(
+    dataset: datasets.Dataset | datasets.IterableDataset, columns: Sequence[str], argument: str = "column"
+) -> None:
+    """Raise a `DatasetConfigurationError` naming the available columns if any of `columns` is absent.
+
+    Args:
+        argument: how the message names a missing column (e.g. ``"--image_column"``).
+    """
+    available = dataset_column_names(dataset)
+    missing = [name for name in columns if name not in available]
+    if not missing:
+        return
+    image_like = [name for name in available if name.lower() in ("image", "img", "jpg", "jpeg", "png", "webp")]
+    hint = f" (image-like: {', '.join(image_like)})" if image_like else ""
+    names = ", ".join(repr(name) for name in missing)
+    verb = "is not a column" if len(missing) == 1 else "are not columns"
+    raise DatasetConfigurationError(
+        f"{argument} {names} {verb} of the dataset; columns: {', '.join(available) or 'none'}{hint}"
+    )
+
+
 def check_image_column(dataset: datasets.Dataset | datasets.IterableDataset, image_column: str) -> None:
-    """Raise a `DatasetConfigurationError` naming the available columns if `image_column` is absent."""
-    columns = dataset_column_names(dataset)
-    if image_column not in columns:
-        image_like = [name for name in columns if name.lower() in ("image", "img", "jpg", "jpeg", "png", "webp")]
-        hint = f" (image-like: {', '.join(image_like)})" if image_like else ""
-        raise DatasetConfigurationError(
-            f"--image_column {image_column!r} is not a column of the dataset; columns: {', '.join(columns) or 'none'}{hint}"
-        )
+    """`check_columns` for the ``--image_column`` argument."""
+    check_columns(dataset, [image_column], argument="--image_column")
 
 
 def stream_source(
@@ -92,7 +107,7 @@ def stream_source(
     world_size: int = 1,
     shards_per_process: int = 8,
 ) -> datasets.IterableDataset:
-    """Keep `columns` only, switch off decoding of their images, and give this process its part.
+    """Keep `columns` only, switch off decoding of every image among them, and give this process its part.
 
     A map-style `Dataset` becomes an `IterableDataset` with ``world_size * shards_per_process``
     shards, so `split_dataset_by_node` hands every process whole, disjoint shards and DataLoader
@@ -100,20 +115,25 @@ def stream_source(
     not divide `world_size`, `split_dataset_by_node` falls back to every world_size-th example.
 
     Args:
-        dataset: from `load_image_dataset`, with every one of `columns` present.
-        columns: the columns a recipe reads (one name or several).
+        dataset: from `load_image_dataset`, with `columns` present.
+        columns: the columns the method's row transform reads; a single string is the
+            ``--image_column`` (and named so in the error for a missing column).
         rank, world_size: this process and the number of processes.
         shards_per_process: shards per process for a map-style dataset (>= DataLoader workers).
     """
-    columns = [columns] if isinstance(columns, str) else list(columns)
-    for column in columns:
-        check_image_column(dataset, column)
+    if isinstance(columns, str):
+        check_image_column(dataset, columns)
+        columns = [columns]
+    else:
+        columns = list(columns)
+        check_columns(dataset, columns)
     dataset = dataset.select_columns(columns)
     features = dataset.features
-    for column in columns:
-        if features is not None and isinstance(features.get(column), datasets.Image):
-            # Decode in our worker code, where an undecodable file is counted and skipped.
-            dataset = dataset.cast_column(column, datasets.Image(decode=False))
+    if features is not None:
+        for column in columns:
+            if isinstance(features.get(column), datasets.Image) and features[column].decode:
+                # Decode in the row transform (in workers), where an undecodable file is counted and skipped.
+                dataset = dataset.cast_column(column, datasets.Image(decode=False))
     if isinstance(dataset, datasets.Dataset):
         number_of_shards = max(1, min(len(dataset), world_size * shards_per_process))
         number_of_shards -= number_of_shards % world_size or 0

@@ -6,17 +6,23 @@ Here each worker reads its shards in blocks of `shuffle_buffer_size` rows and pe
 block with a generator seeded by ``(seed, rank, epoch, worker, block)``; shard order changes
 every epoch (`set_epoch`). The position is then the source's own `state_dict()` at the start of
 the current block plus an offset into it: resuming reloads the source there, re-reads one
-block (bytes only, nothing is decoded), applies the same permutation and skips the offset.
-Augmentation randomness is seeded per sample from the same coordinates, so a resumed run
+block (encoded rows only, nothing is decoded), applies the same permutation and skips the
+offset. Transform randomness is seeded per row from the same coordinates, so a resumed run
 produces the same tensors as an uninterrupted one. `torchdata`'s `StatefulDataLoader`
 collects these per-worker states together with the batches it hands out, so prefetched but
 unconsumed batches are not counted as seen.
+
+A row whose transform raises `UndecodableImageError` is skipped and counted, and every count
+reaches the training loop: a batch carries the rows skipped since its worker's previous batch,
+and when a worker's epoch ends, one count-only item carries the rows skipped after its last full
+batch (trailing corrupt rows, and those among the rows of the incomplete last batch, which is
+dropped). The count is part of the position, so a resumed run counts every row exactly once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import datasets
@@ -24,12 +30,14 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .images import UndecodableImageError
+from .images import UndecodableImageError, decode_image
 
 logger = logging.getLogger(__name__)
 
-# Corrupt samples are counted always, but only the first few per worker are logged one by one.
+# Corrupt rows are counted always, but only the first few per worker are logged one by one.
 _MAX_LOGGED_CORRUPT_SAMPLES = 5
+
+RowTransform = Callable[[dict[str, Any]], dict[str, torch.Tensor]]
 
 
 def _sample_seed(*coordinates: int) -> int:
@@ -37,27 +45,43 @@ def _sample_seed(*coordinates: int) -> int:
     return int(np.random.SeedSequence([int(value) for value in coordinates]).generate_state(2, np.uint64)[0] >> 1)
 
 
-class ResumableRowStream(IterableDataset):
-    """Decode, convert to RGB and augment the images of a `datasets.IterableDataset`.
+def collate_samples(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack each key of `samples` along a new first dimension.
 
-    Yields ``{**transform(image), "skipped_samples": int}`` where ``skipped_samples`` counts the
-    undecodable rows dropped since the previous yielded sample of this worker.
+    Keys are independent: multi-crop views of different sizes per key are fine (``global_crops``
+    ``(2, 3, 224, 224)`` and ``local_crops`` ``(6, 3, 96, 96)`` become ``(B, 2, 3, 224, 224)`` and
+    ``(B, 6, 3, 96, 96)``); numbers become a 1-D tensor.
+    """
+    batch = {}
+    for key in samples[0]:
+        values = [sample[key] for sample in samples]
+        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
+    return batch
+
+
+class ResumableRowStream(IterableDataset):
+    """Apply a per-row transform to the rows of a `datasets.IterableDataset`, resumably.
+
+    Iterating yields ``{**transform(row), "skipped_samples": n}`` (n = rows skipped since the
+    previous sample of this worker), then, if rows were skipped after the last sample, one item
+    ``{"skipped_samples": n}`` without tensors. `TrainingBatches` iterates `batched` instead.
 
     Args:
         source: one process's part of the data (see `hf_ssl.data.stream_source`), images not decoded.
-        columns: the columns each row keeps.
-        transform: ``{column: cell} -> dict[str, Tensor]``, run per row (a recipe's transform);
-            raising `UndecodableImageError` skips and counts the row.
-        seed: run seed; with `rank` it fixes the block permutations and augmentation randomness.
-        shuffle_buffer_size: rows per shuffled block (memory: this many encoded images per worker).
+        columns: the columns kept in each row given to `transform`.
+        transform: ``dict[column, raw value] -> dict[str, Tensor]``; it decodes what it needs
+            (`hf_ssl.data.decode_image` for image cells). Raising `UndecodableImageError` skips
+            and counts the row; any other exception stops the run.
+        seed: run seed; with `rank` it fixes the block permutations and transform randomness.
+        shuffle_buffer_size: rows per shuffled block (memory: this many encoded rows per worker).
         rank: this process's index, so processes draw different augmentations.
     """
 
     def __init__(
         self,
         source: datasets.IterableDataset,
-        columns: str | list[str],
-        transform: Callable[[dict], dict[str, torch.Tensor]],
+        columns: Sequence[str],
+        transform: RowTransform,
         *,
         seed: int = 0,
         shuffle_buffer_size: int = 1000,
@@ -65,8 +89,10 @@ class ResumableRowStream(IterableDataset):
     ):
         if shuffle_buffer_size < 1:
             raise ValueError(f"shuffle_buffer_size must be >= 1, got {shuffle_buffer_size}")
+        if isinstance(columns, str) or not columns:
+            raise ValueError(f"columns must be a non-empty sequence of column names, got {columns!r}")
         self.source = source
-        self.columns = [columns] if isinstance(columns, str) else list(columns)
+        self.columns = list(columns)
         self.transform = transform
         self.seed = seed
         self.shuffle_buffer_size = shuffle_buffer_size
@@ -84,14 +110,14 @@ class ResumableRowStream(IterableDataset):
         self.source.set_epoch(epoch)
 
     def state_dict(self) -> dict:
-        """Position after the last sample this worker yielded (called in the worker by torchdata)."""
-        return {key: value for key, value in self._state.items()}
+        """Position after the last row this worker read for what it yielded (called in the worker by torchdata)."""
+        return dict(self._state)
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state` at the next `iter()` if it belongs to the current epoch."""
         self._resume_state = dict(state)
 
-    def _read_block(self, rows) -> list:
+    def _read_block(self, rows: Iterator[dict]) -> list[dict]:
         block = []
         for row in rows:
             block.append({column: row[column] for column in self.columns})
@@ -99,7 +125,11 @@ class ResumableRowStream(IterableDataset):
                 break
         return block
 
-    def __iter__(self):
+    def samples(self) -> Iterator[tuple[dict[str, torch.Tensor] | None, int]]:
+        """``(sample, rows skipped just before it)`` per transformed row, then ``(None, trailing skipped rows)``.
+
+        `state_dict()` is, at every pause, the position right after the row last read.
+        """
         worker = get_worker_info()
         worker_id = worker.id if worker is not None else 0
         resume, self._resume_state = self._resume_state, None
@@ -111,13 +141,15 @@ class ResumableRowStream(IterableDataset):
         # None = the start of the epoch; a stale starting state must not leak into a fresh epoch.
         self.source.load_state_dict(block_source_state)
         rows = iter(self.source)
-        skipped_since_last_yield = 0
+        skipped = 0
         logged_corrupt = 0
         while True:
             block = self._read_block(rows)
-            if not block:
-                return
             next_block_source_state = self.source.state_dict()
+            if not block:
+                self._state = {"epoch": self.epoch, "block_index": block_index, "block_source_state": block_source_state, "offset": 0}
+                yield None, skipped
+                return
             order = np.random.default_rng([self.seed, self.rank, self.epoch, worker_id, block_index]).permutation(len(block))
             for position in range(offset, len(block)):
                 self._state = {
@@ -133,31 +165,99 @@ class ResumableRowStream(IterableDataset):
                         torch.manual_seed(seed)
                         sample = self.transform(block[order[position]])
                 except UndecodableImageError as error:
-                    skipped_since_last_yield += 1
+                    skipped += 1
                     if logged_corrupt < _MAX_LOGGED_CORRUPT_SAMPLES:
                         logger.warning("Skipping an undecodable sample (epoch %d): %s", self.epoch, error)
                         logged_corrupt += 1
                     continue
-                sample["skipped_samples"] = skipped_since_last_yield
-                skipped_since_last_yield = 0
-                yield sample
+                yield sample, skipped
+                skipped = 0
             block_index += 1
             offset = 0
             block_source_state = next_block_source_state
 
+    def __iter__(self):
+        for sample, skipped in self.samples():
+            if sample is not None:
+                yield {**sample, "skipped_samples": skipped}
+            elif skipped:
+                yield {"skipped_samples": skipped}
 
-def collate_samples(samples: list[dict]) -> dict[str, torch.Tensor]:
-    """Stack the tensors of `samples`; ``skipped_samples`` is summed into one count."""
-    batch = {key: torch.stack([sample[key] for sample in samples]) for key in samples[0] if key != "skipped_samples"}
-    batch["skipped_samples"] = torch.tensor(sum(sample["skipped_samples"] for sample in samples))
-    return batch
+    def batched(self, batch_size: int) -> BatchedRowStream:
+        """The same stream as collated batches of exactly `batch_size` rows (see `BatchedRowStream`)."""
+        return BatchedRowStream(self, batch_size)
+
+
+class BatchedRowStream(IterableDataset):
+    """Batches of exactly `batch_size` transformed rows, assembled in the worker; for a DataLoader
+    with ``batch_size=None``.
+
+    Yields ``{**collate_samples(rows), "skipped_samples": tensor(n)}`` and, at the end of the
+    worker's epoch when rows were skipped after its last batch, ``{"skipped_samples": tensor(n),
+    "unbatched_samples": tensor(m)}`` (m = good rows of the dropped incomplete batch). Its state
+    is the wrapped stream's, which after each batch points right after the batch's last row.
+    """
+
+    def __init__(self, stream: ResumableRowStream, batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.stream = stream
+        self.batch_size = batch_size
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+
+    def __iter__(self):
+        rows, skipped = [], 0
+        for sample, skipped_before in self.stream.samples():
+            skipped += skipped_before
+            if sample is None:
+                break
+            rows.append(sample)
+            if len(rows) == self.batch_size:
+                batch = collate_samples(rows)
+                batch["skipped_samples"] = torch.tensor(skipped)
+                yield batch
+                rows, skipped = [], 0
+        if skipped or rows:
+            yield {"skipped_samples": torch.tensor(skipped), "unbatched_samples": torch.tensor(len(rows))}
+
+
+class DecodeImageColumn:
+    """Row transform for one image column: decode it (`decode_image`), then apply an image transform."""
+
+    def __init__(self, image_column: str, image_transform: Callable[[Any], dict[str, torch.Tensor]]):
+        self.image_column = image_column
+        self.image_transform = image_transform
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self.image_transform(decode_image(row[self.image_column]))
 
 
 class ResumableImageStream(ResumableRowStream):
-    """A `ResumableRowStream` over one image column with a transform of the decoded PIL image
-    (the 0.1 interface): ``transform(image) -> dict[str, Tensor]``."""
+    """`ResumableRowStream` over one image column with a ``PIL.Image -> dict[str, Tensor]`` transform.
 
-    def __init__(self, source: datasets.IterableDataset, image_column: str, transform: Callable[[Any], dict], **kwargs):
-        from hf_ssl.transforms import ImageRowTransform, RowsByRole
+    Args:
+        source, seed, shuffle_buffer_size, rank: as in `ResumableRowStream`.
+        image_column: column holding the images.
+        transform: ``PIL.Image -> dict[str, Tensor]`` (see `hf_ssl.transforms.build_transform`).
+    """
 
-        super().__init__(source, [image_column], RowsByRole({"image": image_column}, ImageRowTransform(transform)), **kwargs)
+    def __init__(
+        self,
+        source: datasets.IterableDataset,
+        image_column: str,
+        transform: Callable[[Any], dict[str, torch.Tensor]],
+        *,
+        seed: int = 0,
+        shuffle_buffer_size: int = 1000,
+        rank: int = 0,
+    ):
+        super().__init__(
+            source, [image_column], DecodeImageColumn(image_column, transform),
+            seed=seed, shuffle_buffer_size=shuffle_buffer_size, rank=rank,
+        )
+        self.image_column = image_column

@@ -3,7 +3,8 @@
 A pickle checkpoint (``pytorch_model.bin``, ``*.pt``, ...) can execute code when loaded. Before any
 `from_pretrained`, the helpers here list the folder's (or Hub repo's) files and refuse a checkpoint
 that has pickle weights but no safetensors weights; the load itself passes
-``use_safetensors=True`` so that transformers never falls back to a pickle file.
+``use_safetensors=True`` so that transformers never falls back to a pickle file. The checks
+themselves live in `hf_ssl.safe_loading` (which every hf-ssl model's `from_pretrained` uses too).
 """
 
 from __future__ import annotations
@@ -14,59 +15,18 @@ from pathlib import Path
 
 from torch import nn
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-
-
-class UnsafeCheckpointError(ValueError):
-    """The checkpoint only has pickle weights, which hf-ssl refuses to load."""
+from hf_ssl.safe_loading import (  # noqa: F401  (re-exported: hf_ssl.hub is where users look for them)
+    PICKLE_SUFFIXES,
+    UnsafeCheckpointError,
+    check_safetensors_only,
+    list_checkpoint_files,
+)
 
 
 def _register_hf_ssl_models() -> None:
     from hf_ssl.registry import register_auto_classes
 
     register_auto_classes()
-
-
-def list_checkpoint_files(
-    path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | bool | None = None
-) -> list[str]:
-    """Relative paths of every file of a local folder or a Hub model repo.
-
-    Local folders are walked; repos are listed through the Hub API, or, with HF_HUB_OFFLINE=1,
-    from the cached snapshot (``snapshot_download(local_files_only=True)``).
-    """
-    local = Path(path_or_repo_id)
-    if local.is_dir():
-        return sorted(str(path.relative_to(local).as_posix()) for path in local.rglob("*") if path.is_file())
-    from huggingface_hub import HfApi, constants, snapshot_download
-
-    repo_id = str(path_or_repo_id)
-    if constants.HF_HUB_OFFLINE:
-        cached = Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
-        return list_checkpoint_files(cached)
-    return sorted(HfApi().list_repo_files(repo_id, revision=revision, token=token))
-
-
-def check_safetensors_only(files: list[str], source: str, subfolder: str = "") -> None:
-    """Raise unless `files` hold safetensors weights (at `subfolder`); name any pickle weights found.
-
-    Raises:
-        UnsafeCheckpointError: only pickle weights are present.
-        FileNotFoundError: no weights at all.
-    """
-    prefix = f"{subfolder.strip('/')}/" if subfolder else ""
-    level = [name[len(prefix) :] for name in files if name.startswith(prefix) and "/" not in name[len(prefix) :]]
-    if any(name.endswith(".safetensors") or name == "model.safetensors.index.json" for name in level):
-        return
-    pickles = [prefix + name for name in level if name.endswith(PICKLE_SUFFIXES)]
-    if pickles:
-        raise UnsafeCheckpointError(
-            f"{source} has only pickle weights ({', '.join(pickles)}); hf-ssl loads safetensors only, because "
-            "unpickling can run arbitrary code. If you trust the file, convert it once with plain transformers: "
-            "`model = AutoModel.from_pretrained(path, use_safetensors=False); model.save_pretrained(path)` "
-            "(this writes model.safetensors), then load again."
-        )
-    raise FileNotFoundError(f"{source} has no model weights (expected model.safetensors in {prefix or 'the root'})")
 
 
 def load_pretrained(

@@ -117,6 +117,11 @@ class PretrainingArguments:
     )
     # --- outputs
     output_dir: str | None = field(default=None, metadata={"help": "Run folder (default runs/<method>-<model>)."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace the run already in --output_dir (its files are removed first); without it a "
+                          "folder holding a run is refused unless --resume_from_checkpoint continues it."},
+    )
     logging_steps: int = field(default=10, metadata={"help": "Log every this many optimizer steps."})
     save_steps: int | None = field(default=None, metadata={"help": "Checkpoint every this many optimizer steps."})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept (oldest deleted first; >= 1)."})

@@ -64,6 +64,7 @@ class LoopSettings:
     output_dir: str
     eval_steps: int | None = None
     periodic_evaluation: Callable[[torch.nn.Module], dict[str, float]] | None = None
+    run_arguments: dict | None = None  # written into every checkpoint; a resume must not change them
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -209,6 +210,7 @@ def train(
                 trainer_state=asdict(state),
                 data_state={"batches": batches.state_dict(), "skipped_samples": state.skipped_samples},
                 save_total_limit=settings.save_total_limit,
+                run_arguments=settings.run_arguments,
             )
     progress.close()
     state.train_runtime_s = runtime_before + time.perf_counter() - run_start
