@@ -344,3 +344,13 @@ def test_every_result_carries_its_three_baselines(tmp_path):
     assert "raw pixels" in text and "supervised" in text and "random init" in text
     with pytest.raises(ValueError, match="baselines must be among"):
         evaluate_model(tmp_path, ["knn"], baselines=("imagenet",))
+
+
+def test_the_comparison_says_which_label_free_baselines_the_encoder_does_not_beat():
+    from hf_ssl.eval.runner import format_comparison
+
+    result = {"dataset": "d", "split": "test", "k": 20, "accuracy": 0.6,
+              "baselines": {"random_init": 0.5, "raw_pixels": 0.9, "supervised": 0.95}}
+    assert format_comparison(result).splitlines()[-1] == "  The pre-trained encoder does NOT beat: raw pixels."
+    result["baselines"]["raw_pixels"] = 0.55  # supervised stays above: it is a reference, not a bar
+    assert "beats every baseline without labels (same encoder, random init, raw pixels)" in format_comparison(result)

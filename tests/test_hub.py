@@ -203,7 +203,7 @@ def test_push_script_takes_the_token_from_the_environment_only(tmp_path):
         failed = subprocess.run([sys.executable, str(script), str(run_dir), "--repo_id", "org/tiny"],
                                 env={**env, "HF_TOKEN": "hf_other_secret_value"}, capture_output=True, text=True, timeout=120)
     assert failed.returncode == 1
-    assert "python trainers/push.py" in failed.stderr and "hf_other_secret_value" not in failed.stderr + failed.stdout
+    assert "hf-ssl push" in failed.stderr and "hf_other_secret_value" not in failed.stderr + failed.stdout
     for output in (completed.stdout, completed.stderr, failed.stdout, failed.stderr):
         assert SECRET not in output
     for path in run_dir.rglob("*"):

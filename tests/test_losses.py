@@ -52,7 +52,7 @@ def test_masked_token_cross_entropy_matches_hand_computed_value():
         masked_token_cross_entropy(logits, torch.tensor([[0]]))
 
 
-def _distributed_info_nce_worker(rank, world_size, port, query, key, results):
+def _distributed_info_nce_worker(rank, world_size, port, query, key, results_dir):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
@@ -62,13 +62,14 @@ def _distributed_info_nce_worker(rank, world_size, port, query, key, results):
     loss = info_nce_loss(local_query, local_key, temperature=0.3)
     # DDP averages gradients over processes; reproduce that to compare with one process.
     (loss / world_size).backward()
-    results[rank] = (loss.item(), local_query.grad.clone(), local_key.grad.clone())
+    torch.save((loss.item(), local_query.grad.clone(), local_key.grad.clone()), f"{results_dir}/{rank}.pt")
     dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_info_nce_gathers_negatives_across_processes_with_gradients():
+def test_info_nce_gathers_negatives_across_processes_with_gradients(tmp_path):
     import socket
+    from multiprocessing import resource_tracker
 
     import torch.multiprocessing as mp
 
@@ -80,9 +81,12 @@ def test_info_nce_gathers_negatives_across_processes_with_gradients():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    manager = mp.Manager()
-    results = manager.dict()
-    mp.spawn(_distributed_info_nce_worker, args=(2, port, query, key, results), nprocs=2, join=True)
+    try:
+        mp.spawn(_distributed_info_nce_worker, args=(2, port, query, key, str(tmp_path)), nprocs=2, join=True)
+    finally:
+        # spawn starts multiprocessing's resource tracker, a process that would outlive the test
+        resource_tracker._resource_tracker._stop()
+    results = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
     # The full-batch loss is the mean of the per-process losses; gradients match the single process.
     mean_loss = (results[0][0] + results[1][0]) / 2
     expected = info_nce_loss(query, key, temperature=0.3).item()

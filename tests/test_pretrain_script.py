@@ -59,13 +59,15 @@ def test_bad_configuration_exits_non_zero_with_the_message(tmp_path):
 @pytest.mark.slow
 def test_default_run_beats_random_init_and_writes_the_hub_folder(tmp_path):
     output_dir = tmp_path / "run"
-    # Reduced run: 600 of the default 1200 steps (measured: 0.663 vs 0.599 at random init).
+    # Reduced run: 600 of the default 1200 steps (measured on CI: 0.646 vs 0.490 at random init; raw pixels 0.986).
     result = _run(["--max_steps", "600", "--output_dir", str(output_dir)])
     assert result.returncode == 0, result.stderr[-3000:]
-    match = re.search(r"kNN accuracy on digits \(k=20\): pre-trained ([0-9.]+) \| random init ([0-9.]+)", result.stdout)
-    assert match, result.stdout
-    pretrained, random_init = float(match.group(1)), float(match.group(2))
-    assert pretrained > random_init + 0.03
+    pretrained = re.search(r"pre-trained encoder +([0-9.]+)", result.stdout)
+    random_init = re.search(r"same encoder, random init +([0-9.]+)", result.stdout)
+    assert pretrained and random_init and re.search(r"raw pixels +[0-9.]+", result.stdout), result.stdout
+    assert float(pretrained.group(1)) > float(random_init.group(1)) + 0.03
+    # the report says plainly which baselines the encoder does not beat
+    assert re.search(r"The pre-trained encoder (beats every baseline without labels|does NOT beat: )", result.stdout), result.stdout
     assert "Hub-ready folder written to" in result.stdout
     assert "pre-training" in result.stderr  # the tqdm bar
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "training_args.json",
