@@ -21,7 +21,7 @@ import hf_ssl
 from hf_ssl import BackboneForDINO, DINOConfig
 from hf_ssl.modeling.dino import crops_to_batch
 from hf_ssl.recipes import BuildContext, ScheduleContext, StepContext, get_recipe
-from hf_ssl.recipes.dino import DINOArguments, dino_backbone_config, local_crop_size
+from hf_ssl.recipes.dino import DINOArguments, crop_scales, dino_backbone_config, local_crop_size
 from hf_ssl.transforms.multicrop import DINOMultiCrop, proportional_local_crop_size
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,7 +288,7 @@ def test_transformers_convnext_folder_builds_and_runs_forward(tmp_path):
     model = get_recipe("dino").build_model(BuildContext(
         backbone=hf_ssl.resolve_backbone(str(tmp_path), 32), image_size=32, method_arguments=DINOArguments()))
     assert type(model.get_backbone()).__name__ == "ConvNextModel"
-    assert model.config.head_output_dim == 1024  # small-image head at 32 px
+    assert model.config.head_output_dim == 1024 and model.config.use_batch_norm_in_head  # small-image head at 32 px
     _forward_backward(model, local_size=16)
 
 
@@ -320,6 +320,13 @@ def test_local_crop_size_is_96_at_224_and_proportional_in_whole_patches():
     assert DINOArguments().local_crops_number == 8  # main_dino.py --local_crops_number
 
 
+def test_crop_scales_are_the_published_ones_except_for_small_images_and_flags_win():
+    assert crop_scales(DINOArguments(), 224) == ((0.4, 1.0), (0.05, 0.4))  # main_dino.py
+    assert crop_scales(DINOArguments(), 32) == ((0.7, 1.0), (0.25, 0.5))
+    assert crop_scales(DINOArguments(global_crops_scale=[0.14, 1.0], local_crops_scale=[0.05, 0.14]), 32) == (
+        (0.14, 1.0), (0.05, 0.14))
+
+
 # ----- the real run
 
 
@@ -342,3 +349,44 @@ def test_bundled_run_learns_loss_falls_and_knn_beats_random_init(tmp_path):
     assert min(losses[-3:]) < losses[0] - 0.1, losses
     assert records[-1]["embedding_std"] > 0.1  # no collapse
     assert type(AutoModel.from_pretrained(output_dir / "backbone")).__name__ == "ViTModel"
+
+
+# ----- the benchmark script (tiny smoke run; real timings belong to a quiet machine)
+
+
+def _benchmark_module(monkeypatch):
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # it reuses bench_reconstruction's memory reader
+    specification = importlib.util.spec_from_file_location("bench_dino", ROOT / "benchmarks" / "bench_dino.py")
+    module = importlib.util.module_from_spec(specification)
+    specification.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_refuses_a_busy_machine_without_force(monkeypatch, capsys):
+    benchmark = _benchmark_module(monkeypatch)
+    monkeypatch.setattr(benchmark.os, "getloadavg", lambda: (0.9, 0.9, 0.9))
+    assert benchmark.main(["--implementations", "hf-ssl"]) == 2
+    assert "load average is 0.90 > 0.5" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_run_writes_its_results(tmp_path):
+    lightly_path = ROOT / ".lightly"
+    implementations = ["hf-ssl", "lightly"] if (lightly_path / "lightly").is_dir() else ["hf-ssl"]
+    environment = dict(os.environ, PYTHONPATH=str(lightly_path), OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_dino.py"), "--force", "--implementations", *implementations,
+         "--lightly_path", str(lightly_path), "--backbones", "vit-micro", "--precisions", "fp32", "--image_size", "32",
+         "--local_crop_size", "16", "--local_crops_number", "2", "--batch_size", "2", "--output_dim", "64",
+         "--hidden_dim", "32", "--bottleneck_dim", "16", "--warmup_steps", "1", "--rounds", "1", "--steps_per_round", "1",
+         "--memory_steps", "1", "--output_dir", str(tmp_path)],
+        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "dino.json").read_text())
+    (row,) = results["rows"]
+    for name in implementations:
+        assert row[name]["images_per_second"] > 0 and row[name]["peak_memory_mib"] > 0
+    assert "| ViT-micro | fp32 |" in (tmp_path / "dino.md").read_text()
