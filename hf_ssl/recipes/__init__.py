@@ -17,6 +17,7 @@ from .base import (
     register_recipe,
 )
 from . import mae, simmim, splitmask  # noqa: E402,F401  (each module registers its method)
+from . import dino  # noqa: E402,F401
 
 __all__ = [
     "BuildContext",
