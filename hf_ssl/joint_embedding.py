@@ -115,11 +115,14 @@ def find_patch_embedding(module: nn.Module) -> nn.Module | None:
     return patch_embed if isinstance(patch_embed, nn.Module) else None
 
 
-def has_patch_embedding(nested_config: dict) -> bool:
-    """Whether the backbone described by `nested_config` embeds patches (built on the meta device: no memory)."""
+def is_vision_transformer(nested_config: dict) -> bool:
+    """Whether the backbone described by `nested_config` is a transformer on patches (ViT, DeiT, Swin,
+    DINOv2, timm ViTs): it has a patch embedding and attention layers. ConvNeXt's patchify stem is
+    a patch embedding without attention, a CNN here. Built on the meta device: no memory, no time."""
     with torch.device("meta"):
         module = build_backbone(nested_config)
-    return find_patch_embedding(module) is not None
+    has_attention = any("Attention" in type(submodule).__name__ for submodule in module.modules())
+    return has_attention and find_patch_embedding(module) is not None
 
 
 def check_two_views(pixel_values: torch.Tensor) -> None:
@@ -275,6 +278,6 @@ __all__ = [
     "check_two_views",
     "encode_two_views",
     "find_patch_embedding",
-    "has_patch_embedding",
+    "is_vision_transformer",
     "per_view",
 ]

@@ -2,10 +2,10 @@
 
 Where every default comes from (facebookresearch/moco-v3):
 
-- Model (`hf_ssl.modeling.moco_v3.MoCoV3Config`), ViT-style backbones (those with a patch
-  embedding): ``MoCo_ViT`` heads (3-layer projector, predictor with output batch norm, 4096 / 256,
+- Model (`hf_ssl.modeling.moco_v3.MoCoV3Config`), vision transformers (a patch embedding and
+  attention: ViT, DeiT, Swin, DINOv2, timm ViTs): ``MoCo_ViT`` heads (3-layer projector, predictor with output batch norm, 4096 / 256,
   no biases), temperature 0.2 and the frozen random patch projection, CONFIG.md ``--moco-t=.2
-  --stop-grad-conv1``. Other backbones (CNNs): ``MoCo_ResNet`` heads (2-layer projector, no output
+  --stop-grad-conv1``. Other backbones (CNNs, ConvNeXt included): ``MoCo_ResNet`` heads (2-layer projector, no output
   batch norm on the predictor) and temperature 1.0, main_moco.py's default ``--moco-t``
   (`MOCO_V3_RESNET_FIELDS`). The official ViTs use fixed 2-D sin-cos position embeddings; hf-ssl
   keeps the backbone's own (learned for transformers ViTs).
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hf_ssl.joint_embedding import has_patch_embedding
+from hf_ssl.joint_embedding import is_vision_transformer
 from hf_ssl.modeling.moco_v3 import MOCO_V3_RESNET_FIELDS, BackboneForMoCoV3, MoCoV3Config
 
 from .base import BuildContext, MethodCard, register_recipe
@@ -62,8 +62,8 @@ class MoCoV3Recipe(MomentumRecipe):
     small_image_fields = dict(projection_hidden_size=512, projection_dim=128, prediction_hidden_size=512)
 
     def backbone_fields(self, context: BuildContext) -> dict:
-        """MoCo v3's ViT setup for backbones with a patch embedding, its ResNet setup otherwise."""
-        return {} if has_patch_embedding(context.backbone.nested()) else dict(MOCO_V3_RESNET_FIELDS)
+        """MoCo v3's ViT setup for vision transformers, its ResNet setup for every other backbone."""
+        return {} if is_vision_transformer(context.backbone.nested()) else dict(MOCO_V3_RESNET_FIELDS)
 
 
 MOCO_V3 = register_recipe(MoCoV3Recipe())
