@@ -5,10 +5,16 @@ every pre-training method with the method registry used by ``hf-ssl pretrain``.
 """
 
 from hf_ssl.backbones import BackboneContractMixin, BackboneSpec, VisionBackbone, backbone_preset, resolve_backbone
+from hf_ssl.modeling.barlow_twins import BackboneForBarlowTwins, BarlowTwinsConfig, BarlowTwinsOutput
+from hf_ssl.modeling.byol import BackboneForBYOL, BYOLConfig, BYOLOutput
 from hf_ssl.modeling.dino import BackboneForDINO, DINOConfig, DINOOutput
 from hf_ssl.modeling.mae import MAEConfig, MAEOutput, ViTForMAE
+from hf_ssl.modeling.moco_v3 import BackboneForMoCoV3, MoCoV3Config, MoCoV3Output
+from hf_ssl.modeling.simclr import BackboneForSimCLR, SimCLRConfig, SimCLROutput
 from hf_ssl.modeling.simmim import SimMIMConfig, SimMIMOutput, SwinForSimMIM, ViTForSimMIM
+from hf_ssl.modeling.simsiam import BackboneForSimSiam, SimSiamConfig, SimSiamOutput
 from hf_ssl.modeling.splitmask import BEiTConfig, SplitMaskConfig, SplitMaskOutput, ViTForBEiT, ViTForSplitMask
+from hf_ssl.modeling.vicreg import BackboneForVICReg, VICRegConfig, VICRegOutput
 from hf_ssl.recipes import Recipe, available_methods, get_recipe, register_recipe
 from hf_ssl.registry import register_auto_classes
 from hf_ssl.visualization import save_reconstruction_figure
@@ -19,19 +25,37 @@ __version__ = "0.2.0"
 
 __all__ = [
     "BEiTConfig",
+    "BYOLConfig",
+    "BYOLOutput",
     "BackboneContractMixin",
+    "BackboneForBYOL",
+    "BackboneForBarlowTwins",
     "BackboneForDINO",
+    "BackboneForMoCoV3",
+    "BackboneForSimCLR",
+    "BackboneForSimSiam",
+    "BackboneForVICReg",
     "BackboneSpec",
+    "BarlowTwinsConfig",
+    "BarlowTwinsOutput",
     "DINOConfig",
     "DINOOutput",
     "MAEConfig",
     "MAEOutput",
+    "MoCoV3Config",
+    "MoCoV3Output",
     "Recipe",
+    "SimCLRConfig",
+    "SimCLROutput",
     "SimMIMConfig",
     "SimMIMOutput",
+    "SimSiamConfig",
+    "SimSiamOutput",
     "SplitMaskConfig",
     "SplitMaskOutput",
     "SwinForSimMIM",
+    "VICRegConfig",
+    "VICRegOutput",
     "ViTForBEiT",
     "ViTForMAE",
     "ViTForSimMIM",
