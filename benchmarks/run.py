@@ -18,11 +18,18 @@ What one run does
    ``--compile``); warms each up; counts the FLOPs of one step; measures its memory; then times
    them round-robin: ``--rounds`` rounds, each running every row for ``--steps`` steps in turn
    (order reversed every other round), so load changes hit all rows alike.
-5. Writes ``<output>/<host>.json`` (everything) and ``<output>/<host>.md`` (the tables the README
-   quotes) and prints the Markdown.
+5. Writes ``<output>/<host>.json`` (everything: settings, host, load, matmul rates, every row with
+   its per-round rates, skipped / failed rows with the reason, the time each phase took) and
+   ``<output>/<host>.md`` (the tables the README quotes), and prints the Markdown. ``<output>``
+   defaults to ``benchmarks/results``; ``<host>`` is the GPU name on CUDA, else the CPU model and
+   core count (``--host_name`` to choose). Exit code 1 when a row failed (the files are written).
 
 A step is one optimizer step: forward (under bf16 autocast for ``bf16``) + backward + gradient
-clipping at the method's norm + AdamW + the implementation's hooks (EMA teacher updates). On
+clipping at the method's norm + AdamW (the method's betas; hf-ssl with the recipe's parameter
+groups, references with hf-ssl's default weight-decay exemptions) + the implementation's hooks
+(EMA teacher updates; hf-ssl's schedule values are read at step 500 of 1000). Every
+implementation of a group is timed on the same batch: the hf-ssl recipe's own transform applied
+to synthetic images (captions for the dual encoder). On
 CUDA the batch sits in pinned host memory and is copied to the GPU inside each step, and the
 device is synchronised only around each row's timed steps. A method whose hf-ssl recipe is not
 registered in this checkout gets a skipped hf-ssl row with the reason; its references still run.
@@ -36,6 +43,11 @@ On a quiet machine (nothing else running; check ``uptime``), from the repository
     python benchmarks/run.py --lightly_path .lightly             # CPU: all methods, all sizes
     python benchmarks/run.py --device cuda --lightly_path .lightly --compile   # a GPU machine
     python benchmarks/run.py --methods splitmask mae --sizes tiny --rounds 5   # a subset
+    python benchmarks/run.py --memory process      # peak memory from a fresh process per row
+
+A full CPU run (12 methods x up to 4 sizes, up to 5 hf-ssl rows each) takes hours on 2 cores; bf16
+only runs where it is native (see ``precision``). tests/test_benchmarks.py runs ``--sizes micro``
+(CI only: it keeps the script working and checks the files' structure, never a timing).
 
 Sizes: ``micro`` (vit-micro at 32 px, CI only), ``tiny`` (ViT-Ti/16), ``small`` (ViT-S/16),
 ``swin-tiny`` (Swin-T, SimMIM only, 192 px), ``resnet18`` (timm ResNet-18, DINO and the

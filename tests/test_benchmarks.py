@@ -121,3 +121,22 @@ def test_micro_run_writes_json_and_markdown(tmp_path):
     assert "| splitmask | vit-micro | 32 | fp32 | hf-ssl |" in text
     assert "| mae | vit-micro | 32 | fp32 | transformers ViTMAEForPreTraining |" in text
     assert ("NOT VALID" in text) == (not results["valid"])
+
+
+def test_levers_change_how_a_step_runs_not_what_it_computes():
+    from hf_ssl.recipes import parameter_groups
+    from steps import BASELINE, Levers, ModelStep, build_training_step
+
+    batch = {"pixel_values": torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))}
+    losses = {}
+    for levers in (BASELINE, Levers(optimizer="foreach"), Levers(optimizer="fused"), Levers(channels_last=True),
+                   Levers(item_per_step=True), Levers(sdpa_backend="math")):
+        torch.manual_seed(0)
+        module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 14 * 14, 4))
+        model_step = ModelStep(module=module, loss=lambda runner, inputs: runner(inputs["pixel_values"]).square().mean(),
+                               parameter_groups=parameter_groups(module, 0.05))
+        step = build_training_step(model_step, batch, torch.device("cpu"), "fp32", levers, 1e-3, (0.9, 0.999), 1.0)
+        losses[levers.label()] = [float(step.run().detach()) for _ in range(3)]
+    for label, values in losses.items():
+        assert values == pytest.approx(losses["baseline"], rel=1e-4), label
+    assert losses["baseline"][2] < losses["baseline"][0]  # the steps do train
