@@ -8,6 +8,7 @@ kNN and the linear probe (and cached on disk when `feature_cache_dir` is set).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from transformers import AutoImageProcessor, AutoModel
 from hf_ssl.hub.loading import load_backbone
 
 from .features import Pooling, cached_features
-from .finetune import finetune
+from .finetune import FinetuneSettings, finetune
 from hf_ssl.data.default import DEFAULT_DATASET_NAME
 
 from .knn import knn_classify
@@ -112,6 +113,7 @@ def evaluate_model(
     feature_cache_dir: str | os.PathLike | None = None,
     output_file: str | os.PathLike | None = None,
     seed: int = 0,
+    finetune_settings: FinetuneSettings | None = None,
 ) -> dict[str, dict]:
     """Run the chosen protocols and return (and optionally merge into `output_file`) their metrics.
 
@@ -122,6 +124,8 @@ def evaluate_model(
             ``"1%"``, ``"10%"``, ``"1-per-class"``...; results of a low-label setting are stored
             under ``"<protocol>-<setting>"`` (kNN and the probe use only the labelled subset).
         random_init: evaluate a randomly initialised encoder of the same architecture (baseline).
+        finetune_settings: every fine-tuning setting (e.g. a published preset,
+            `hf_ssl.eval.finetune.finetune_settings`); replaces the four ``finetune_*`` / ``layer_decay`` arguments.
         output_file: JSON file to merge the results into (e.g. ``run_dir/eval_results.json``).
 
     Returns:
@@ -166,12 +170,12 @@ def evaluate_model(
                                        learning_rate=linear_learning_rate, seed=seed)
                 details = {"epochs": linear_epochs, "learning_rate": linear_learning_rate}
             else:
+                settings = finetune_settings or FinetuneSettings(
+                    epochs=finetune_epochs, batch_size=finetune_batch_size, learning_rate=finetune_learning_rate,
+                    layer_decay=layer_decay)
                 metrics, _ = finetune(backbone, train_pixels[subset], train_labels[subset], test_pixels, test_labels,
-                                      num_classes=num_classes, epochs=finetune_epochs, batch_size=finetune_batch_size,
-                                      learning_rate=finetune_learning_rate, layer_decay=layer_decay, pooling=pooling,
-                                      seed=seed)
-                details = {"epochs": finetune_epochs, "learning_rate": finetune_learning_rate,
-                           "layer_decay": layer_decay}
+                                      num_classes=num_classes, pooling=pooling, seed=seed, **dataclasses.asdict(settings))
+                details = dataclasses.asdict(settings)
             results[protocol + suffix] = {
                 **metrics, "dataset": dataset_label, "split": test_split, "train_split": train_split,
                 "label_setting": setting, "num_labelled": int(len(subset)), "pooling": pooling,
