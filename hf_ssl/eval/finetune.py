@@ -120,6 +120,8 @@ def with_drop_path(encoder: nn.Module, drop_path_rate: float) -> nn.Module:
     """
     if drop_path_rate == 0:
         return encoder
+    if not isinstance(encoder, (ViTModel, BeitModel, SwinModel)):
+        raise ValueError(f"drop_path_rate > 0 needs a ViT, BEiT or Swin encoder, got {type(encoder).__name__}")
     config = copy.deepcopy(encoder.config)
     state = encoder.state_dict()
     if isinstance(encoder, ViTModel):
@@ -135,12 +137,10 @@ def with_drop_path(encoder: nn.Module, drop_path_rate: float) -> nn.Module:
         encoder_class, kwargs = BeitModel, {}
     elif isinstance(encoder, BeitModel):
         encoder_class, kwargs = BeitModel, {"add_pooling_layer": encoder.pooler is not None}
-    elif isinstance(encoder, SwinModel):
+    else:
         encoder_class = SwinModel
         kwargs = {"add_pooling_layer": encoder.pooler is not None,
                   "use_mask_token": encoder.embeddings.mask_token is not None}
-    else:
-        raise ValueError(f"drop_path_rate > 0 needs a ViT, BEiT or Swin encoder, got {type(encoder).__name__}")
     config.drop_path_rate = drop_path_rate
     rebuilt = encoder_class(config, **kwargs)
     rebuilt.load_state_dict(state, strict=True)
