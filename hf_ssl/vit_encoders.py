@@ -9,8 +9,9 @@ ViT is transformers' own `BeitModel`, so a config with ``encoder_type="beit"`` b
 exports it as a plain `BeitModel` checkpoint that `AutoModel`, `AutoModelForImageClassification`
 and ``pipeline("image-feature-extraction")`` load without hf-ssl.
 
-The encoder is always built without a mask token: a masked-image-modeling model keeps its mask
-token next to the encoder (BEiT stores it in its config, so an exported copy could not drop it).
+A `BeitModel` is built without a mask token and the masked-image-modeling model keeps its mask
+token next to it (`BeitConfig` stores ``use_mask_token``, so an exported copy could not drop it);
+a `ViTModel` keeps its own, which `export_backbone` drops.
 `embed_patches` and `encode_tokens` run either encoder on all patches or on a subset of them
 (SplitMask's visible half): the shared relative position bias is gathered at the kept
 positions, so every kept token sees the same biases as in the full sequence.

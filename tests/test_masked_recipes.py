@@ -91,7 +91,7 @@ def test_mae_decays_every_matrix_and_token_like_timms_add_weight_decay():
 @pytest.mark.parametrize("method", ["beit", "splitmask"])
 def test_beit_family_exempts_pos_embed_and_cls_token_only(method):
     """beit/optim_factory.py: < 2-D, biases and no_weight_decay() = {pos_embed, cls_token}."""
-    model = build_model(method, "vit-micro", 32, {"use_absolute_position_embeddings": True})
+    model = build_model(method, "vit-micro", 32, {"encoder_type": "beit", "use_absolute_position_embeddings": True})
     exempt, decayed = _exempt_names(method, model), _decayed_names(method, model)
     assert {"beit.embeddings.cls_token", "beit.embeddings.position_embeddings"} <= exempt
     assert "beit.shared_position_bias.relative_position_bias_table" in decayed
@@ -103,7 +103,7 @@ def test_beit_family_exempts_pos_embed_and_cls_token_only(method):
 
 
 def test_simmim_exemptions_follow_each_encoders_no_weight_decay():
-    vit = build_model("simmim", "vit-micro", 32)
+    vit = build_model("simmim", "vit-micro", 32, {"encoder_type": "beit"})
     exempt, decayed = _exempt_names("simmim", vit), _decayed_names("simmim", vit)
     assert "beit.embeddings.cls_token" in exempt
     # VisionTransformerForSimMIM adds nothing to {pos_embed, cls_token}: its mask token and the
@@ -128,6 +128,15 @@ def test_vit_recipes_build_the_published_beit_encoder(method):
     with torch.device("meta"):
         large = build_model(method, "vit-large", 224)
     assert large.config.layer_scale_init_value == 1e-5  # "0.1 for base, 1e-5 for large"
+
+
+def test_small_images_keep_the_plain_vit_unless_asked():
+    """The bundled 32-px run's small-image setting (measured, see hf_ssl/recipes/vit_fields.py)."""
+    for method in ("beit", "splitmask", "simmim"):
+        assert type(build_model(method, "vit-micro", 32).get_backbone()) is ViTModel
+        assert type(build_model(method, "vit-micro", 32, {"encoder_type": "beit"}).get_backbone()) is BeitModel
+    with torch.device("meta"):
+        assert type(build_model("beit", "vit-micro", 128).get_backbone()) is BeitModel
 
 
 def test_plain_vit_stays_available_and_pretrained_vits_keep_their_architecture(tmp_path):

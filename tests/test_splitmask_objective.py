@@ -131,3 +131,14 @@ def test_from_pretrained_of_new_config_keeps_new_defaults(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = ViTForSplitMask.from_pretrained(tmp_path)
     assert loaded.config.mim_loss_weight == 1.0 and not loaded.config.use_projection_head
+
+
+def test_token_figure_of_a_model_without_inpainting_leaves_the_prediction_blank():
+    from hf_ssl.visualization import reconstruction_panels
+
+    model = tiny_splitmask(use_mim_loss=False)  # fitted: the targets can still be drawn
+    panels = reconstruction_panels(model, _images(2), seed=0)
+    hidden = panels.hidden.unsqueeze(1).expand_as(panels.prediction)
+    assert torch.count_nonzero(panels.prediction[hidden]) == 0
+    assert torch.count_nonzero(panels.target[hidden]) > 0
+    torch.testing.assert_close(panels.prediction[~hidden], panels.target[~hidden])

@@ -56,6 +56,9 @@ always follows the linear scaling rule `learning_rate = base x total_batch_size 
 (unless `--learning_rate` is given), so a smaller batch gets a proportionally smaller rate.
 Papers count epochs of ImageNet; a run counts optimizer steps: warm-up and decay points are
 fractions of `--max_steps`, and N epochs of your data are `N x images / total_batch_size` steps.
+The bundled 32-px run (no dataset given) keeps small-image settings: 8-px patches, a smaller
+vocabulary and decoder, the bundled learning rate and, up to 64 px, the plain ViT instead of
+BEiT's (measured on the digits, see `hf_ssl/recipes/vit_fields.py`).
 
 Not reproduced anywhere: the dVAE tokenizer of BEiT (hf-ssl's BEiT and SplitMask predict the
 tokens of a k-means patch tokenizer, seeds/000); fine-tuning's mixup, cutmix, RandAugment and

@@ -47,7 +47,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-from hf_ssl.masking import beit_mask, random_split_mask
+from hf_ssl.masking import beit_mask, random_split_mask, split_indices
 from hf_ssl.masking.simmim import upsample_patch_mask
 from hf_ssl.modeling.splitmask import BEiTConfig, LegacySplitMaskConfig, SplitMaskConfig, ViTForBEiT, ViTForSplitMask
 from hf_ssl.transforms.masked import BEIT_AUGMENTATION, SPLITMASK_AUGMENTATION
@@ -93,38 +93,39 @@ def token_prediction_panels(model, pixel_values: torch.Tensor, generator: torch.
     """SplitMask / BEiT predict vocabulary tokens, not pixels: each hidden patch is drawn as the
     codebook vector of its predicted (resp. target) token, scaled to the true patch's norm (the
     codebook holds directions only) and upsampled from ``r x r`` to the patch size. For SplitMask
-    the figure shows the first view (group A hidden)."""
+    the figure shows the first view (group A hidden). A model trained without inpainting
+    (``use_mim_loss=False``) predicts no token: its prediction panel is blank at the hidden patches."""
     config = model.config
     batch_size, channels, height, width = pixel_values.shape
     grid, num_patches = config.grid_size, config.num_patches
-    if not config.use_mim_loss:
-        raise ValueError("the token figure needs a model trained with use_mim_loss=True (it draws predicted tokens)")
     if config.objective == "splitmask":
         if num_patches % 2:
             raise ValueError("the token figure needs an even number of patches (both SplitMask views in one batch)")
         mask = random_split_mask(batch_size, num_patches, generator=generator)
     else:
         mask = beit_mask(config.mask_strategy, batch_size, grid, config.mask_ratio, generator=generator)
-    outputs = model(pixel_values, bool_masked_pos=mask.to(pixel_values.device))
-    hidden_indices = outputs.hidden_patch_indices[:batch_size]  # (B, M)
+    mask = mask.to(pixel_values.device)
+    if config.use_mim_loss:
+        outputs = model(pixel_values, bool_masked_pos=mask)
+        hidden_indices = outputs.hidden_patch_indices[:batch_size]  # (B, M)
+        predicted, targets = outputs.logits[:batch_size].argmax(dim=-1), outputs.target_token_ids[:batch_size]
+    else:
+        hidden_indices, _ = split_indices(mask)  # view 1 hides group A
+        predicted, targets = None, model.tokenizer.encode(pixel_values).gather(1, hidden_indices)
     vectors = model.tokenizer.vectors(pixel_values)  # (B, N, d)
     index = hidden_indices.unsqueeze(-1).expand(-1, -1, vectors.shape[-1])
     norms = vectors.gather(1, index).norm(dim=-1, keepdim=True)  # (B, M, 1)
     codebook = model.tokenizer.codebook.float()
 
-    def render(tokens: torch.Tensor) -> torch.Tensor:
-        drawn = vectors.scatter(1, index, codebook[tokens] * norms)
+    def render(tokens: torch.Tensor | None) -> torch.Tensor:
+        patches = codebook[tokens] * norms if tokens is not None else torch.zeros_like(norms).expand_as(index)
+        drawn = vectors.scatter(1, index, patches.to(vectors.dtype))
         return _patch_vectors_to_images(drawn, grid, channels, (height, width))
 
     hidden = torch.zeros(batch_size, num_patches, dtype=torch.bool, device=hidden_indices.device)
     hidden.scatter_(1, hidden_indices, True)
     hidden = upsample_patch_mask(hidden.cpu(), grid, config.patch_size).view(batch_size, height, width)
-    return ReconstructionPanels(
-        images=pixel_values,
-        hidden=hidden,
-        prediction=render(outputs.logits[:batch_size].argmax(dim=-1)),
-        target=render(outputs.target_token_ids[:batch_size]),
-    )
+    return ReconstructionPanels(images=pixel_values, hidden=hidden, prediction=render(predicted), target=render(targets))
 
 
 def _config(recipe):
