@@ -74,6 +74,29 @@ def test_fresh_model_has_mae_sin_cos_position_tables():
     assert encoder_table[0, 2, 0].item() == pytest.approx(torch.sin(torch.tensor(1.0)).item(), abs=1e-6)
 
 
+def test_fresh_model_has_maes_own_initialisation():
+    """models_mae.py: xavier-uniform for every Linear (transformers draws N(0, 0.02)) and for the
+    patch projection viewed as a Linear, zero biases, LayerNorm 1 / 0, tokens N(0, 0.02)."""
+    model = tiny_mae(hidden_size=64, intermediate_size=256, decoder_hidden_size=64, decoder_intermediate_size=256)
+    linears = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    assert len(linears) > 10
+    for linear in linears:
+        fan_out, fan_in = linear.weight.shape
+        bound = (6.0 / (fan_in + fan_out)) ** 0.5
+        assert linear.weight.abs().max() <= bound
+        # uniform on [-bound, bound]: std = bound / sqrt(3); N(0, 0.02) would give 0.02
+        assert linear.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.15), linear
+        assert torch.count_nonzero(linear.bias) == 0
+    projection = model.vit.embeddings.patch_embeddings.projection.weight.flatten(1)  # (64, 3 * 4 * 4)
+    bound = (6.0 / sum(projection.shape)) ** 0.5
+    assert projection.abs().max() <= bound and projection.std().item() == pytest.approx(bound / 3**0.5, rel=0.15)
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            assert torch.equal(module.weight, torch.ones_like(module.weight)) and torch.count_nonzero(module.bias) == 0
+    for token in (model.vit.embeddings.cls_token, model.decoder.mask_token):
+        assert token.abs().max() > 0.02 * 0.5 and token.std().item() == pytest.approx(0.02, rel=0.35)
+
+
 def test_forward_is_transformers_forward():
     """Same weights and noise: loss and logits equal transformers' ViTMAEForPreTraining."""
     ours = tiny_mae().eval()

@@ -249,10 +249,10 @@ def test_recipe_defaults():
     assert recipe.reconstruction_panels is not None and recipe.supported_backbones == ("swin", "vit")
     assert (recipe.default_model, recipe.default_image_size) == ("swin-tiny", 192)
     optimizer = recipe.optimizer
-    # 8e-4 at the paper's batch of 2048, i.e. 2e-4 per 512 images (the official code's form)
-    assert (optimizer.base_learning_rate, optimizer.reference_batch_size) == (8e-4, 2048)
+    # The 800-epoch configs (Swin-B and ViT-B): BASE_LR 1e-4 per 512 images, 10 warm-up epochs of 800.
+    assert (optimizer.base_learning_rate, optimizer.reference_batch_size) == (1e-4, 512)
     assert optimizer.gradient_clip_norm == 5.0
-    assert (optimizer.weight_decay, optimizer.betas, optimizer.warmup_fraction) == (0.05, (0.9, 0.999), 0.1)
+    assert (optimizer.weight_decay, optimizer.betas, optimizer.warmup_fraction) == (0.05, (0.9, 0.999), 10 / 800)
 
 
 def test_swin_window_size_hand_computed():

@@ -32,12 +32,15 @@ def test_splitmask_output_fields_and_shapes():
     assert list(out.keys())[0] == "loss"
     assert out.logits.shape == (8, num_patches // 2, 32)  # 2 views x 4 images
     assert out.target_token_ids.shape == (8, num_patches // 2)
-    assert out.global_descriptors.shape == (2, 4, 16)
+    # The seed's descriptor: the average decoder output, matched without a projection head.
+    assert model.projection is None and out.global_descriptors.shape == (2, 4, 24)
     assert out.encoder_last_hidden_state.shape == (8, 1 + num_patches // 2, 32)
-    torch.testing.assert_close(out.loss, out.mim_loss + out.contrastive_loss)
     out.loss.backward()
     assert model.vit.layers[0].attention.q_proj.weight.grad is not None
-    assert model.projection[0].weight.grad is not None
+    projected = tiny_splitmask(use_projection_head=True)
+    projected(_images()).loss.backward()
+    assert projected(_images()).global_descriptors.shape == (2, 4, 16)
+    assert projected.projection[0].weight.grad is not None
 
 
 def test_encoder_processes_only_the_visible_half_in_one_shared_call():

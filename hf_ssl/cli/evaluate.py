@@ -3,6 +3,7 @@
     hf-ssl evaluate --model runs/splitmask-vit-s --protocol knn linear finetune
     hf-ssl evaluate --model runs/x --protocol knn linear --dataset_name my-org/labelled --label_column label
     hf-ssl evaluate --model runs/x --protocol linear --label_settings all 10% 1% 1-per-class
+    hf-ssl evaluate --model runs/x --protocol finetune --finetune_preset mae-base --finetune_epochs 20
 
 Without --dataset_name the bundled digits are used. Results are merged into
 <model>/eval_results.json (a local folder) and the model card is refreshed; --output_file
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from hf_ssl.eval import BASELINES, PROTOCOLS, evaluate_model
+from hf_ssl.eval.finetune import FINETUNE_PRESETS, FinetuneSettings, finetune_settings
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -37,11 +39,23 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--knn_temperature", type=float, default=0.07, help="vote temperature (DINO: 0.07)")
     parser.add_argument("--linear_epochs", type=int, default=100)
     parser.add_argument("--linear_learning_rate", type=float, default=3e-2)
-    parser.add_argument("--finetune_epochs", type=int, default=10)
-    parser.add_argument("--finetune_learning_rate", type=float, default=1e-3)
-    parser.add_argument("--finetune_batch_size", type=int, default=32)
-    parser.add_argument("--layer_decay", type=float, default=0.75,
-                        help="layer-wise LR decay for fine-tuning (BEiT: 0.65-0.75); 1 disables it")
+    defaults = FinetuneSettings()
+    parser.add_argument("--finetune_preset", default=None, choices=sorted(FINETUNE_PRESETS),
+                        help="a published fine-tuning recipe (docs/recipes.md); the flags below override its values")
+    parser.add_argument("--finetune_epochs", type=int, default=None, help=f"default {defaults.epochs}")
+    parser.add_argument("--finetune_learning_rate", type=float, default=None,
+                        help=f"peak LR (default {defaults.learning_rate:g}; a preset scales its own with the batch size)")
+    parser.add_argument("--finetune_batch_size", type=int, default=None, help=f"default {defaults.batch_size}")
+    parser.add_argument("--layer_decay", type=float, default=None,
+                        help=f"layer-wise LR decay for fine-tuning (default {defaults.layer_decay}; BEiT / MAE ViT-B: "
+                             "0.65); 1 disables it")
+    parser.add_argument("--finetune_weight_decay", type=float, default=None, help=f"default {defaults.weight_decay}")
+    parser.add_argument("--finetune_drop_path", type=float, default=None,
+                        help=f"stochastic depth while fine-tuning (default {defaults.drop_path_rate}; papers: 0.1)")
+    parser.add_argument("--finetune_warmup_fraction", type=float, default=None,
+                        help=f"warm-up fraction of the steps (default {defaults.warmup_fraction})")
+    parser.add_argument("--finetune_label_smoothing", type=float, default=None,
+                        help=f"default {defaults.label_smoothing}")
     parser.add_argument("--max_samples", type=int, default=None, help="cap on images per split (quick checks)")
     parser.add_argument("--random_init", action="store_true", help="evaluate a randomly initialised encoder (baseline)")
     parser.add_argument("--baselines", nargs="+", default=list(BASELINES), choices=[*BASELINES, "none"],
@@ -66,6 +80,21 @@ def main(argv=None) -> int:
     return 0
 
 
+def resolve_finetune_settings(arguments: argparse.Namespace) -> FinetuneSettings:
+    """The fine-tuning settings: the preset's (or hf-ssl's defaults), explicit flags on top."""
+    return finetune_settings(
+        arguments.finetune_preset,
+        epochs=arguments.finetune_epochs,
+        batch_size=arguments.finetune_batch_size,
+        learning_rate=arguments.finetune_learning_rate,
+        weight_decay=arguments.finetune_weight_decay,
+        drop_path_rate=arguments.finetune_drop_path,
+        warmup_fraction=arguments.finetune_warmup_fraction,
+        label_smoothing=arguments.finetune_label_smoothing,
+        layer_decay=arguments.layer_decay,  # 1 disables it
+    )
+
+
 def run(arguments: argparse.Namespace) -> dict:
     local = Path(arguments.model)
     is_run_folder = local.is_dir() and (local / "config.json").is_file()
@@ -85,10 +114,7 @@ def run(arguments: argparse.Namespace) -> dict:
         knn_temperature=arguments.knn_temperature,
         linear_epochs=arguments.linear_epochs,
         linear_learning_rate=arguments.linear_learning_rate,
-        finetune_epochs=arguments.finetune_epochs,
-        finetune_learning_rate=arguments.finetune_learning_rate,
-        finetune_batch_size=arguments.finetune_batch_size,
-        layer_decay=None if arguments.layer_decay == 1 else arguments.layer_decay,
+        finetune_settings=resolve_finetune_settings(arguments),
         max_samples=arguments.max_samples,
         random_init=arguments.random_init,
         baselines=() if "none" in arguments.baselines or arguments.random_init else tuple(arguments.baselines),

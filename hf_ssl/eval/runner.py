@@ -8,6 +8,7 @@ kNN and the linear probe (and cached on disk when `feature_cache_dir` is set).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from hf_ssl.hub.loading import load_backbone
 
 from .baselines import centred_pixel_features
 from .features import Pooling, cached_features, extract_features
-from .finetune import finetune
+from .finetune import FinetuneSettings, finetune
 from hf_ssl.data.default import BUNDLED_DATASET_LABELS, bundled_variant
 
 from .knn import knn_classify
@@ -122,6 +123,7 @@ def evaluate_model(
     feature_cache_dir: str | os.PathLike | None = None,
     output_file: str | os.PathLike | None = None,
     seed: int = 0,
+    finetune_settings: FinetuneSettings | None = None,
 ) -> dict[str, dict]:
     """Run the chosen protocols and return (and optionally merge into `output_file`) their metrics.
 
@@ -134,6 +136,8 @@ def evaluate_model(
         random_init: evaluate a randomly initialised encoder of the same architecture (baseline).
         baselines: any of `BASELINES`; each result then carries ``"baselines": {name: top-1}``
             measured with the same protocol, labels and split.
+        finetune_settings: every fine-tuning setting (e.g. a published preset,
+            `hf_ssl.eval.finetune.finetune_settings`); replaces the four ``finetune_*`` / ``layer_decay`` arguments.
         output_file: JSON file to merge the results into (e.g. ``run_dir/eval_results.json``).
 
     Returns:
@@ -180,10 +184,13 @@ def evaluate_model(
         return linear_probe(train[subset], train_labels[subset], test, test_labels, num_classes=num_classes,
                             epochs=linear_epochs, learning_rate=linear_learning_rate, seed=seed)
 
+    settings = finetune_settings or FinetuneSettings(
+        epochs=finetune_epochs, batch_size=finetune_batch_size, learning_rate=finetune_learning_rate,
+        layer_decay=layer_decay)
+
     def finetuned_metrics(encoder: torch.nn.Module, subset: torch.Tensor) -> dict:
         metrics, _ = finetune(encoder, train_pixels[subset], train_labels[subset], test_pixels, test_labels,
-                              num_classes=num_classes, epochs=finetune_epochs, batch_size=finetune_batch_size,
-                              learning_rate=finetune_learning_rate, layer_decay=layer_decay, pooling=pooling, seed=seed)
+                              num_classes=num_classes, pooling=pooling, seed=seed, **dataclasses.asdict(settings))
         return metrics
 
     results: dict[str, dict] = {}
@@ -199,8 +206,7 @@ def evaluate_model(
             logger.info("evaluating %s with %s labels", protocol, setting)
             if protocol == "finetune":
                 metrics = finetuned_metrics(backbone, subset)
-                details = {"epochs": finetune_epochs, "learning_rate": finetune_learning_rate,
-                           "layer_decay": layer_decay}
+                details = dataclasses.asdict(settings)
                 compared = {"random_init": supervised} if "random_init" in baselines else {}
             else:
                 metrics = frozen_metrics(protocol, subset, train_features, test_features)

@@ -19,7 +19,8 @@ ask the recipe:
   `after_backward` (between backward and the optimizer step, after clipping) and
   `after_optimizer_step` (e.g. an EMA update);
 - its model card text and tags (`card`), figures (`figures`) and any file the run folder needs
-  besides the model and image processor (`save_extra_files`, e.g. a tokenizer and processor).
+  besides the model and image processor (`save_extra_files`, e.g. a tokenizer and processor);
+- published configurations selectable with ``--recipe NAME`` (`presets`).
 
 Every scalar tensor the model output carries (``loss``, ``mim_loss``, ``contrastive_loss``, a
 collapse metric, ...) is logged by the loop.
@@ -87,6 +88,40 @@ class OptimizerDefaults:
     def scaled_learning_rate(self, total_batch_size: int) -> float:
         """The linear scaling rule: ``base_learning_rate * total_batch_size / reference_batch_size``."""
         return self.base_learning_rate * total_batch_size / self.reference_batch_size
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A published configuration of a method, selected with ``--recipe <name>``.
+
+    A preset sets pre-training arguments and model config fields as a paper published them;
+    ``--config`` YAML values and explicit flags win over it (its model overrides are merged under
+    the user's ``--model_overrides``).
+
+    Args:
+        name: the ``--recipe`` value (unique over all methods).
+        description: one line: paper, model, published schedule length.
+        source: where the values come from (paper section, official config file).
+        arguments: values of pre-training flags, common ones (``model``, ``image_size``,
+            ``total_batch_size``, ``weight_decay``, ``max_grad_norm``, ...) and the method's own.
+        model_overrides: model config fields.
+        base_learning_rate, reference_batch_size: the linear scaling rule of the run's learning
+            rate, ``base_learning_rate * total_batch_size / reference_batch_size`` (None: the
+            recipe's `optimizer` values); applied unless ``--learning_rate`` is given.
+        warmup_fraction: warm-up as a fraction of ``--max_steps`` (published warm-up epochs /
+            published epochs; None: the recipe's); applied unless ``--warmup_steps`` is given.
+        epochs: the published number of epochs (the run's length is ``--max_steps``).
+    """
+
+    name: str
+    description: str
+    source: str
+    arguments: dict = field(default_factory=dict)
+    model_overrides: dict = field(default_factory=dict)
+    base_learning_rate: float | None = None
+    reference_batch_size: int | None = None
+    warmup_fraction: float | None = None
+    epochs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -231,6 +266,7 @@ class Recipe(ABC):
         prepares_model: call `prepare_model` before training (it reads training images first).
         reconstruction_panels: for masked image modeling, ``(model, pixel_values, generator) ->
             ReconstructionPanels`` (see `hf_ssl.visualization`); None otherwise.
+        presets: published configurations (`Preset`), selectable with ``--recipe <name>``.
     """
 
     name: str = ""
@@ -247,6 +283,7 @@ class Recipe(ABC):
     prepares_inputs: bool = False
     prepares_model: bool = False
     reconstruction_panels: Callable | None = None
+    presets: tuple[Preset, ...] = ()
 
     # ----- inputs ---------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """Arguments of ``hf-ssl pretrain``: the common dataclass plus the method's own, from flags and/or YAML.
 
 Every field is a command-line flag (``--max_steps 1000``); ``--config run.yaml`` reads the same
-names from a file, and flags given next to it win. The chosen method's recipe may add flags of
+names from a file, and flags given next to it win. ``--recipe NAME`` starts from a published
+configuration of a method (`Recipe.presets`, listed in docs/recipes.md), under YAML and flags. The chosen method's recipe may add flags of
 its own (`Recipe.arguments_class`, e.g. DINO's ``--local_crops_number``); ``--method X --help``
 lists them. Fields left at None are resolved from the method's recipe (model, image size,
 learning rate, warm-up, clipping) or, when no dataset is given, from the bundled default run
@@ -25,7 +26,7 @@ from transformers import HfArgumentParser
 
 from hf_ssl.backbones import BackboneSpec, resolve_backbone
 from hf_ssl.data.default import bundled_variant
-from hf_ssl.recipes import BuildContext, Recipe, available_methods, get_recipe
+from hf_ssl.recipes import BuildContext, Preset, Recipe, available_methods, get_recipe
 
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
 REPORT_TO_CHOICES = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "all", "none")
@@ -52,6 +53,11 @@ class PretrainingArguments:
 
     # --- method and model
     method: str = field(default="splitmask", metadata={"help": "Pre-training method (a registered recipe)."})
+    recipe: str | None = field(
+        default=None,
+        metadata={"help": "A published configuration (model, optimizer, schedule, augmentation; docs/recipes.md), "
+                          "e.g. mae-vit-base-1600ep; it implies --method, and explicit flags win."},
+    )
     model: str | None = field(
         default=None,
         metadata={"help": "Backbone: a preset (vit-micro ... vit-large, swin-micro ... swin-base), a transformers model "
@@ -157,11 +163,23 @@ class PretrainingArguments:
         return dataclasses.asdict(self)
 
 
-def _method_and_config(argv: list[str]) -> tuple[str, dict, str | None]:
-    """``--method`` (flag, else YAML, else the default) and the YAML values, read before the full parse."""
+def find_preset(name: str) -> tuple[str, Preset]:
+    """``(method, preset)`` of the preset `name` among every registered method's `Recipe.presets`."""
+    found = [(method, preset) for method in available_methods() for preset in get_recipe(method).presets
+             if preset.name == name]
+    if not found:
+        known = sorted(preset.name for method in available_methods() for preset in get_recipe(method).presets)
+        raise ConfigurationError(f"--recipe {name!r} is not a published configuration; available: {', '.join(known)}")
+    return found[0]
+
+
+def _method_and_config(argv: list[str]) -> tuple[str, dict, str | None, Preset | None]:
+    """``--method`` (flag, else YAML, else the preset's, else the default), the YAML values and the
+    ``--recipe`` preset, read before the full parse."""
     early = argparse.ArgumentParser(add_help=False)
     early.add_argument("--method", default=None)
     early.add_argument("--config", default=None)
+    early.add_argument("--recipe", default=None)
     known, _ = early.parse_known_args(argv)
     values: dict = {}
     if known.config is not None:
@@ -173,28 +191,58 @@ def _method_and_config(argv: list[str]) -> tuple[str, dict, str | None]:
             raise ConfigurationError(f"--config {known.config}: not valid YAML ({str(error).splitlines()[0]})") from error
         if not isinstance(values, dict):
             raise ConfigurationError(f"--config {known.config}: expected a mapping of argument names to values")
-    method = known.method or values.get("method") or PretrainingArguments.method
-    return method, values, known.config
+    method = known.method or values.get("method")
+    preset = None
+    preset_name = known.recipe or values.get("recipe")
+    if preset_name:
+        preset_method, preset = find_preset(preset_name)
+        if method not in (None, preset_method):
+            raise ConfigurationError(f"--recipe {preset_name} is a {preset_method} configuration, not --method {method}")
+        method = preset_method
+    return method or PretrainingArguments.method, values, known.config, preset
+
+
+def _apply_preset_rules(arguments: PretrainingArguments, preset: Preset, recipe: Recipe) -> None:
+    """What a preset derives from the run's values: merged model overrides, the linearly scaled
+    learning rate and the warm-up steps (each unless the user set it)."""
+    user_overrides = model_overrides(arguments)
+    arguments.model_overrides = json.dumps({**preset.model_overrides, **user_overrides})
+    if arguments.learning_rate is None and arguments.total_batch_size is not None:
+        base = preset.base_learning_rate if preset.base_learning_rate is not None else recipe.optimizer.base_learning_rate
+        reference = preset.reference_batch_size or recipe.optimizer.reference_batch_size
+        arguments.learning_rate = base * arguments.total_batch_size / reference
+    if arguments.warmup_steps is None and preset.warmup_fraction is not None:
+        if arguments.max_steps is None:
+            raise ConfigurationError(
+                f"--recipe {preset.name} warms up for {preset.warmup_fraction:g} of the run: give --max_steps "
+                f"(its {preset.epochs} published epochs are {preset.epochs} x images / total_batch_size steps)"
+            )
+        arguments.warmup_steps = int(round(preset.warmup_fraction * arguments.max_steps))
 
 
 def parse_arguments(argv: list[str] | None = None) -> tuple[PretrainingArguments, object | None]:
-    """Parse flags into ``(arguments, method_arguments)``; ``--config file.yaml`` supplies defaults
-    that explicit flags override. `method_arguments` is the recipe's `arguments_class` instance
-    (None when the method has no flags of its own)."""
+    """Parse flags into ``(arguments, method_arguments)``; ``--recipe NAME`` and ``--config file.yaml``
+    supply defaults (the YAML over the preset) that explicit flags override. `method_arguments` is
+    the recipe's `arguments_class` instance (None when the method has no flags of its own)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    method, values, config_path = _method_and_config(argv)
+    method, values, config_path, preset = _method_and_config(argv)
     if method not in available_methods():
         raise ConfigurationError(f"--method {method!r} is not a registered method; available: {', '.join(available_methods())}")
     recipe = get_recipe(method)
     dataclass_types = [PretrainingArguments] + ([recipe.arguments_class] if recipe.arguments_class else [])
     parser = HfArgumentParser(dataclass_types, description=f"Pre-train with --method {method}: {recipe.description}")
+    known = {item.name for dataclass_type in dataclass_types for item in dataclasses.fields(dataclass_type)}
     if values:
-        known = {item.name for dataclass_type in dataclass_types for item in dataclasses.fields(dataclass_type)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigurationError(f"--config {config_path}: unknown argument(s) {', '.join(unknown)} for --method {method}")
-        parser.set_defaults(**values)
+    defaults = {**preset.arguments, "method": method, "recipe": preset.name} if preset else {}
+    defaults.update(values)
+    if defaults:
+        parser.set_defaults(**defaults)
     parsed = parser.parse_args_into_dataclasses(args=argv)
+    if preset is not None:
+        _apply_preset_rules(parsed[0], preset, recipe)
     return parsed[0], (parsed[1] if len(parsed) > 1 else None)
 
 

@@ -92,7 +92,7 @@ class ViTForMAE(BackboneContractMixin, ViTMAEForPreTraining):
 
     def __init__(self, config: MAEConfig):
         super().__init__(config)
-        self._initialize_position_tables()
+        self._initialize_like_mae()
 
     def forward(self, *args, **kwargs) -> MAEOutput:
         outputs = super().forward(*args, **kwargs)
@@ -101,24 +101,38 @@ class ViTForMAE(BackboneContractMixin, ViTMAEForPreTraining):
         return MAEOutput(**outputs)
 
     @torch.no_grad()
-    def _initialize_position_tables(self) -> None:
-        """Give a freshly built model MAE's init, which transformers 5.23 skips when built from a config.
+    def _initialize_like_mae(self) -> None:
+        """Give a freshly built model MAE's own initialisation (facebookresearch/mae models_mae.py,
+        `initialize_weights` and `_init_weights`), which transformers 5.23 does not reproduce.
 
-        In `ViTMAEForPreTraining(config)` both fixed sin-cos tables stay all zeros (and frozen, so
-        the model never learns positions): the inner `ViTMAEModel` initialises itself first and
-        `ViTMAEEmbeddings.initialize_weights` returns early because its patch projection is already
-        flagged as initialised; the decoder's table is zeroed after the decoder filled it. Loading
-        with `from_pretrained` overwrites all of this with the checkpoint's values.
+        - the fixed sin-cos tables: in `ViTMAEForPreTraining(config)` both stay all zeros (and
+          frozen, so the model never learns positions): the inner `ViTMAEModel` initialises itself
+          first and `ViTMAEEmbeddings.initialize_weights` returns early because its patch projection
+          is already flagged as initialised; the decoder's table is zeroed after the decoder filled it;
+        - the patch projection: xavier-uniform on its weight viewed as a ``(D, C * p * p)`` Linear;
+        - CLS and mask tokens: N(0, 0.02) (MAE's "timm's trunc_normal_(std=.02) is effectively normal_");
+        - every Linear: xavier-uniform weight and zero bias (transformers draws N(0, 0.02)), every
+          LayerNorm weight 1 and bias 0.
+
+        Loading with `from_pretrained` overwrites all of this with the checkpoint's values.
         """
         embeddings = self.vit.embeddings
         if embeddings.position_embeddings.device.type == "meta":
             return
         embeddings.position_embeddings.copy_(sinusoidal_table(embeddings.position_embeddings))
-        projection = embeddings.patch_embeddings.projection.weight  # (D, C, p, p), initialised like a Linear
-        torch.nn.init.xavier_uniform_(projection.view(projection.shape[0], -1))
-        torch.nn.init.normal_(embeddings.cls_token, std=self.config.initializer_range)
         self.decoder.decoder_pos_embed.copy_(sinusoidal_table(self.decoder.decoder_pos_embed))
-        torch.nn.init.normal_(self.decoder.mask_token, std=self.config.initializer_range)
+        projection = embeddings.patch_embeddings.projection.weight  # (D, C, p, p), initialised like a Linear
+        nn.init.xavier_uniform_(projection.view(projection.shape[0], -1))
+        nn.init.normal_(embeddings.cls_token, std=self.config.initializer_range)
+        nn.init.normal_(self.decoder.mask_token, std=self.config.initializer_range)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
 
     def get_backbone(self) -> ViTModel:
         """The encoder as a plain `ViTModel` (no pooler) whose modules ARE this model's: weights are

@@ -8,7 +8,9 @@ strategy. Optimizer settings live in the training recipe (`hf_ssl/recipes/simmim
 
 from __future__ import annotations
 
-from transformers import PreTrainedConfig, SwinConfig, ViTConfig
+from transformers import BeitConfig, PreTrainedConfig, SwinConfig, ViTConfig
+
+from hf_ssl.vit_encoders import BEIT_ENCODER_DEFAULTS, ENCODER_TYPES, beit_encoder_config, check_beit_fields
 
 BACKBONES = ("vit", "swin")
 MASK_STRATEGIES = ("random", "square", "blockwise")
@@ -30,8 +32,20 @@ class SimMIMConfig(PreTrainedConfig):
             (defaults: ViT-S, 12 / 6 / 1536); ignored for Swin.
         embed_dim (`int`, defaults to 96), depths (`list[int]`, defaults to `[2, 2, 6, 2]`),
         num_heads (`list[int]`, defaults to `[3, 6, 12, 24]`), mlp_ratio (`float`, defaults to 4.0),
-        drop_path_rate (`float`, defaults to 0.0): the Swin encoder (Swin-T; SimMIM pre-trains without
-            stochastic depth and uses 0.1 only when fine-tuning); ignored for ViT.
+        drop_path_rate (`float`, defaults to 0.0): stochastic depth. Swin: SimMIM pre-trains Swin
+            without it (configs/swin_*/simmim_pretrain_*.yaml); ViT: 0.1 in the published ViT-B
+            recipe, which needs ``encoder_type="beit"``.
+        encoder_type (`"vit"` or `"beit"`, defaults to `"vit"`): for ``backbone="vit"``, transformers'
+            `ViTModel` or its `BeitModel`, the ViT of SimMIM's ViT-B recipe (drop path, layer scale,
+            shared relative position bias, no absolute positions: configs/vit_base__800ep/
+            simmim_pretrain__vit_base__img224__800ep.yaml, `MODEL.VIT` in config.py).
+        layer_scale_init_value (`float`, defaults to 0.0): initial layer scale, 0 disables it
+            (SimMIM ViT-B: 0.1, `MODEL.VIT.INIT_VALUES`); ``encoder_type="beit"`` only.
+        use_absolute_position_embeddings (`bool`, defaults to `True`): learned absolute positions
+            of the ViT (SimMIM ViT-B: off, `USE_APE: False`).
+        use_shared_relative_position_bias (`bool`, defaults to `False`): one relative position bias
+            shared by all blocks (SimMIM ViT-B: on, `USE_SHARED_RPB: True`).
+        use_relative_position_bias (`bool`, defaults to `False`): one table per block (`USE_RPB`).
         window_size (`int`, defaults to 6): Swin window size (SimMIM: 6 at 192 px). Every stage's
             resolution must be a multiple of it or no larger than it (Swin then uses one window).
         hidden_act (`str`), hidden_dropout_prob, attention_probs_dropout_prob (`float`), qkv_bias
@@ -61,6 +75,11 @@ class SimMIMConfig(PreTrainedConfig):
     window_size: int = 6
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.0
+    encoder_type: str = "vit"
+    layer_scale_init_value: float = 0.0
+    use_absolute_position_embeddings: bool = True
+    use_relative_position_bias: bool = False
+    use_shared_relative_position_bias: bool = False
     hidden_act: str = "gelu"
     hidden_dropout_prob: float = 0.0
     attention_probs_dropout_prob: float = 0.0
@@ -120,11 +139,17 @@ class SimMIMConfig(PreTrainedConfig):
                 f"({self.patch_size})")
         require(self.image_size % self.mask_patch_size == 0,
                 f"image_size ({self.image_size}) must be divisible by mask_patch_size ({self.mask_patch_size})")
+        require(self.encoder_type in ENCODER_TYPES, f"encoder_type must be one of {ENCODER_TYPES}, got {self.encoder_type!r}")
         if self.backbone == "vit":
             require(self.hidden_size % self.num_attention_heads == 0,
                     f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                     f"({self.num_attention_heads})")
+            check_beit_fields(require, self)
         else:
+            beit_only = {name: value for name, value in BEIT_ENCODER_DEFAULTS.items() if name != "drop_path_rate"}
+            require(self.encoder_type == "vit" and all(getattr(self, name) == value for name, value in beit_only.items()),
+                    f"encoder_type and {', '.join(beit_only)} apply to backbone='vit' only (Swin has its own "
+                    "relative position bias)")
             self._check_swin_geometry(require)
 
     def _check_swin_geometry(self, require) -> None:
@@ -166,8 +191,10 @@ class SimMIMConfig(PreTrainedConfig):
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
-    def encoder_config(self) -> ViTConfig | SwinConfig:
-        """The plain `ViTConfig` / `SwinConfig` of the encoder: what `export_backbone` writes."""
+    def encoder_config(self) -> ViTConfig | BeitConfig | SwinConfig:
+        """The plain `ViTConfig` / `BeitConfig` / `SwinConfig` of the encoder: what `export_backbone` writes."""
+        if self.backbone == "vit" and self.encoder_type == "beit":
+            return beit_encoder_config(self)
         shared = dict(
             image_size=self.image_size,
             patch_size=self.patch_size,

@@ -9,6 +9,10 @@ same parameter names, so their checkpoints load here and ours load there. What S
 method: masks drawn inside `forward` on a grid of mask patches (default 32 px, independent of the
 encoder's patch size), the random / square / block-wise strategies, and the L1 loss on hidden
 pixels only (`hf_ssl.losses.reconstruction.masked_l1_loss`).
+
+With ``encoder_type="beit"`` the ViT is transformers' `BeitModel` (drop path, layer scale, shared
+relative position bias, no absolute positions: SimMIM's published ViT-B, microsoft/SimMIM
+models/vision_transformer.py), its mask token held by the model (see `hf_ssl.vit_encoders`).
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import SwinModel, ViTModel
-from transformers.modeling_outputs import ModelOutput
+from transformers import BeitModel, SwinModel, ViTModel
+from transformers.modeling_outputs import BaseModelOutput, ModelOutput
 from transformers.models.swin.modeling_swin import SwinPreTrainedModel
 from transformers.models.vit.modeling_vit import ViTPreTrainedModel
 from transformers.utils.generic import can_return_tuple
@@ -26,6 +30,7 @@ from transformers.utils.generic import can_return_tuple
 from hf_ssl.backbones.contract import BackboneContractMixin
 from hf_ssl.losses.reconstruction import masked_l1_loss
 from hf_ssl.masking.simmim import SimMIMMaskGenerator, upsample_patch_mask
+from hf_ssl.vit_encoders import build_encoder, embed_patches, encode_tokens, initialize_beit_encoder
 
 from .configuration_simmim import SimMIMConfig
 
@@ -73,8 +78,7 @@ class _SimMIMMethod(BackboneContractMixin):
     def _masked_reconstruction(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None, **kwargs) -> "SimMIMOutput":
         """Mask, encode, predict every pixel from the last feature grid, score the hidden ones."""
         bool_masked_pos = self._check_inputs(pixel_values, bool_masked_pos)
-        encoder = getattr(self, self.encoder_attribute)
-        outputs = encoder(pixel_values, bool_masked_pos=bool_masked_pos, **kwargs)
+        outputs = self._encode(pixel_values, bool_masked_pos, **kwargs)
         tokens = outputs.last_hidden_state[:, self.num_prefix_tokens :]  # (B, h * w, D) final feature grid
         batch_size, _, hidden_size = tokens.shape
         side = self.config.image_size // self.config.encoder_stride
@@ -124,31 +128,58 @@ class _SimMIMMethod(BackboneContractMixin):
         pixel_mask = upsample_patch_mask(bool_masked_pos, self.config.grid_size, self.config.patch_size)
         return masked_l1_loss(reconstruction, pixel_values, pixel_mask.view(batch_size, size, size))
 
-    def get_backbone(self) -> ViTModel | SwinModel:
-        """The live encoder (a transformers `ViTModel` / `SwinModel`, weights shared with this model;
-        `export_backbone` drops its mask token)."""
+    def _encode(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor, **kwargs):
+        """The encoder's output on masked images (its own mask token replaces the hidden patches)."""
+        return self.get_backbone()(pixel_values, bool_masked_pos=bool_masked_pos, **kwargs)
+
+    def _reset_prediction_head(self) -> None:
+        """PyTorch's default init for the 1x1 convolution, as in the official code (its `SimMIM`
+        module leaves the head to PyTorch; transformers would draw it from N(0, 0.02))."""
+        if self.decoder[0].weight.device.type != "meta":
+            self.decoder[0].reset_parameters()
+
+    def get_backbone(self) -> ViTModel | BeitModel | SwinModel:
+        """The live encoder (a transformers `ViTModel` / `BeitModel` / `SwinModel`, weights shared with
+        this model; `export_backbone` drops a ViT's or Swin's mask token)."""
         return getattr(self, self.encoder_attribute)
 
 
 class ViTForSimMIM(_SimMIMMethod, ViTPreTrainedModel):
     """SimMIM on a ViT encoder: mask token at hidden patches, 1x1-conv head, L1 on hidden pixels.
 
-    The head upsamples by the ViT patch size; the CLS token is not used by the head.
+    The head upsamples by the ViT patch size; the CLS token is not used by the head. The encoder
+    is `vit` (a `ViTModel` with its mask token) or, with ``config.encoder_type="beit"``, `beit` (a
+    `BeitModel`) next to the model's `mask_token`.
     """
 
     config: SimMIMConfig
     config_class = SimMIMConfig
     base_model_prefix = "vit"
-    encoder_attribute = "vit"
     num_prefix_tokens = 1  # CLS
 
     def __init__(self, config: SimMIMConfig):
         if config.backbone != "vit":
             raise ValueError(f"ViTForSimMIM needs config.backbone='vit', got {config.backbone!r} (use SwinForSimMIM)")
         super().__init__(config)
-        self.vit = ViTModel(config.encoder_config(), add_pooling_layer=False, use_mask_token=True)
+        self.encoder_attribute = config.encoder_type
+        encoder = build_encoder(config.encoder_type, config.encoder_config(), use_mask_token=config.encoder_type == "vit")
+        setattr(self, config.encoder_type, encoder)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.encoder_type == "beit" else None
         self.decoder = prediction_head(config.hidden_size, config.encoder_stride, config.num_channels)
         self.post_init()
+        self._reset_prediction_head()
+        if self.mask_token is not None and self.mask_token.device.type != "meta":
+            # SimMIM's ViT: timm's truncated normal (bounds +-2) for the encoder, the mask token
+            # truncated at one std (models/simmim.py, VisionTransformerForSimMIM).
+            std = config.initializer_range
+            initialize_beit_encoder(self.beit, std=std, truncation=2.0)
+            nn.init.trunc_normal_(self.mask_token, std=std, a=-std, b=std)
+
+    def _encode(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor, **kwargs):
+        if self.mask_token is None:
+            return super()._encode(pixel_values, bool_masked_pos, **kwargs)
+        tokens = embed_patches(self.beit, pixel_values, bool_masked_pos, self.mask_token)  # (B, N, D)
+        return BaseModelOutput(last_hidden_state=encode_tokens(self.beit, tokens, self.config.grid_size))
 
     @can_return_tuple
     def forward(
@@ -182,6 +213,7 @@ class SwinForSimMIM(_SimMIMMethod, SwinPreTrainedModel):
         self.swin = SwinModel(config.encoder_config(), add_pooling_layer=False, use_mask_token=True)
         self.decoder = prediction_head(config.hidden_size, config.encoder_stride, config.num_channels)
         self.post_init()
+        self._reset_prediction_head()
 
     @can_return_tuple
     def forward(

@@ -10,8 +10,11 @@ matches the two branches of an image against the rest of the (global) batch.
 BEiT: Bao et al. 2021, arXiv:2106.08254: one random mask, the encoder sees every position with a
 mask token at the hidden ones, no contrastive term.
 
-The encoder is a plain `ViTModel`, so `export_backbone` writes a checkpoint any transformers
-user loads with `AutoModel` / `AutoModelForImageClassification`.
+The encoder is transformers' plain `ViTModel` or, with ``encoder_type="beit"``, its `BeitModel`
+(drop path, layer scale, shared relative position bias: the published BEiT encoder; see
+`hf_ssl.vit_encoders`), so `export_backbone` writes a checkpoint any transformers user loads
+with `AutoModel` / `AutoModelForImageClassification`. SplitMask's visible-half encoding gathers
+the shared relative position bias at the kept positions.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import torch
 import torch.nn as nn
-from transformers import PreTrainedModel, ViTModel
+from transformers import BeitModel, PreTrainedModel, ViTModel
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.vit.modeling_vit import ViTEmbeddings, ViTLayer
 
@@ -27,6 +30,7 @@ from hf_ssl.backbones.contract import BackboneContractMixin
 from hf_ssl.losses import info_nce_loss, masked_token_cross_entropy
 from hf_ssl.masking import beit_mask, random_split_mask, split_indices
 from hf_ssl.tokenizer import PatchTokenizer, codebook_fingerprint
+from hf_ssl.vit_encoders import build_encoder, embed_patches, encode_tokens, initialize_beit_encoder
 
 from .configuration_splitmask import BEiTConfig, SplitMaskConfig
 
@@ -36,16 +40,19 @@ class SplitMaskOutput(ModelOutput):
     """Output of [`ViTForSplitMask`].
 
     Args:
-        loss: total loss = MIM loss (+ weight * InfoNCE for SplitMask).
-        mim_loss: cross-entropy of the token predictions at hidden patches.
-        contrastive_loss: InfoNCE between the two branches (None for BEiT).
+        loss: SplitMask: ``mim_loss_weight * (MIM(A) + MIM(B)) + contrastive_loss_weight * InfoNCE``;
+            BEiT: ``mim_loss_weight * MIM``.
+        mim_loss: mean cross-entropy of the token predictions at hidden patches (the mean of the
+            two branches' MIM for SplitMask; None with ``use_mim_loss=False``).
+        contrastive_loss: InfoNCE between the two branches (None for BEiT or ``use_contrastive_loss=False``).
         logits: ``(V_b * B, M, vocab)`` token scores at the M hidden patches of each view
             (V_b = 2 views for SplitMask, 1 for BEiT), views stacked along the batch dim.
         target_token_ids: ``(V_b * B, M)`` tokenizer targets of those patches.
         hidden_patch_indices: ``(V_b * B, M)`` patch index of each prediction (row-major grid).
         bool_masked_pos: ``(B, N)``: for SplitMask the split (True = group A, hidden in view 1,
             visible in view 2); for BEiT the mask (True = hidden).
-        global_descriptors: ``(2, B, projection_dim)`` projected branch descriptors (SplitMask).
+        global_descriptors: ``(2, B, D)`` branch descriptors given to InfoNCE (SplitMask with the
+            contrastive term; D = `projection_dim` with the projection head, else the decoder width).
         encoder_last_hidden_state: ``(V_b * B, 1 + K, hidden)`` encoder outputs (CLS first).
     """
 
@@ -66,7 +73,7 @@ class SplitMaskPreTrainedModel(BackboneContractMixin, PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
-    _no_split_modules = ["ViTEmbeddings", "ViTLayer"]
+    _no_split_modules = ["ViTEmbeddings", "ViTLayer", "BeitEmbeddings", "BeitLayer"]
     _supports_sdpa = True
     _supports_flash_attn = True
 
@@ -88,6 +95,8 @@ class SplitMaskPreTrainedModel(BackboneContractMixin, PreTrainedModel):
         elif isinstance(module, SplitMaskDecoder):
             nn.init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
             nn.init.trunc_normal_(module.mask_token, mean=0.0, std=std)
+        elif isinstance(module, ViTForSplitMask) and module.mask_token is not None:
+            nn.init.trunc_normal_(module.mask_token, mean=0.0, std=std, a=-std, b=std)
 
 
 class SplitMaskDecoder(nn.Module):
@@ -133,17 +142,24 @@ class SplitMaskDecoder(nn.Module):
 class ViTForSplitMask(SplitMaskPreTrainedModel):
     """SplitMask (or BEiT with `config.objective="beit"`) pre-training on a ViT encoder.
 
-    Submodules: `vit` (a plain `ViTModel`, the encoder you export), `decoder` (shallow ViT
-    decoder, absent when `decoder_num_hidden_layers=0`), `token_classifier` (linear, to the
-    vocabulary), `tokenizer` (the fixed patch codebook, a buffer), `projection` (global
-    descriptor head for InfoNCE).
+    Submodules: `vit` (a plain `ViTModel`) or `beit` (a `BeitModel`, ``encoder_type="beit"``): the
+    encoder you export; `mask_token` (BEiT objective on a `BeitModel`; a `ViTModel` keeps its own);
+    `decoder` (shallow ViT decoder, absent when `decoder_num_hidden_layers=0`); `token_classifier`
+    (linear, to the vocabulary); `tokenizer` (the fixed patch codebook, a buffer); `projection`
+    (optional MLP on the global descriptor before InfoNCE).
     """
 
     def __init__(self, config: SplitMaskConfig):
         super().__init__(config)
-        use_mask_token = config.objective == "beit"
-        self.vit = ViTModel(config.encoder_config(), add_pooling_layer=False, use_mask_token=use_mask_token)
-        self.vit.config._attn_implementation = config._attn_implementation
+        beit_objective = config.objective == "beit"
+        encoder = build_encoder(config.encoder_type, config.encoder_config(),
+                                use_mask_token=beit_objective and config.encoder_type == "vit")
+        encoder.config._attn_implementation = config._attn_implementation
+        setattr(self, config.encoder_type, encoder)  # `vit` or `beit`: the name says which checkpoint it exports
+        # BeitModel keeps no mask token (its config would carry it into the export): the model holds it.
+        self.mask_token = (
+            nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if beit_objective and config.encoder_type == "beit" else None
+        )
         attn_implementation = config._attn_implementation
         if config.decoder_num_hidden_layers > 0:
             self.decoder = SplitMaskDecoder(config, attn_implementation)
@@ -156,7 +172,7 @@ class ViTForSplitMask(SplitMaskPreTrainedModel):
             nn.Sequential(
                 nn.Linear(classifier_width, classifier_width), nn.GELU(), nn.Linear(classifier_width, config.projection_dim)
             )
-            if config.use_contrastive_loss
+            if config.use_contrastive_loss and config.use_projection_head
             else None
         )
         self.tokenizer = PatchTokenizer(
@@ -164,13 +180,18 @@ class ViTForSplitMask(SplitMaskPreTrainedModel):
         )
         self._verified_fingerprint: str | None = None
         self.post_init()
+        if config.encoder_type == "beit" and self.beit.embeddings.cls_token.device.type != "meta":
+            # BEiT's own initialisation (beit/modeling_pretrain.py: truncated at one std, then
+            # the per-depth rescaling of the residual branches).
+            std = config.initializer_range
+            initialize_beit_encoder(self.beit, std=std, truncation=std)
 
     # ----- backbone -------------------------------------------------------------------------
 
-    def get_backbone(self) -> ViTModel:
-        """The encoder, a transformers `ViTModel` (weights shared with this model; BEiT's mask token
-        is dropped by `export_backbone`)."""
-        return self.vit
+    def get_backbone(self) -> ViTModel | BeitModel:
+        """The encoder, a transformers `ViTModel` or `BeitModel` (weights shared with this model;
+        a `ViTModel`'s BEiT mask token is dropped by `export_backbone`)."""
+        return getattr(self, self.config.encoder_type)
 
     # ----- tokenizer ------------------------------------------------------------------------
 
@@ -233,13 +254,6 @@ class ViTForSplitMask(SplitMaskPreTrainedModel):
                 "(config.image_size); resize the images or build the model for this size"
             )
 
-    def _embed_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` -> ``(B, N, hidden)`` patch embeddings plus their positions."""
-        embeddings = self.vit.embeddings
-        dtype = embeddings.patch_embeddings.projection.weight.dtype
-        patches = embeddings.patch_embeddings(pixel_values.to(dtype))
-        return patches + embeddings.position_embeddings[:, 1:]
-
     def _encode_visible(self, patch_tokens: torch.Tensor, visible_indices: torch.Tensor) -> torch.Tensor:
         """Run the encoder on the visible patches only.
 
@@ -250,14 +264,9 @@ class ViTForSplitMask(SplitMaskPreTrainedModel):
         Returns:
             ``(B, 1 + K, hidden)`` final-layernormed encoder outputs, CLS first.
         """
-        embeddings = self.vit.embeddings
         width = patch_tokens.shape[-1]
         visible = patch_tokens.gather(1, visible_indices.unsqueeze(-1).expand(-1, -1, width))  # (B, K, D)
-        cls = (embeddings.cls_token + embeddings.position_embeddings[:, :1]).expand(visible.shape[0], -1, -1)
-        hidden = embeddings.dropout(torch.cat([cls, visible], dim=1))
-        for layer in self.vit.layers:
-            hidden = layer(hidden)
-        return self.vit.layernorm(hidden)
+        return encode_tokens(self.get_backbone(), visible, self.config.grid_size, positions=visible_indices)
 
     def _predict_hidden(
         self, decoded: torch.Tensor, hidden_indices: torch.Tensor
@@ -282,8 +291,9 @@ class ViTForSplitMask(SplitMaskPreTrainedModel):
                 ``N // 2`` per row); BEiT: True = hidden patch. Sampled here when omitted.
         """
         self._check_pixel_values(pixel_values)
-        self._check_tokenizer()
         config = self.config
+        if config.use_mim_loss:
+            self._check_tokenizer()
         batch_size = pixel_values.shape[0]
         num_patches = config.num_patches
         if bool_masked_pos is not None:
@@ -293,66 +303,75 @@ class ViTForSplitMask(SplitMaskPreTrainedModel):
                     f"got {tuple(bool_masked_pos.shape)}"
                 )
             bool_masked_pos = bool_masked_pos.to(device=pixel_values.device, dtype=torch.bool)
-        target_tokens = self.tokenizer.encode(pixel_values)  # (B, N)
+        target_tokens = self.tokenizer.encode(pixel_values) if config.use_mim_loss else None  # (B, N)
         if config.objective == "splitmask":
             return self._forward_splitmask(pixel_values, target_tokens, bool_masked_pos)
         return self._forward_beit(pixel_values, target_tokens, bool_masked_pos)
 
     def _forward_splitmask(self, pixel_values, target_tokens, split):
         config = self.config
-        batch_size, num_patches = target_tokens.shape
+        batch_size, num_patches = pixel_values.shape[0], config.num_patches
         if split is None:
             split = random_split_mask(batch_size, num_patches, device=pixel_values.device)
         elif not bool(torch.all(split.sum(dim=1) == num_patches // 2)):
             raise ValueError(f"a SplitMask split must mark exactly num_patches // 2 = {num_patches // 2} patches per image")
         group_a, group_b = split_indices(split)  # (B, N//2), (B, N - N//2)
-        patch_tokens = self._embed_patches(pixel_values)  # (B, N, D)
+        patch_tokens = embed_patches(self.get_backbone(), pixel_values)  # (B, N, D)
 
         # View 1 shows group B and hides A; view 2 shows A and hides B.
         views = [(group_b, group_a), (group_a, group_b)]
         if group_a.shape[1] == group_b.shape[1]:
             # Equal halves: both views in one encoder call of batch 2B.
-            visible = torch.cat([group_b, group_a])  # (2B, N/2)
-            hidden = torch.cat([group_a, group_b])
-            views = [(visible, hidden)]
+            views = [(torch.cat([group_b, group_a]), torch.cat([group_a, group_b]))]  # (2B, N/2) each
             patch_tokens = patch_tokens.repeat(2, 1, 1)
-            target_tokens = target_tokens.repeat(2, 1)
+            target_tokens = target_tokens.repeat(2, 1) if target_tokens is not None else None
 
-        logits, targets, hidden_positions, descriptors, encoded_views = [], [], [], [], []
+        logits, targets, branch_losses, hidden_positions, descriptors, encoded_views = [], [], [], [], [], []
         for visible_indices, hidden_indices in views:
             encoded = self._encode_visible(patch_tokens, visible_indices)  # (b, 1 + K, D)
             decoded = self.decoder(self.decoder.fill_hidden_positions(encoded, visible_indices, num_patches))
-            logits.append(self._predict_hidden(decoded, hidden_indices))
-            targets.append(target_tokens.gather(1, hidden_indices))
+            if config.use_mim_loss:
+                logits.append(self._predict_hidden(decoded, hidden_indices))
+                targets.append(target_tokens.gather(1, hidden_indices))
+                branch_losses.append(masked_token_cross_entropy(logits[-1], targets[-1]))
             hidden_positions.append(hidden_indices)
             descriptors.append(decoded[:, 1:].mean(dim=1))  # (b, Dd) average of decoder outputs
             encoded_views.append(encoded)
 
+        mim_loss = None
         if len(views) == 1:
-            logits_all, targets_all = logits[0], targets[0]
-            mim_loss = masked_token_cross_entropy(logits_all, targets_all)
             descriptor_a, descriptor_b = descriptors[0].chunk(2)
             hidden_all, encoded_all = hidden_positions[0], encoded_views[0]
+            if config.use_mim_loss:
+                # One cross-entropy over both views' predictions: the mean of MIM(A) and MIM(B),
+                # which hold the same number of patches.
+                mim_loss = branch_losses[0]
+                mim_sum = 2 * mim_loss
         else:
             # Odd N: the views differ by one patch, so they are encoded separately.
-            mim_loss = 0.5 * sum(masked_token_cross_entropy(lg, tg) for lg, tg in zip(logits, targets))
             descriptor_a, descriptor_b = descriptors
-            logits_all, targets_all, hidden_all, encoded_all = None, None, None, None
+            hidden_all, encoded_all = None, None
+            if config.use_mim_loss:
+                mim_sum = branch_losses[0] + branch_losses[1]
+                mim_loss = 0.5 * mim_sum
+        logits_all = logits[0] if config.use_mim_loss and len(views) == 1 else None
+        targets_all = targets[0] if config.use_mim_loss and len(views) == 1 else None
 
+        loss = config.mim_loss_weight * mim_sum if config.use_mim_loss else None
         contrastive_loss = None
         global_descriptors = None
-        loss = mim_loss
-        if self.projection is not None:
-            projected_a, projected_b = self.projection(descriptor_a), self.projection(descriptor_b)
-            global_descriptors = torch.stack([projected_a, projected_b])  # (2, B, P)
-            if config.use_contrastive_loss:
-                contrastive_loss = info_nce_loss(
-                    projected_a,
-                    projected_b,
-                    temperature=config.contrastive_temperature,
-                    gather_distributed=config.gather_negatives_across_processes,
-                )
-                loss = mim_loss + config.contrastive_loss_weight * contrastive_loss
+        if config.use_contrastive_loss:
+            if self.projection is not None:
+                descriptor_a, descriptor_b = self.projection(descriptor_a), self.projection(descriptor_b)
+            global_descriptors = torch.stack([descriptor_a, descriptor_b])  # (2, B, P)
+            contrastive_loss = info_nce_loss(
+                descriptor_a,
+                descriptor_b,
+                temperature=config.contrastive_temperature,
+                gather_distributed=config.gather_negatives_across_processes,
+            )
+            weighted = config.contrastive_loss_weight * contrastive_loss
+            loss = weighted if loss is None else loss + weighted
         return SplitMaskOutput(
             loss=loss,
             mim_loss=mim_loss,
@@ -374,13 +393,16 @@ class ViTForSplitMask(SplitMaskPreTrainedModel):
         if not bool(torch.all(counts == counts[0])) or int(counts[0]) == 0:
             raise ValueError("a BEiT mask must hide the same, non-zero number of patches in every image")
         hidden_indices, visible_indices = split_indices(mask)
-        encoded = self.vit(pixel_values, bool_masked_pos=mask).last_hidden_state  # (B, 1 + N, D)
+        encoder = self.get_backbone()
+        mask_token = self.mask_token if self.mask_token is not None else encoder.embeddings.mask_token
+        tokens = embed_patches(encoder, pixel_values, bool_masked_pos=mask, mask_token=mask_token)  # (B, N, D)
+        encoded = encode_tokens(encoder, tokens, config.grid_size)  # (B, 1 + N, D)
         decoded = self.decoder(self.decoder.embed(encoded)) if self.decoder is not None else encoded
         logits = self._predict_hidden(decoded, hidden_indices)
         targets = target_tokens.gather(1, hidden_indices)
         mim_loss = masked_token_cross_entropy(logits, targets)
         return SplitMaskOutput(
-            loss=mim_loss,
+            loss=config.mim_loss_weight * mim_loss,
             mim_loss=mim_loss,
             logits=logits,
             target_token_ids=targets,
