@@ -5,6 +5,7 @@ every pre-training method with the method registry used by ``hf-ssl pretrain``.
 """
 
 from hf_ssl.backbones import BackboneContractMixin, BackboneSpec, VisionBackbone, backbone_preset, resolve_backbone
+from hf_ssl.modeling.dual_encoder import BackboneForDualEncoder, DualEncoderConfig, DualEncoderOutput
 from hf_ssl.modeling.mae import MAEConfig, MAEOutput, ViTForMAE
 from hf_ssl.modeling.simmim import SimMIMConfig, SimMIMOutput, SwinForSimMIM, ViTForSimMIM
 from hf_ssl.modeling.splitmask import BEiTConfig, SplitMaskConfig, SplitMaskOutput, ViTForBEiT, ViTForSplitMask
@@ -19,7 +20,10 @@ __version__ = "0.2.0"
 __all__ = [
     "BEiTConfig",
     "BackboneContractMixin",
+    "BackboneForDualEncoder",
     "BackboneSpec",
+    "DualEncoderConfig",
+    "DualEncoderOutput",
     "MAEConfig",
     "MAEOutput",
     "Recipe",

@@ -20,6 +20,24 @@ _SPLIT_SEED = 0
 
 Split = Literal["train", "test", "all"]
 
+# Caption column for image-text methods (the dual encoder): every image gets its class in several
+# phrasings, numerals and words, so that training sees varied text and zero-shot prompts are not
+# verbatim copies of a training caption.
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+CAPTION_TEMPLATES = (
+    "a photo of the digit {word}",
+    "a handwritten {numeral}",
+    "the number {word}",
+    "a picture of a {numeral}",
+    "a low-resolution scan of the digit {numeral}",
+    "a blurry handwritten {word}",
+)
+
+
+def digit_captions(label: int) -> list[str]:
+    """Every caption phrasing of digit `label` ("a photo of the digit three", "a handwritten 3", ...)."""
+    return [template.format(word=DIGIT_WORDS[label], numeral=label) for template in CAPTION_TEMPLATES]
+
 
 def _digit_images(image_size: int) -> tuple[list[Image.Image], np.ndarray]:
     from sklearn.datasets import load_digits
@@ -34,7 +52,8 @@ def _digit_images(image_size: int) -> tuple[list[Image.Image], np.ndarray]:
 
 
 def load_default_dataset(split: Split = "train", image_size: int = DEFAULT_IMAGE_SIZE) -> datasets.Dataset:
-    """Return the bundled digits as a `datasets.Dataset` with columns "image" (PIL RGB) and "label".
+    """Return the bundled digits as a `datasets.Dataset` with columns "image" (PIL RGB), "label" and
+    "caption" (a list of phrasings of the label, `digit_captions`).
 
     Args:
         split: "train" (80%, 1,438 images), "test" (20%, 359 images) or "all" (1,797); the
@@ -53,8 +72,10 @@ def load_default_dataset(split: Split = "train", image_size: int = DEFAULT_IMAGE
     else:
         order = np.arange(len(images))
     features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(digit) for digit in range(10)])}
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(digit) for digit in range(10)]),
+         "caption": datasets.List(datasets.Value("string"))}
     )
     return datasets.Dataset.from_dict(
-        {"image": [images[i] for i in order], "label": [int(labels[i]) for i in order]}, features=features
+        {"image": [images[i] for i in order], "label": [int(labels[i]) for i in order],
+         "caption": [digit_captions(int(labels[i])) for i in order]}, features=features
     )

@@ -1,4 +1,5 @@
-"""Evaluate a run folder (or a Hub repo) with kNN, linear probe and fine-tuning; write eval_results.json.
+"""Evaluate a run folder (or a Hub repo) with kNN, linear probe and fine-tuning, and an image-text
+model with zero-shot classification and retrieval (`hf_ssl.eval.zero_shot`); write eval_results.json.
 
 Images come from the bundled default data (`hf_ssl.data.load_default_dataset`) or a `datasets`
 dataset with an image and a label column; they are preprocessed with the checkpoint's own image
@@ -30,8 +31,9 @@ from .low_label import low_label_indices, parse_label_setting
 
 logger = logging.getLogger(__name__)
 
-Protocol = Literal["knn", "linear", "finetune"]
-PROTOCOLS = ("knn", "linear", "finetune")
+Protocol = Literal["knn", "linear", "finetune", "zero_shot", "retrieval"]
+IMAGE_TEXT_PROTOCOLS = ("zero_shot", "retrieval")
+PROTOCOLS = ("knn", "linear", "finetune", *IMAGE_TEXT_PROTOCOLS)
 # "digits" is what training runs record for the bundled data (hf_ssl.data.DEFAULT_DATASET_NAME).
 BUNDLED_DATASET_NAMES = (None, "", "default", "bundled", DEFAULT_DATASET_NAME)
 BUNDLED_DATASET_LABEL = "hf-ssl bundled digits (scikit-learn)"
@@ -112,17 +114,23 @@ def evaluate_model(
     feature_cache_dir: str | os.PathLike | None = None,
     output_file: str | os.PathLike | None = None,
     seed: int = 0,
+    caption_column: str = "caption",
+    labels: list[str] | None = None,
+    templates: list[str] | None = None,
 ) -> dict[str, dict]:
     """Run the chosen protocols and return (and optionally merge into `output_file`) their metrics.
 
     Args:
         model_path: a run folder, a backbone folder or a Hub repo id.
-        protocols: any of ``"knn"``, ``"linear"``, ``"finetune"``.
+        protocols: any of ``"knn"``, ``"linear"``, ``"finetune"``, and for image-text models
+            ``"zero_shot"`` / ``"retrieval"`` (on `test_split`; see `hf_ssl.eval.zero_shot`).
         label_settings: labelled fraction of the training split per evaluation: ``"all"``,
             ``"1%"``, ``"10%"``, ``"1-per-class"``...; results of a low-label setting are stored
             under ``"<protocol>-<setting>"`` (kNN and the probe use only the labelled subset).
         random_init: evaluate a randomly initialised encoder of the same architecture (baseline).
         output_file: JSON file to merge the results into (e.g. ``run_dir/eval_results.json``).
+        caption_column, labels, templates: the image-text protocols' caption column, class names
+            (default: the label column's) and prompt templates (default "a photo of a {}.").
 
     Returns:
         ``{"knn": {"accuracy", "top5_accuracy", "dataset", "split", ...}, "linear": {...}, ...}``.
@@ -130,6 +138,17 @@ def evaluate_model(
     unknown = [protocol for protocol in protocols if protocol not in PROTOCOLS]
     if unknown:
         raise ValueError(f"protocols must be among {PROTOCOLS}, got {unknown}")
+    results: dict[str, dict] = {}
+    if set(protocols) & set(IMAGE_TEXT_PROTOCOLS):
+        from .zero_shot import evaluate_image_text
+
+        results = evaluate_image_text(model_path, [p for p in protocols if p in IMAGE_TEXT_PROTOCOLS], dataset_name,
+                                      test_split, image_column, label_column, caption_column, labels, templates,
+                                      max_samples, random_init, seed)
+        protocols = [protocol for protocol in protocols if protocol not in IMAGE_TEXT_PROTOCOLS]
+        if not protocols:
+            _merge_results(output_file, results)
+            return results
     backbone = load_backbone(model_path)
     if random_init:
         backbone = random_init_like(backbone, seed)
@@ -149,7 +168,6 @@ def evaluate_model(
     train_features = test_features = None
     if {"knn", "linear"} & set(protocols):
         train_features, test_features = features(train_pixels, train_split), features(test_pixels, test_split)
-    results: dict[str, dict] = {}
     for setting in label_settings:
         subset = low_label_indices(train_labels, seed=seed, **parse_label_setting(setting)) \
             if parse_label_setting(setting) else torch.arange(len(train_labels))
@@ -177,12 +195,16 @@ def evaluate_model(
                 "label_setting": setting, "num_labelled": int(len(subset)), "pooling": pooling,
                 "random_init": random_init, **details,
             }
+    _merge_results(output_file, results)
+    return results
+
+
+def _merge_results(output_file: str | os.PathLike | None, results: dict[str, dict]) -> None:
     if output_file is not None:
         output_file = Path(output_file)
         merged = json.loads(output_file.read_text()) if output_file.is_file() else {}
         merged.update(results)
         output_file.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
-    return results
 
 
 def evaluate_run_after_training(run_dir: str | os.PathLike, seed: int = 0) -> str:
@@ -196,6 +218,16 @@ def evaluate_run_after_training(run_dir: str | os.PathLike, seed: int = 0) -> st
     pretrained["random_init_accuracy"] = random_init["accuracy"]
     merged = json.loads(output_file.read_text()) if output_file.is_file() else {}
     merged["knn"] = pretrained
-    output_file.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
-    return (f"kNN accuracy on {pretrained['dataset']} (k={pretrained['k']}): pre-trained {pretrained['accuracy']:.4f} | "
+    line = (f"kNN accuracy on {pretrained['dataset']} (k={pretrained['k']}): pre-trained {pretrained['accuracy']:.4f} | "
             f"random init {random_init['accuracy']:.4f}")
+    from .zero_shot import is_image_text_folder
+
+    if is_image_text_folder(run_dir):  # an image-text model also classifies from label names
+        zero_shot = evaluate_model(run_dir, protocols=("zero_shot",), seed=seed)["zero_shot"]
+        zero_shot["random_init_accuracy"] = evaluate_model(run_dir, protocols=("zero_shot",), random_init=True,
+                                                           seed=seed)["zero_shot"]["accuracy"]
+        merged["zero_shot"] = zero_shot
+        line += (f"\nZero-shot accuracy from the label names: pre-trained {zero_shot['accuracy']:.4f} | random init "
+                 f"{zero_shot['random_init_accuracy']:.4f}")
+    output_file.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    return line

@@ -16,7 +16,7 @@ from .base import (
     recipe_for_model_type,
     register_recipe,
 )
-from . import mae, simmim, splitmask  # noqa: E402,F401  (each module registers its method)
+from . import dual_encoder, mae, simmim, splitmask  # noqa: E402,F401  (each module registers its method)
 
 __all__ = [
     "BuildContext",
