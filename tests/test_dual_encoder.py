@@ -335,12 +335,24 @@ def test_plain_transformers_form_computes_the_same_scores(tmp_path):
         torch.testing.assert_close(plain(**inputs).logits_per_image, model(**inputs).logits_per_image, rtol=1e-4, atol=1e-4)
 
 
-def test_towers_without_a_plain_form_say_so():
+def test_a_swin_tower_has_a_plain_form_and_timm_or_convnext_towers_say_they_have_none():
     context = tiny_context()
+    context.backbone = hf_ssl.resolve_backbone("swin-micro", IMAGE_SIZE)
+    swin = RECIPE.build_model(context).eval()
+    pixel_values = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():  # Swin's parameter-free average pooler, which hf-ssl's tower lacks, is recomputed
+        torch.testing.assert_close(swin.to_vision_text_dual_encoder().get_image_features(pixel_values).pooler_output,
+                                   swin.get_image_features(pixel_values).pooler_output)
     context.backbone = hf_ssl.resolve_backbone("timm/resnet10t", IMAGE_SIZE)
-    model = RECIPE.build_model(context)
     with pytest.raises(ValueError, match="timm"):
-        model.to_vision_text_dual_encoder()
+        RECIPE.build_model(context).to_vision_text_dual_encoder()
+    from transformers import ConvNextConfig
+
+    context.backbone = hf_ssl.BackboneSpec("convnext", "transformers", ConvNextConfig(num_stages=2, depths=[1, 1], hidden_sizes=[16, 32]).to_dict())
+    convnext = RECIPE.build_model(context)
+    assert torch.isfinite(convnext(**bundled_batch(context, count=2)).loss)
+    with pytest.raises(ValueError, match="cannot hold a convnext tower"):
+        convnext.to_vision_text_dual_encoder()
 
 
 def test_zero_shot_pipeline_runs_on_the_run_folder(tmp_path):
@@ -501,6 +513,46 @@ def test_two_processes_equal_one_process_on_the_global_batch_through_the_model(t
     for name, gradient in single["gradients"].items():
         for result in per_rank:
             torch.testing.assert_close(result["gradients"][name], gradient, rtol=1e-7, atol=1e-9)
+
+
+# ---------------------------------------------------------------- a user's own data and encoder
+
+
+@pytest.mark.slow
+def test_lit_run_on_a_users_parquet_captions_with_a_pretrained_image_encoder(tmp_path):
+    """The user's flow: a pre-trained encoder folder + their image-caption parquet, LiT-locked."""
+    import datasets
+    from transformers import ViTModel
+
+    from hf_ssl.cli import pretrain
+
+    rows = bundled_rows()[:24]
+    captions = [row["caption"][0] for row in rows]
+    captions[5] = ""  # a bad sample: skipped and counted
+    datasets.Dataset.from_dict(
+        {"image": [row["image"] for row in rows], "text": captions},
+        features=datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")}),
+    ).to_parquet(str(tmp_path / "captions.parquet"))
+    torch.manual_seed(7)
+    encoder = ViTModel(hf_ssl.resolve_backbone("vit-micro", IMAGE_SIZE).transformers_config(), add_pooling_layer=False)
+    encoder.save_pretrained(tmp_path / "encoder")
+    output_dir = tmp_path / "run"
+    code = pretrain.main([
+        "--method", "dual_encoder", "--model", str(tmp_path / "encoder"), "--image_size", str(IMAGE_SIZE),
+        "--dataset_name", "parquet", "--data_files", str(tmp_path / "captions.parquet"), "--caption_column", "text",
+        "--text_model", "text-micro", "--lock_image_tower", "--max_steps", "3", "--total_batch_size", "8",
+        "--logging_steps", "1", "--dataloader_num_workers", "0", "--report_to", "none", "--output_dir", str(output_dir),
+    ])
+    assert code == 0
+    trained = AutoModel.from_pretrained(output_dir)
+    for name, value in encoder.state_dict().items():  # locked: the pre-trained encoder is untouched
+        torch.testing.assert_close(trained.vision_model.state_dict()[name], value)
+    arguments = json.loads((output_dir / "training_args.json").read_text())
+    assert arguments["columns"] == {"image": "image", "caption": "text"} and arguments["skipped_samples"] >= 1
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)  # trained on the user's captions
+    assert len(tokenizer) == trained.config.text_config.vocab_size > 261  # more than the 256 bytes + 5 specials
+    classifier = pipeline("zero-shot-image-classification", model=str(output_dir))
+    assert len(classifier(rows[0]["image"], candidate_labels=["3", "7"])) == 2
 
 
 # ---------------------------------------------------------------- training on the bundled captions

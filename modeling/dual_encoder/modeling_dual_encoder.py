@@ -35,7 +35,13 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from hf_ssl.backbones.contract import BackboneContractMixin
-from hf_ssl.backbones.modules import build_backbone, feature_dimension, is_timm_module, pooled_features
+from hf_ssl.backbones.modules import (
+    CLS_TOKEN_MODEL_TYPES,
+    build_backbone,
+    feature_dimension,
+    is_timm_module,
+    pooled_features,
+)
 from hf_ssl.backbones.spec import config_from_dict
 from hf_ssl.losses.image_text import clip_loss, siglip_loss
 from hf_ssl.monitoring import collapse_metrics
@@ -170,8 +176,21 @@ class BackboneForDualEncoder(BackboneContractMixin, PreTrainedModel):
             norm for ViTs, the model's pooling otherwise) times the image projection.
         """
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.lock_image_tower):
-            pooled = pooled_features(self.vision_model, pixel_values)  # (B, D_image)
+            pooled = self._pooled_image_features(pixel_values)  # (B, D_image)
         return BaseModelOutputWithPooling(pooler_output=self.visual_projection(pooled))
+
+    def _pooled_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """hf-ssl's pooled feature of the tower, ``(B, C, H, W) -> (B, D)``.
+
+        hf-ssl builds towers without their pooler (``add_pooling_layer=False``); for Swin-like
+        encoders that pooler is a parameter-free average over the final (normalised) tokens, which
+        is recomputed here, so that the feature is the one transformers' own model would pool.
+        """
+        tower = self.vision_model
+        if not is_timm_module(tower) and tower.config.model_type not in CLS_TOKEN_MODEL_TYPES \
+                and getattr(tower, "pooler", "no pooler attribute") is None:
+            return tower(pixel_values=pixel_values).last_hidden_state.mean(dim=1)  # (B, T, D) -> (B, D)
+        return pooled_features(tower, pixel_values)
 
     def get_text_features(
         self,
