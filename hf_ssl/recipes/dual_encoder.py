@@ -21,6 +21,13 @@ on weights (not on gains, biases and the logit scale), cosine schedule with warm
 clipping. CLIP used learning rate 5e-4 at batch 32,768 and open_clip uses it unchanged at a few
 thousand, so the linear scaling rule would give far too small a rate at small batches: the base
 rate is anchored at batch 256 (the general default); set ``--learning_rate`` for other sizes.
+
+Bundled run (digits with class-name captions, vit-micro + bert-tiny, batch 64; zero-shot top-1 on
+the held-out split with "a photo of a {}." and the labels "0".."9", random init 0.07-0.09): 300
+steps at learning rate 2e-4 / 5e-4 / 2e-3 -> 0.312 / 0.379 / 0.245, so the common bundled 5e-4
+stays; the default 1,200 steps -> 0.894 (3-template ensemble 0.930; the image tower's kNN 0.819
+vs 0.490 at random init; 1,096 s on 2 busy cores). Every run first sits on the uniform solution
+(loss log 64, image embeddings close together: the loop's collapse warning fires) for ~50 steps.
 """
 
 from __future__ import annotations
@@ -89,6 +96,18 @@ class DualEncoderArguments:
     tokenizer_vocab_size: int = field(default=8192, metadata={"help": "Largest vocabulary of the trained tokenizer."})
 
 
+def _folder_tokenizer(name: str):
+    """A text model folder's tokenizer; captions are padded to a fixed length, so it needs a pad token."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--text_model {name}: no tokenizer could be loaded ({str(error).splitlines()[0]})") from error
+    if tokenizer.pad_token is None:
+        raise ValueError(f"--text_model {name}: its tokenizer has no padding token (captions are padded to "
+                         "--max_caption_length); set one with tokenizer.pad_token = ... and save_pretrained the folder")
+    return tokenizer
+
+
 class DualEncoderRecipe(Recipe):
     name = "dual_encoder"
     description = "CLIP-style image-text dual encoder: contrastive (or SigLIP) training on image-caption pairs, zero-shot"
@@ -140,7 +159,7 @@ class DualEncoderRecipe(Recipe):
         arguments = self._method_arguments(context)
         spec = resolve_text_model(arguments.text_model)
         if not spec.is_preset:
-            context.artifacts["tokenizer"] = AutoTokenizer.from_pretrained(spec.name)
+            context.artifacts["tokenizer"] = _folder_tokenizer(spec.name)
             return
         captions = [text for row in rows for text in caption_texts(row["caption"])]
         if not captions:
@@ -162,7 +181,7 @@ class DualEncoderRecipe(Recipe):
         before any caption was read: tests, the Python API) the untrained byte-level BPE."""
         if "tokenizer" not in context.artifacts:
             spec = resolve_text_model(self._method_arguments(context).text_model)
-            context.artifacts["tokenizer"] = byte_level_tokenizer() if spec.is_preset else AutoTokenizer.from_pretrained(spec.name)
+            context.artifacts["tokenizer"] = byte_level_tokenizer() if spec.is_preset else _folder_tokenizer(spec.name)
         return context.artifacts["tokenizer"]
 
     def build_transform(self, context: BuildContext) -> ImageCaptionTransform:
