@@ -566,6 +566,9 @@ def test_lit_run_on_a_users_parquet_captions_with_a_pretrained_image_encoder(tmp
 # ---------------------------------------------------------------- training on the bundled captions
 
 
+TRAINING_STEPS = 300
+
+
 @pytest.mark.slow
 def test_short_training_on_bundled_captions_classifies_held_out_digits_zero_shot(tmp_path):
     from hf_ssl.cli import pretrain
@@ -574,7 +577,7 @@ def test_short_training_on_bundled_captions_classifies_held_out_digits_zero_shot
     output_dir = tmp_path / "run"
     code = pretrain.main(["--method", "dual_encoder", "--max_steps", str(TRAINING_STEPS), "--text_model", "text-micro",
                           "--output_dir", str(output_dir), "--report_to", "none", "--knn_evaluation", "false",
-                          "--dataloader_num_workers", "0", "--save_steps", "100000"])
+                          "--save_steps", "100000"])  # 1 worker: the training process then runs 1 thread, no spin-waits
     assert code == 0
     trained = evaluate_model(output_dir, protocols=("zero_shot",))["zero_shot"]
     untrained = evaluate_model(output_dir, protocols=("zero_shot",), random_init=True)["zero_shot"]
@@ -586,4 +589,18 @@ def test_short_training_on_bundled_captions_classifies_held_out_digits_zero_shot
     assert classifier(Image.new("RGB", (32, 32)), candidate_labels=["3", "7"])[0]["label"] in ("3", "7")
 
 
-TRAINING_STEPS = 300
+
+@pytest.mark.slow
+def test_benchmark_smoke_writes_both_models_results(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_dual_encoder.py"
+    spec = importlib.util.spec_from_file_location("bench_dual_encoder", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--smoke", "--force", "--device", "cpu", "--output_dir", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "dual_encoder.json").read_text())
+    for result in report["results"].values():
+        assert set(bench.MODELS) <= set(result) and result["speed_vs_transformers"] > 0
+    assert "| hf-ssl speed-up |" in (tmp_path / "dual_encoder.md").read_text()
