@@ -8,6 +8,7 @@ from hf_ssl.backbones import BackboneContractMixin, BackboneSpec, VisionBackbone
 from hf_ssl.modeling.barlow_twins import BackboneForBarlowTwins, BarlowTwinsConfig, BarlowTwinsOutput
 from hf_ssl.modeling.byol import BackboneForBYOL, BYOLConfig, BYOLOutput
 from hf_ssl.modeling.dino import BackboneForDINO, DINOConfig, DINOOutput
+from hf_ssl.modeling.dual_encoder import BackboneForDualEncoder, DualEncoderConfig, DualEncoderOutput
 from hf_ssl.modeling.mae import MAEConfig, MAEOutput, ViTForMAE
 from hf_ssl.modeling.moco_v3 import BackboneForMoCoV3, MoCoV3Config, MoCoV3Output
 from hf_ssl.modeling.simclr import BackboneForSimCLR, SimCLRConfig, SimCLROutput
@@ -31,6 +32,7 @@ __all__ = [
     "BackboneForBYOL",
     "BackboneForBarlowTwins",
     "BackboneForDINO",
+    "BackboneForDualEncoder",
     "BackboneForMoCoV3",
     "BackboneForSimCLR",
     "BackboneForSimSiam",
@@ -40,6 +42,8 @@ __all__ = [
     "BarlowTwinsOutput",
     "DINOConfig",
     "DINOOutput",
+    "DualEncoderConfig",
+    "DualEncoderOutput",
     "MAEConfig",
     "MAEOutput",
     "MoCoV3Config",

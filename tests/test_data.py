@@ -57,7 +57,7 @@ def test_default_dataset_splits_are_disjoint_and_complete():
     train = load_default_dataset("train")
     test = load_default_dataset("test")
     assert len(train) == 1438 and len(test) == 359  # 1797 digits, 20% test
-    assert train.column_names == ["image", "label"]
+    assert train.column_names == ["image", "label", "caption"]
     image = train[0]["image"]
     assert image.mode == "RGB" and image.size == (32, 32)
     assert set(train["label"]) == set(range(10))

@@ -4,6 +4,7 @@
     hf-ssl evaluate --model runs/x --protocol knn linear --dataset_name my-org/labelled --label_column label
     hf-ssl evaluate --model runs/x --protocol linear --label_settings all 10% 1% 1-per-class
     hf-ssl evaluate --model runs/x --protocol finetune --finetune_preset mae-base --finetune_epochs 20
+    hf-ssl evaluate --model runs/dual --protocol zero_shot retrieval --labels zero one two ... --templates "a photo of a {}."
 
 Without --dataset_name the bundled digits are used. Results are merged into
 <model>/eval_results.json (a local folder) and the model card is refreshed; --output_file
@@ -31,6 +32,11 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--test_split", default="test")
     parser.add_argument("--image_column", default="image")
     parser.add_argument("--label_column", default="label")
+    parser.add_argument("--caption_column", default="caption", help="captions for --protocol retrieval")
+    parser.add_argument("--labels", nargs="+", default=None,
+                        help="class names for --protocol zero_shot, in class-index order (default: the label column's)")
+    parser.add_argument("--templates", nargs="+", default=None,
+                        help="zero-shot prompt templates with {} for the label, ensembled (default: 'a photo of a {}.')")
     parser.add_argument("--label_settings", nargs="+", default=["all"],
                         help="labelled part of the train split: all, 1%%, 10%%, 1-per-class, ...")
     parser.add_argument("--pooling", default="mean", choices=["mean", "cls"],
@@ -121,6 +127,9 @@ def run(arguments: argparse.Namespace) -> dict:
         feature_cache_dir=cache_dir,
         output_file=output_file,
         seed=arguments.seed,
+        caption_column=arguments.caption_column,
+        labels=arguments.labels,
+        templates=arguments.templates,
     )
     print(json.dumps(results, indent=2, sort_keys=True))
     if output_file is not None and is_run_folder and not arguments.no_card and (local / "model.safetensors").is_file() \

@@ -60,6 +60,24 @@ _LINE_GREY_RANGE = (128, 255)
 Split = Literal["train", "test", "all"]
 Variant = Literal["digits", "scenes"]
 
+# Caption column for image-text methods (the dual encoder): every image gets its class in several
+# phrasings, numerals and words, so that training sees varied text and zero-shot prompts are not
+# verbatim copies of a training caption.
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+CAPTION_TEMPLATES = (
+    "a photo of the digit {word}",
+    "a handwritten {numeral}",
+    "the number {word}",
+    "a picture of a {numeral}",
+    "a low-resolution scan of the digit {numeral}",
+    "a blurry handwritten {word}",
+)
+
+
+def digit_captions(label: int) -> list[str]:
+    """Every caption phrasing of digit `label` ("a photo of the digit three", "a handwritten 3", ...)."""
+    return [template.format(word=DIGIT_WORDS[label], numeral=label) for template in CAPTION_TEMPLATES]
+
 
 def _digit_pixels() -> tuple[np.ndarray, np.ndarray]:
     """The 8x8 digits rescaled to 0-255, ``(N, 8, 8)`` uint8, and their labels ``(N,)``."""
@@ -148,7 +166,8 @@ def _scene_images(image_size: int) -> tuple[list[Image.Image], np.ndarray]:
 def load_default_dataset(
     split: Split = "train", image_size: int | None = None, variant: Variant = "digits"
 ) -> datasets.Dataset:
-    """Return the bundled data as a `datasets.Dataset` with columns "image" (PIL RGB) and "label".
+    """Return the bundled data as a `datasets.Dataset` with columns "image" (PIL RGB), "label" and
+    "caption" (a list of phrasings of the label, `digit_captions`).
 
     Args:
         split: "train" (80%, 1,438 images), "test" (20%, 359 images) or "all" (1,797); the
@@ -170,10 +189,12 @@ def load_default_dataset(
     train, test = split_indices(len(images))
     order = {"train": train, "test": test, "all": np.arange(len(images))}[split]
     features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(digit) for digit in range(10)])}
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(digit) for digit in range(10)]),
+         "caption": datasets.List(datasets.Value("string"))}
     )
     return datasets.Dataset.from_dict(
-        {"image": [images[i] for i in order], "label": [int(labels[i]) for i in order]}, features=features
+        {"image": [images[i] for i in order], "label": [int(labels[i]) for i in order],
+         "caption": [digit_captions(int(labels[i])) for i in order]}, features=features
     )
 
 

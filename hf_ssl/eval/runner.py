@@ -1,4 +1,5 @@
-"""Evaluate a run folder (or a Hub repo) with kNN, linear probe and fine-tuning; write eval_results.json.
+"""Evaluate a run folder (or a Hub repo) with kNN, linear probe and fine-tuning, and an image-text
+model with zero-shot classification and retrieval (`hf_ssl.eval.zero_shot`); write eval_results.json.
 
 Images come from the bundled default data (`hf_ssl.data.load_default_dataset`) or a `datasets`
 dataset with an image and a label column; they are preprocessed with the checkpoint's own image
@@ -32,8 +33,9 @@ from .low_label import low_label_indices, parse_label_setting
 
 logger = logging.getLogger(__name__)
 
-Protocol = Literal["knn", "linear", "finetune"]
-PROTOCOLS = ("knn", "linear", "finetune")
+Protocol = Literal["knn", "linear", "finetune", "zero_shot", "retrieval"]
+IMAGE_TEXT_PROTOCOLS = ("zero_shot", "retrieval")
+PROTOCOLS = ("knn", "linear", "finetune", *IMAGE_TEXT_PROTOCOLS)
 # What a pre-trained encoder is compared with, in every report: the same encoder at random init
 # (same protocol), the raw pixels (same protocol; not for fine-tuning, which needs an encoder), and
 # the same architecture trained with labels on the labelled split (fine-tuned from random init).
@@ -124,12 +126,16 @@ def evaluate_model(
     output_file: str | os.PathLike | None = None,
     seed: int = 0,
     finetune_settings: FinetuneSettings | None = None,
+    caption_column: str = "caption",
+    labels: list[str] | None = None,
+    templates: list[str] | None = None,
 ) -> dict[str, dict]:
     """Run the chosen protocols and return (and optionally merge into `output_file`) their metrics.
 
     Args:
         model_path: a run folder, a backbone folder or a Hub repo id.
-        protocols: any of ``"knn"``, ``"linear"``, ``"finetune"``.
+        protocols: any of ``"knn"``, ``"linear"``, ``"finetune"``, and for image-text models
+            ``"zero_shot"`` / ``"retrieval"`` (on `test_split`; see `hf_ssl.eval.zero_shot`).
         label_settings: labelled fraction of the training split per evaluation: ``"all"``,
             ``"1%"``, ``"10%"``, ``"1-per-class"``...; results of a low-label setting are stored
             under ``"<protocol>-<setting>"`` (kNN and the probe use only the labelled subset).
@@ -139,6 +145,8 @@ def evaluate_model(
         finetune_settings: every fine-tuning setting (e.g. a published preset,
             `hf_ssl.eval.finetune.finetune_settings`); replaces the four ``finetune_*`` / ``layer_decay`` arguments.
         output_file: JSON file to merge the results into (e.g. ``run_dir/eval_results.json``).
+        caption_column, labels, templates: the image-text protocols' caption column, class names
+            (default: the label column's) and prompt templates (default "a photo of a {}.").
 
     Returns:
         ``{"knn": {"accuracy", "top5_accuracy", "dataset", "split", ...}, "linear": {...}, ...}``.
@@ -149,6 +157,17 @@ def evaluate_model(
     unknown = [baseline for baseline in baselines if baseline not in BASELINES]
     if unknown:
         raise ValueError(f"baselines must be among {BASELINES}, got {unknown}")
+    results: dict[str, dict] = {}
+    if set(protocols) & set(IMAGE_TEXT_PROTOCOLS):
+        from .zero_shot import evaluate_image_text
+
+        results = evaluate_image_text(model_path, [p for p in protocols if p in IMAGE_TEXT_PROTOCOLS], dataset_name,
+                                      test_split, image_column, label_column, caption_column, labels, templates,
+                                      max_samples, random_init, seed)
+        protocols = [protocol for protocol in protocols if protocol not in IMAGE_TEXT_PROTOCOLS]
+        if not protocols:
+            _merge_results(output_file, results)
+            return results
     backbone = load_backbone(model_path)
     if random_init:
         backbone = random_init_like(backbone, seed)
@@ -193,7 +212,6 @@ def evaluate_model(
                               num_classes=num_classes, pooling=pooling, seed=seed, **dataclasses.asdict(settings))
         return metrics
 
-    results: dict[str, dict] = {}
     for setting in label_settings:
         subset = low_label_indices(train_labels, seed=seed, **parse_label_setting(setting)) \
             if parse_label_setting(setting) else torch.arange(len(train_labels))
@@ -222,12 +240,16 @@ def evaluate_model(
                 "random_init": random_init, **details,
                 **({"baselines": {name: compared[name] for name in BASELINES if name in compared}} if compared else {}),
             }
+    _merge_results(output_file, results)
+    return results
+
+
+def _merge_results(output_file: str | os.PathLike | None, results: dict[str, dict]) -> None:
     if output_file is not None:
         output_file = Path(output_file)
         merged = json.loads(output_file.read_text()) if output_file.is_file() else {}
         merged.update(results)
         output_file.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
-    return results
 
 
 def evaluate_run_after_training(run_dir: str | os.PathLike, dataset_name: str | None = None, seed: int = 0) -> str:
@@ -237,7 +259,18 @@ def evaluate_run_after_training(run_dir: str | os.PathLike, dataset_name: str | 
     run_dir = Path(run_dir)
     result = evaluate_model(run_dir, protocols=("knn",), dataset_name=dataset_name, baselines=BASELINES,
                             output_file=run_dir / "eval_results.json", seed=seed)["knn"]
-    return format_comparison(result)
+    report = format_comparison(result)
+    from .zero_shot import is_image_text_folder
+
+    if is_image_text_folder(run_dir):  # an image-text model also classifies from label names
+        zero_shot = evaluate_model(run_dir, protocols=("zero_shot",), dataset_name=dataset_name, seed=seed,
+                                   output_file=None)["zero_shot"]
+        zero_shot["baselines"] = {"random_init": evaluate_model(
+            run_dir, protocols=("zero_shot",), dataset_name=dataset_name, random_init=True, seed=seed)["zero_shot"]["accuracy"]}
+        _merge_results(run_dir / "eval_results.json", {"zero_shot": zero_shot})
+        report += (f"\nZero-shot accuracy from the label names: pre-trained {zero_shot['accuracy']:.4f} | random init "
+                   f"{zero_shot['baselines']['random_init']:.4f}")
+    return report
 
 
 def format_comparison(result: dict) -> str:

@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LICENSE = "apache-2.0"
 PIPELINE_TAG = "image-feature-extraction"
-PROTOCOL_NAMES = {"knn": "k-NN", "linear": "Linear probe", "finetune": "Fine-tuning"}
+PROTOCOL_NAMES = {"knn": "k-NN", "linear": "Linear probe", "finetune": "Fine-tuning", "zero_shot": "Zero-shot",
+                  "retrieval": "Retrieval"}
 
 
 def template_path(name: str) -> Path:
@@ -119,20 +120,25 @@ def eval_results_for_card(eval_results: dict, model_name: str) -> list[EvalResul
     for key, result in sorted(eval_results.items()):
         protocol = key.split("-", 1)[0]
         label_setting = result.get("label_setting", "all")
-        labels = "" if label_setting == "all" else f", {label_setting} labels"
+        labels = "" if label_setting in ("all", "none") else f", {label_setting} labels"  # none: zero-shot
         task_name = f"{PROTOCOL_NAMES.get(protocol, protocol)}{labels}"
         dataset = str(result.get("dataset", "unknown"))
-        for metric_key, metric_name in (("accuracy", "top-1 accuracy"), ("top5_accuracy", "top-5 accuracy")):
-            if metric_key not in result:
-                continue
+        # Classification results carry accuracy / top5_accuracy; other protocols (retrieval) name
+        # their metrics "<name>@<k>" and their task in "task_type".
+        metrics = [(key, "accuracy" if key == "accuracy" else "top-5-accuracy", name) for key, name in
+                   (("accuracy", "top-1 accuracy"), ("top5_accuracy", "top-5 accuracy")) if key in result]
+        metrics += [(key, key.split("@")[0].rsplit("_", 1)[-1], key.replace("_", " ")) for key in sorted(result)
+                    if "@" in key and isinstance(result[key], (int, float))]
+        task_type = str(result.get("task_type", "image-classification"))
+        for metric_key, metric_type, metric_name in metrics:
             entries.append(
                 EvalResult(
-                    task_type="image-classification",
-                    task_name="Image Classification",
+                    task_type=task_type,
+                    task_name=task_type.replace("-", " ").title(),
                     dataset_type=_dataset_type(dataset),
                     dataset_name=dataset,
                     dataset_split=str(result.get("split", "test")),
-                    metric_type="accuracy" if metric_key == "accuracy" else "top-5-accuracy",
+                    metric_type=metric_type,
                     metric_name=f"{task_name} {metric_name}",
                     metric_value=round(float(result[metric_key]), 4),
                 )
@@ -155,6 +161,8 @@ def _percent(value) -> str:
 def _eval_rows(eval_results: dict) -> list[dict]:
     rows = []
     for key, result in sorted(eval_results.items()):
+        if "accuracy" not in result:  # not a classification result (retrieval): model-index only
+            continue
         protocol = key.split("-", 1)[0]
         top5 = result.get("top5_accuracy")
         rows.append(

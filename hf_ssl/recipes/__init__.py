@@ -17,7 +17,7 @@ from .base import (
     recipe_for_model_type,
     register_recipe,
 )
-from . import mae, simmim, splitmask  # noqa: E402,F401  (each module registers its method)
+from . import dual_encoder, mae, simmim, splitmask  # noqa: E402,F401  (each module registers its method)
 from . import barlow_twins, byol, moco_v3, simclr, simsiam, vicreg  # noqa: E402,F401  (joint-embedding family)
 from . import dino  # noqa: E402,F401
 
