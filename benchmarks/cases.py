@@ -132,7 +132,7 @@ class Case:
             method is not registered here.
         references: ``{implementation name: CaseInputs -> ModelStep}``.
         model_overrides: config fields set on the hf-ssl model (e.g. a tokenizer that needs no fitting).
-        with_captions: rows carry a ``"text"`` caption next to the ``"image"``.
+        with_captions: rows carry a ``"caption"`` next to the ``"image"``.
     """
 
     method: str
@@ -157,12 +157,12 @@ def synthetic_caption(index: int) -> str:
 
 
 def synthetic_rows(count: int, image_size: int, with_captions: bool, seed: int = 0) -> list[dict]:
-    """Raw rows ``{"image": PIL image[, "text": str]}``, images a little larger than the crops (as datasets are)."""
+    """Raw rows ``{"image": PIL image[, "caption": str]}``, images a little larger than the crops (as datasets are)."""
     side = max(image_size * 8 // 7, 16)
     rows = [{"image": synthetic_image(index, side, seed)} for index in range(count)]
     if with_captions:
         for index, row in enumerate(rows):
-            row["text"] = synthetic_caption(index)
+            row["caption"] = synthetic_caption(index)
     return rows
 
 
@@ -183,7 +183,7 @@ class CaptionFallbackTransform:
         self.image = ImageRowTransform(build_transform("light", image_size))
 
     def __call__(self, row: dict) -> dict[str, torch.Tensor]:
-        ids = [1 + ord(character) % (TEXT_VOCABULARY_SIZE - 1) for character in row["text"]][:CAPTION_LENGTH]
+        ids = [1 + ord(character) % (TEXT_VOCABULARY_SIZE - 1) for character in row["caption"]][:CAPTION_LENGTH]
         attention_mask = [1] * len(ids) + [0] * (CAPTION_LENGTH - len(ids))
         ids += [0] * (CAPTION_LENGTH - len(ids))
         return {**self.image(row), "input_ids": torch.tensor(ids), "attention_mask": torch.tensor(attention_mask)}

@@ -89,7 +89,7 @@ def per_worker_rates(
                 results[name]["skipped"] = "the transform reads more than a decoded image (e.g. a caption)"
                 continue
             try:
-                transform({"image": encoded_images[0], "text": captions[0]})
+                transform({"image": encoded_images[0], "caption": captions[0]})
             except (TypeError, ValueError, RuntimeError) as error:
                 results[name]["skipped"] = f"{type(error).__name__}: {error}"
                 continue
@@ -112,7 +112,7 @@ def _cycling(transform: Callable[[dict], dict], encoded_images: list[bytes], cap
     def call() -> dict:
         index = position[0] % len(encoded_images)
         position[0] += 1
-        return transform({"image": encoded_images[index], "text": captions[index % len(captions)]})
+        return transform({"image": encoded_images[index], "caption": captions[index % len(captions)]})
 
     return call
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -62,3 +63,11 @@ EVAL_RESULTS = {
     "linear-10%": {"accuracy": 0.75, "top5_accuracy": 0.95, "dataset": "hf-ssl bundled digits (scikit-learn)",
                    "split": "test", "label_setting": "10%", "pooling": "mean"},
 }
+
+
+def reported_knn(stdout: str) -> tuple[float, float]:
+    """(pre-trained, random init) kNN top-1 from the report a pre-training run prints at its end."""
+    pretrained = re.search(r"pre-trained encoder +([0-9.]+)", stdout)
+    random_init = re.search(r"same encoder, random init +([0-9.]+)", stdout)
+    assert pretrained and random_init, stdout
+    return float(pretrained.group(1)), float(random_init.group(1))

@@ -123,6 +123,29 @@ def test_micro_run_writes_json_and_markdown(tmp_path):
     assert ("NOT VALID" in text) == (not results["valid"])
 
 
+@pytest.mark.slow
+def test_micro_run_measures_every_other_method_next_to_its_reference(tmp_path):
+    """Every registered method has a case; the lightly rows need ``pip install --no-deps --target .lightly lightly``."""
+    from hf_ssl.recipes import available_methods
+
+    methods = sorted(set(available_methods()) - {"splitmask", "mae"})
+    lightly = REPOSITORY / ".lightly"
+    command = [sys.executable, str(BENCHMARKS / "run.py"), "--force", "--sizes", "micro", "--rounds", "1", "--steps", "1",
+               "--warmup", "1", "--levers", "none", "--skip_data", "--precisions", "fp32", "--methods", *methods,
+               "--output", str(tmp_path), *(["--lightly_path", str(lightly)] if (lightly / "lightly").is_dir() else [])]
+    completed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=900, cwd=REPOSITORY)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    (json_path,) = tmp_path.glob("*.json")
+    rows = json.loads(json_path.read_text())["rows"]
+    assert not [row for row in rows if row["status"] == "failed"], rows
+    measured = {(row["method"], row["implementation"]) for row in rows if row["status"] == "measured"}
+    for method in methods:
+        assert (method, "hf-ssl") in measured, method
+        references = {implementation for name, implementation in measured if name == method} - {"hf-ssl"}
+        if method not in ("dino", "simclr", "moco_v3", "byol", "simsiam", "barlow_twins", "vicreg") or (lightly / "lightly").is_dir():
+            assert references, f"{method} has no reference row"
+
+
 def test_levers_change_how_a_step_runs_not_what_it_computes():
     from hf_ssl.recipes import parameter_groups
     from steps import BASELINE, Levers, ModelStep, build_training_step

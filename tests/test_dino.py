@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from run_folders import reported_knn
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -340,53 +340,10 @@ def test_bundled_run_learns_loss_falls_and_knn_beats_random_init(tmp_path):
         cwd=ROOT, env=environment, capture_output=True, text=True, timeout=1800,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    match = re.search(r"pre-trained ([0-9.]+) \| random init ([0-9.]+)", result.stdout)
-    assert match, result.stdout
-    pretrained, random_init = float(match.group(1)), float(match.group(2))
+    pretrained, random_init = reported_knn(result.stdout)
     assert pretrained > random_init + 0.02, (pretrained, random_init)
     records = [json.loads(line) for line in (output_dir / "training_log.jsonl").read_text().splitlines()]
     losses = [record["loss"] for record in records if "loss" in record]
     assert min(losses[-3:]) < losses[0] - 0.1, losses
     assert records[-1]["embedding_std"] > 0.1  # no collapse
     assert type(AutoModel.from_pretrained(output_dir / "backbone")).__name__ == "ViTModel"
-
-
-# ----- the benchmark script (tiny smoke run; real timings belong to a quiet machine)
-
-
-def _benchmark_module(monkeypatch):
-    import importlib.util
-
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # it reuses bench_reconstruction's memory reader
-    specification = importlib.util.spec_from_file_location("bench_dino", ROOT / "benchmarks" / "bench_dino.py")
-    module = importlib.util.module_from_spec(specification)
-    specification.loader.exec_module(module)
-    return module
-
-
-def test_benchmark_refuses_a_busy_machine_without_force(monkeypatch, capsys):
-    benchmark = _benchmark_module(monkeypatch)
-    monkeypatch.setattr(benchmark.os, "getloadavg", lambda: (0.9, 0.9, 0.9))
-    assert benchmark.main(["--implementations", "hf-ssl"]) == 2
-    assert "load average is 0.90 > 0.5" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_benchmark_smoke_run_writes_its_results(tmp_path):
-    lightly_path = ROOT / ".lightly"
-    implementations = ["hf-ssl", "lightly"] if (lightly_path / "lightly").is_dir() else ["hf-ssl"]
-    environment = dict(os.environ, PYTHONPATH=str(lightly_path), OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_dino.py"), "--force", "--implementations", *implementations,
-         "--lightly_path", str(lightly_path), "--backbones", "vit-micro", "--precisions", "fp32", "--image_size", "32",
-         "--local_crop_size", "16", "--local_crops_number", "2", "--batch_size", "2", "--output_dim", "64",
-         "--hidden_dim", "32", "--bottleneck_dim", "16", "--warmup_steps", "1", "--rounds", "1", "--steps_per_round", "1",
-         "--memory_steps", "1", "--output_dir", str(tmp_path)],
-        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=1200,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads((tmp_path / "dino.json").read_text())
-    (row,) = results["rows"]
-    for name in implementations:
-        assert row[name]["images_per_second"] > 0 and row[name]["peak_memory_mib"] > 0
-    assert "| ViT-micro | fp32 |" in (tmp_path / "dino.md").read_text()

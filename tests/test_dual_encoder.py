@@ -587,20 +587,3 @@ def test_short_training_on_bundled_captions_classifies_held_out_digits_zero_shot
     assert trained["accuracy"] > untrained["accuracy"] + 0.15
     classifier = pipeline("zero-shot-image-classification", model=str(output_dir))
     assert classifier(Image.new("RGB", (32, 32)), candidate_labels=["3", "7"])[0]["label"] in ("3", "7")
-
-
-
-@pytest.mark.slow
-def test_benchmark_smoke_writes_both_models_results(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_dual_encoder.py"
-    spec = importlib.util.spec_from_file_location("bench_dual_encoder", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    assert bench.main(["--smoke", "--force", "--device", "cpu", "--output_dir", str(tmp_path)]) == 0
-    report = json.loads((tmp_path / "dual_encoder.json").read_text())
-    for result in report["results"].values():
-        assert set(bench.MODELS) <= set(result) and result["speed_vs_transformers"] > 0
-    assert "| hf-ssl speed-up |" in (tmp_path / "dual_encoder.md").read_text()

@@ -4,15 +4,13 @@ Every model: output shapes and fields, both views in ONE backbone call per netwo
 timm and transformers CNN backbones. Momentum models (MoCo v3, BYOL): no gradient into the momentum
 encoder, which moves by EMA only. SimSiam: no gradient through the stop-gradient targets. Published
 two-view pipelines. Slow: each method learns on the bundled digits through the real CLI, and the
-benchmark script runs at a smoke size.
+benchmark suite (benchmarks/run.py) measures them next to lightly.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -360,16 +358,3 @@ def test_each_method_learns_on_the_bundled_digits(method, tmp_path, capsys):
     assert "pre-trained" in capsys.readouterr().out
     if method in MOMENTUM_METHODS:
         assert records[-1]["ema_momentum"] > records[0]["ema_momentum"]
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not (REPO / ".lightly" / "lightly").is_dir(),
-                    reason="lightly is not installed in .lightly (pip install --no-deps --target .lightly lightly)")
-def test_the_benchmark_script_runs_at_a_smoke_size(tmp_path):
-    command = [sys.executable, str(REPO / "benchmarks" / "bench_joint_embedding.py"), "--force", "--smoke",
-               "--output_dir", str(tmp_path), "--lightly_path", str(REPO / ".lightly")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((tmp_path / "joint_embedding.json").read_text())
-    assert report["results"] and all(row["images_per_second"] > 0 for row in report["results"])
-    assert (tmp_path / "joint_embedding.md").read_text().startswith("# ")

@@ -47,11 +47,14 @@ class RandomGaussianBlur:
         self.probability = probability
         self.radius = radius
 
-    def __call__(self, image: Image.Image) -> Image.Image:
+    def __call__(self, image: Image.Image | torch.Tensor) -> Image.Image | torch.Tensor:
         if torch.rand(()).item() >= self.probability:
             return image
         low, high = self.radius
-        return image.filter(ImageFilter.GaussianBlur(radius=low + (high - low) * torch.rand(()).item()))
+        blur = ImageFilter.GaussianBlur(radius=low + (high - low) * torch.rand(()).item())
+        if isinstance(image, torch.Tensor):  # a uint8 (3, H, W) image from torchvision.io: the same PIL blur
+            return v2.functional.pil_to_tensor(v2.functional.to_pil_image(image).filter(blur))
+        return image.filter(blur)
 
 
 def proportional_local_crop_size(image_size: int, multiple_of: int = 1) -> int:
