@@ -33,6 +33,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results"
 PROTOCOLS = ("knn", "linear", "finetune")
+BASELINES = ("random_init", "raw_pixels", "supervised")
+# Rows of the baselines; the supervised model is a fine-tuning result, so it fills the fine-tuning
+# column only (the random-init encoder's fine-tuning IS the supervised model).
+BASELINE_ROWS = {"random_init": "random init", "raw_pixels": "raw pixels", "supervised": "supervised"}
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -87,24 +91,14 @@ def pretrain(method: str, fraction: float, seed: int, arguments, number_of_rows:
     return run_dir
 
 
-def evaluate(run_dir: Path, arguments, seed: int, random_init: bool = False) -> dict:
+def evaluate(run_dir: Path, arguments, seed: int, baselines: tuple[str, ...] = ()) -> dict:
+    """kNN, linear probe and fine-tuning of the run's encoder (and, on request, its baselines)."""
     from hf_ssl.eval import evaluate_model
 
-    protocols = ("knn", "linear") if random_init else PROTOCOLS
     return evaluate_model(
-        run_dir, protocols=protocols, dataset_name=arguments.eval_dataset_name or arguments.dataset_name,
+        run_dir, protocols=PROTOCOLS, dataset_name=arguments.eval_dataset_name or arguments.dataset_name,
         label_settings=arguments.label_settings, linear_epochs=arguments.linear_epochs,
-        finetune_epochs=arguments.finetune_epochs, random_init=random_init, seed=seed,
-    )
-
-
-def supervised(run_dir: Path, arguments, seed: int) -> dict:
-    """The same architecture trained from random init with the labels (fine-tuning without pre-training)."""
-    from hf_ssl.eval import evaluate_model
-
-    return evaluate_model(
-        run_dir, protocols=("finetune",), dataset_name=arguments.eval_dataset_name or arguments.dataset_name,
-        label_settings=arguments.label_settings, finetune_epochs=arguments.finetune_epochs, random_init=True, seed=seed,
+        finetune_epochs=arguments.finetune_epochs, baselines=baselines, seed=seed,
     )
 
 
@@ -120,16 +114,21 @@ def collect(arguments) -> dict:
         for key, result in results.items():
             measurements.setdefault(row, {}).setdefault(key, []).append(result["accuracy"])
 
-    reference_run = None
+    seeds_with_baselines: set[int] = set()
     for method in arguments.methods:
         for fraction in arguments.fractions:
             for seed in arguments.seeds:
                 run_dir = pretrain(method, fraction, seed, arguments, number_of_rows)
-                record(f"{method} @ {fraction:g}", evaluate(run_dir, arguments, seed))
-                reference_run = reference_run or run_dir
-    for seed in arguments.seeds:  # references: the same encoder without pre-training
-        record("random init", evaluate(reference_run, arguments, seed, random_init=True))
-        record("supervised", supervised(reference_run, arguments, seed))
+                # The baselines need no pre-training data: measured once per seed, next to the first run.
+                with_baselines = seed not in seeds_with_baselines
+                seeds_with_baselines.add(seed)
+                results = evaluate(run_dir, arguments, seed, BASELINES if with_baselines else ())
+                record(f"{method} @ {fraction:g}", results)
+                if with_baselines:
+                    for baseline, row in BASELINE_ROWS.items():
+                        record(row, {key: {"accuracy": result["baselines"][baseline]} for key, result in results.items()
+                                     if baseline in result.get("baselines", {})
+                                     and key.startswith("finetune") == (baseline == "supervised")})
     return {
         "configuration": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(arguments).items()},
         "pretraining_rows": number_of_rows,
@@ -161,8 +160,9 @@ def markdown(report: dict) -> str:
             value = columns.get(key)
             cells.append("-" if value is None else f"{100 * value['mean']:.1f} ± {100 * value['std']:.1f}")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    lines += ["", "Random init: frozen untrained encoder. Supervised: the same architecture trained from random init "
-              "with the labels (the fine-tuning protocol with no pre-training)."]
+    lines += ["", "Random init: the same encoder untrained, frozen. Raw pixels: the centred pixels themselves as "
+              "features (same kNN / probe). Supervised: the same architecture trained from random init with the labels "
+              "(the fine-tuning protocol with no pre-training)."]
     return "\n".join(lines) + "\n"
 
 
@@ -183,7 +183,7 @@ def plot(report: dict, path: Path) -> None:
             means = [100 * row["mean"] if row else float("nan") for row in rows]
             errors = [100 * row["std"] if row else 0.0 for row in rows]
             axis.errorbar(fractions, means, yerr=errors, marker="o", capsize=3, label=method)
-        for reference, style in (("random init", ":"), ("supervised", "--")):
+        for reference, style in (("random init", ":"), ("raw pixels", "-."), ("supervised", "--")):
             value = report["results"].get(reference, {}).get(protocol)
             if value is not None:
                 axis.axhline(100 * value["mean"], linestyle=style, color="grey", label=reference)

@@ -105,6 +105,21 @@ def test_forward_backward_and_save_load(method, tmp_path):
         torch.testing.assert_close(seeded_loss(loaded, batch), expected)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_backbone_blocks_are_named_for_fsdp_wrapping_and_device_maps(method):
+    """accelerate's FSDP auto-wrap and transformers' device maps read `_no_split_modules`."""
+    model, _ = build_tiny(method)
+    backbone_blocks = {type(module).__name__ for module in model.get_backbone().modules()} & model._no_split_modules
+    assert backbone_blocks, (method, model._no_split_modules)
+
+
+def test_timm_backbones_name_their_residual_blocks():
+    from hf_ssl.backbones.modules import VisionBackbone
+
+    backbone = VisionBackbone(hf_ssl.resolve_backbone("timm/resnet10t", IMAGE_SIZE).nested())
+    assert backbone._no_split_modules == {"BasicBlock"}
+
+
 def test_names_follow_one_pattern():
     for method in METHODS:
         for config_class, model_classes, _ in get_recipe(method).registrations:

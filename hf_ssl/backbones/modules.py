@@ -110,9 +110,19 @@ class VisionBackbone(nn.Module):
         super().__init__()
         self.model = build_backbone(nested_config)
         self.feature_dimension = feature_dimension(self.model)
+        # transformers' post_init collects `_no_split_modules` from a model's children: FSDP's
+        # auto-wrap (accelerate) and device maps then wrap / place whole blocks of this backbone.
+        self._no_split_modules = set(getattr(self.model, "_no_split_modules", None) or repeated_block_names(self.model))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return pooled_features(self.model, pixel_values)
+
+
+def repeated_block_names(model: nn.Module) -> set[str]:
+    """Class names of the residual blocks of a timm model (``Block``, ``ConvNeXtBlock``,
+    ``BasicBlock``, ``Bottleneck``...): the units FSDP wraps and a device map keeps whole."""
+    return {type(module).__name__ for module in model.modules()
+            if type(module).__name__.endswith(("Block", "Bottleneck")) and not isinstance(module, (nn.Sequential, nn.ModuleList))}
 
 
 def copy_backbone_weights(target: nn.Module, source: nn.Module) -> None:

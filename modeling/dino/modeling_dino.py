@@ -73,6 +73,7 @@ class DINONetwork(nn.Module):
     def __init__(self, config: DINOConfig):
         super().__init__()
         self.backbone = VisionBackbone(config.backbone_config)
+        self._no_split_modules = self.backbone._no_split_modules  # post_init of the model reads its children's
         self.head = DINOHead(
             self.backbone.feature_dimension,
             output_dim=config.head_output_dim,
