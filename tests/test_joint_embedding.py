@@ -340,14 +340,17 @@ def test_two_view_transform_rejects_bad_arguments():
 # Steps per method for the slow test: enough for kNN to beat random init on the bundled digits
 # (measured: see each recipe's bundled_run_defaults), short enough for ~a minute on 2 cores.
 SLOW_TEST_STEPS = 150
+# Barlow Twins needs longer (measured kNN: 0.474 after 150 steps, 0.521 after 300; random init 0.490).
+SLOW_TEST_STEPS_BY_METHOD = {"barlow_twins": 300}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_learns_on_the_bundled_digits(method, tmp_path, capsys):
     output_dir = tmp_path / method
-    code = pretrain.main(["--method", method, "--max_steps", str(SLOW_TEST_STEPS), "--logging_steps", "10",
-                          "--save_steps", str(SLOW_TEST_STEPS), "--report_to", "none", "--output_dir", str(output_dir)])
+    steps = SLOW_TEST_STEPS_BY_METHOD.get(method, SLOW_TEST_STEPS)
+    code = pretrain.main(["--method", method, "--max_steps", str(steps), "--logging_steps", "10",
+                          "--save_steps", str(steps), "--report_to", "none", "--output_dir", str(output_dir)])
     assert code == 0
     records = [json.loads(line) for line in (output_dir / "training_log.jsonl").read_text().splitlines()]
     losses = [record["loss"] for record in records if "loss" in record]

@@ -15,7 +15,7 @@ import sys
 
 COMMANDS = {
     "pretrain": ("hf_ssl.cli.pretrain", "pre-train a model (accelerate-ready)"),
-    "evaluate": ("hf_ssl.cli.evaluate", "kNN / linear probe / fine-tuning of a pre-trained encoder"),
+    "evaluate": ("hf_ssl.cli.evaluate", "kNN / linear probe / fine-tuning (and zero-shot / retrieval for image-text models), with baselines"),
     "push": ("hf_ssl.cli.push", "upload a run folder to the Hugging Face Hub"),
     "analyze": ("hf_ssl.cli.analyze", "attention maps, attention metrics and CKA of a ViT"),
 }

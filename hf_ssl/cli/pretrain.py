@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -86,6 +87,21 @@ def first_rows(dataset, count: int):
     return dataset.take(count)
 
 
+SHARDED_LAUNCH_VARIABLES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
+                            "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+
+
+def refuse_sharded_launch() -> None:
+    """Stop an FSDP / DeepSpeed launch before any work: hf-ssl's checkpoints (safetensors + JSON)
+    hold whole model and optimizer states, so a sharded run could not save or resume."""
+    for variable, name in SHARDED_LAUNCH_VARIABLES.items():
+        if os.environ.get(variable, "false").strip().lower() in ("1", "true", "yes"):
+            raise ConfigurationError(
+                f"{name} launches are not supported: hf-ssl checkpoints hold whole (not sharded) model and optimizer "
+                "states; launch data-parallel instead (accelerate launch --config_file recipes/accelerate/ddp_multi_gpu.yaml)"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(argv)
@@ -98,6 +114,7 @@ def run(argv: list[str] | None = None) -> int:
     # ----- parse and validate, the run folder included (before any data is read or weight allocated)
     arguments, method_arguments = parse_arguments(argv)
     arguments = resolve_arguments(arguments)
+    refuse_sharded_launch()
     world_size = PartialState(cpu=multi_process_cpu_run()).num_processes
     backbone = validate_arguments(arguments, method_arguments, world_size=world_size)
     checkpoint = check_run_folder(arguments, world_size, method_arguments)

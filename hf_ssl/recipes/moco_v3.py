@@ -18,8 +18,9 @@ Where every default comes from (facebookresearch/moco-v3):
   exempts biases and norms from weight decay, the official code decays every parameter. For
   ResNet-50 the official recipe is LARS, learning rate 0.6 x B/256 (100 epochs; 0.3 for 300 and
   1000), weight decay 1e-6 (1.5e-6 for 1000 epochs); hf-ssl uses the AdamW settings for every backbone.
-- Small images (< 128 px): heads 512 -> 128 and 25-100 % crops; bundled digits run:
-  `bundled_run_defaults` below, measured there.
+- Small images (< 128 px): heads 512 -> 128 and 25-100 % crops; bundled digits run: the common bundled settings
+  (`hf_ssl.training.arguments.BUNDLED_RUN_DEFAULTS`); tests/test_joint_embedding.py checks that
+  150 steps beat random init in kNN.
 """
 
 from __future__ import annotations

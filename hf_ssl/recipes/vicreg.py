@@ -12,8 +12,9 @@ Where every default comes from (paper section 4.1; facebookresearch/vicreg main_
 - Optimizer, hf-ssl: AdamW with MoCo v3's published ViT settings (`MOCO_V3_VIT_ADAMW`: learning rate
   1.5e-4 x B/256, weight decay 0.1, betas (0.9, 0.999), 40/300 of the steps warm-up, cosine to 0, no
   clipping).
-- Small images (< 128 px): expander 512-512-512 and 25-100 % crops; bundled digits run:
-  `bundled_run_defaults` below, measured there.
+- Small images (< 128 px): expander 512-512-512 and 25-100 % crops; bundled digits run: the common bundled settings
+  (`hf_ssl.training.arguments.BUNDLED_RUN_DEFAULTS`); tests/test_joint_embedding.py checks that
+  150 steps beat random init in kNN.
 """
 
 from __future__ import annotations

@@ -105,14 +105,13 @@ class PretrainingArguments:
     learning_rate: float | None = field(
         default=None, metadata={"help": "Peak learning rate (default: recipe base LR scaled by total_batch_size)."}
     )
-    weight_decay: float | None = field(default=None, metadata={"help": "AdamW weight decay on >= 2-D parameters."})
+    weight_decay: float | None = field(default=None, metadata={"help": "AdamW weight decay (default: the recipe's); norms, biases, tokens and position embeddings are exempt as in each method's official code."})
     warmup_steps: int | None = field(default=None, metadata={"help": "Linear warm-up steps (default: recipe fraction)."})
     max_grad_norm: float | None = field(default=None, metadata={"help": "Gradient clipping norm; 0 disables."})
     mixed_precision: MixedPrecision = field(
         default="auto",
         metadata={"help": "auto / no / bf16 / fp16. auto = bf16 autocast where the hardware computes bf16 natively "
-                          "(CUDA GPUs with bf16; CPUs with AVX512-BF16 or AMX), fp32 otherwise (see README: bf16 changes "
-                          "neither the loss curve nor kNN beyond noise on the bundled run)."},
+                          "(CUDA GPUs with bf16; CPUs with AVX512-BF16 or AMX), fp32 otherwise (elsewhere bf16 is emulated: slower)."},
     )
     seed: int = field(default=0, metadata={"help": "Seed for weights, data order, augmentations and masks."})
     preparation_rows: int = field(
@@ -136,7 +135,7 @@ class PretrainingArguments:
     )
     report_to: str = field(default="tensorboard", metadata={"help": f"Trackers, comma-separated: {', '.join(REPORT_TO_CHOICES)}."})
     knn_evaluation: bool | None = field(
-        default=None, metadata={"help": "kNN accuracy vs random init at the end (default: on for the bundled digits)."}
+        default=None, metadata={"help": "kNN accuracy next to random init, raw pixels and supervised at the end (default: on for bundled data)."}
     )
     eval_steps: int | None = field(
         default=None,

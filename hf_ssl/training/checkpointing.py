@@ -367,7 +367,7 @@ def _numbered(name: str, index: int) -> str:
 
 def _check_distributed_type(accelerator: Accelerator) -> None:
     if accelerator.distributed_type in SHARDED_DISTRIBUTED_TYPES:
-        raise NotImplementedError(
+        raise RuntimeError(
             f"hf-ssl checkpoints support single-process and DDP runs, not {accelerator.distributed_type}: "
             "its sharded model and optimizer states would need accelerate's pickle-based save_state"
         )
