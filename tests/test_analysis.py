@@ -415,3 +415,17 @@ def test_cli_writes_maps_metrics_and_cka(saved_vit, tmp_path):
     assert np.allclose(np.diag(cka["other_model"]), 1.0)
     for name in ("cka_model.png", "cka_other_model.png", "cka_model_vs_other_model.png"):
         assert (tmp_path / "cka" / name).is_file()
+
+
+def test_beit_encoders_are_analysed_like_plain_vits(tmp_path):
+    """SplitMask / BEiT / SimMIM export BEiT's ViT at 224 px: the analysis loads and reads it."""
+    from transformers import BeitConfig, BeitModel
+
+    from hf_ssl.analysis.encoders import encode, load_vit_encoder
+
+    BeitModel(BeitConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, use_shared_relative_position_bias=True)).save_pretrained(tmp_path)
+    outputs = encode(load_vit_encoder(tmp_path), torch.randn(2, 3, 32, 32))
+    assert [tuple(attention.shape) for attention in outputs.attentions] == [(2, 2, 17, 17)] * 2
+    assert outputs.grid.num_prefix_tokens == 1
+    torch.testing.assert_close(outputs.attentions[0].sum(-1), torch.ones(2, 2, 17))

@@ -127,3 +127,14 @@ def test_raw_pixel_knn_is_knn_on_centred_pixels():
 def test_raw_pixels_solve_digits_but_not_scenes():
     assert bundled_raw_pixel_knn("digits")["accuracy"] > 0.95
     assert bundled_raw_pixel_knn("scenes")["accuracy"] < 0.7
+
+
+def test_pre_training_on_the_scenes_defaults_to_their_48_px_and_evaluates_on_them():
+    from hf_ssl.training.arguments import PretrainingArguments, resolve_arguments
+
+    resolved = resolve_arguments(PretrainingArguments(dataset_name="digit-scenes"))
+    assert resolved.image_size == 48 and resolved.eval_dataset_name == "digit-scenes"
+    assert resolved.output_dir.endswith("splitmask-vit-micro-digit-scenes")  # not the default run's folder
+    assert resolve_arguments(PretrainingArguments(dataset_name="digit-scenes", image_size=32)).image_size == 32
+    plain = resolve_arguments(PretrainingArguments())
+    assert (plain.image_size, plain.eval_dataset_name) == (32, None)

@@ -19,8 +19,10 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 # Plain ViTs whose token sequence is [prefix tokens] + patches in row-major order. ViTMAE is
-# left out on purpose: its encoder shuffles and drops patches (export the backbone instead).
-SUPPORTED_MODEL_TYPES = ("vit", "deit", "dinov2", "dinov2_with_registers")
+# left out on purpose: its encoder shuffles and drops patches (export the backbone instead). BEiT's
+# ViT (what SplitMask, BEiT and SimMIM export at 224 px) has the same layout; its relative position
+# bias is inside the attention probabilities returned.
+SUPPORTED_MODEL_TYPES = ("vit", "deit", "dinov2", "dinov2_with_registers", "beit")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -25,7 +25,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from hf_ssl.backbones import BackboneSpec, resolve_backbone
-from hf_ssl.data.default import bundled_variant
+from hf_ssl.data.default import SCENES_IMAGE_SIZE, SCENES_VARIANT, bundled_variant
 from hf_ssl.recipes import BuildContext, Preset, Recipe, available_methods, get_recipe
 
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
@@ -144,7 +144,7 @@ class PretrainingArguments:
     eval_dataset_name: str | None = field(
         default=None,
         metadata={"help": "Labelled dataset (train + test splits, columns image/label) for --eval_steps; default: the "
-                          "bundled digits."},
+                          "bundled digits (digit-scenes when pre-training on them)."},
     )
     push_to_hub: bool = field(
         default=False, metadata={"help": "Upload the run folder (and backbone/ as <hub_model_id>-backbone) at the end."}
@@ -252,6 +252,10 @@ def resolve_arguments(arguments: PretrainingArguments) -> PretrainingArguments:
     run_defaults = dict(BUNDLED_RUN_DEFAULTS if arguments.uses_bundled_dataset else GENERAL_RUN_DEFAULTS)
     if recipe is not None and arguments.uses_bundled_dataset:
         run_defaults.update(recipe.bundled_run_defaults)
+    if bundled_variant(arguments.dataset_name) == SCENES_VARIANT:
+        run_defaults["image_size"] = SCENES_IMAGE_SIZE  # the scenes are drawn at 48 px
+        if resolved.eval_dataset_name is None:  # online kNN on the data being learned, not the plain digits
+            resolved.eval_dataset_name = arguments.dataset_name
     for name, value in run_defaults.items():
         if getattr(resolved, name) is None:
             setattr(resolved, name, value)
@@ -268,7 +272,8 @@ def resolve_arguments(arguments: PretrainingArguments) -> PretrainingArguments:
         resolved.knn_evaluation = arguments.uses_bundled_dataset
     if resolved.output_dir is None:
         model_name = Path(resolved.model).name if Path(resolved.model).exists() else resolved.model.replace("/", "-")
-        resolved.output_dir = str(Path("runs") / f"{resolved.method}-{model_name}")
+        suffix = f"-{arguments.dataset_name}" if bundled_variant(arguments.dataset_name) == SCENES_VARIANT else ""
+        resolved.output_dir = str(Path("runs") / f"{resolved.method}-{model_name}{suffix}")
     return resolved
 
 
