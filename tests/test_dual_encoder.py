@@ -587,3 +587,14 @@ def test_short_training_on_bundled_captions_classifies_held_out_digits_zero_shot
     assert trained["accuracy"] > untrained["accuracy"] + 0.15
     classifier = pipeline("zero-shot-image-classification", model=str(output_dir))
     assert classifier(Image.new("RGB", (32, 32)), candidate_labels=["3", "7"])[0]["label"] in ("3", "7")
+
+
+def test_remote_code_auto_map_names_the_zero_shot_class(tmp_path):
+    """The pipeline loads a trust_remote_code folder through AutoModelForZeroShotImageClassification."""
+    from hf_ssl.hub.remote_code import add_remote_code
+
+    model, context = tiny_model()
+    run_dir = _run_folder(tmp_path, model, context)
+    auto_map = add_remote_code(run_dir)
+    assert auto_map["AutoModelForZeroShotImageClassification"].endswith(".BackboneForDualEncoder")
+    assert json.loads((run_dir / "config.json").read_text())["auto_map"] == auto_map

@@ -97,7 +97,7 @@ def test_failed_push_keeps_the_folder_and_says_how_to_retry(tmp_path, local_hub,
     assert local_hub.repos == {}
     before = _local_files(run_dir)
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    with pytest.raises(PushError, match="local folder is unchanged"):
+    with pytest.raises(PushError, match="Nothing in the local folder was removed"):
         push_run_folder(run_dir, "org/splitmask-tiny")
     assert _local_files(run_dir) == before
 

@@ -119,7 +119,8 @@ def push_run_folder(
         retry = _retry_command(run_dir, repo_id, private, revision, push_backbone)
         raise PushError(
             f"Uploading {run_dir} to {api.endpoint}/{repo_id} failed ({type(error).__name__}: "
-            f"{_without_secrets(str(error), token)}). The local folder is unchanged; to retry, check the network "
+            f"{_without_secrets(str(error), token)}). Nothing in the local folder was removed (it now also carries "
+            "the remote code and model card it was uploading); to retry, check the network "
             f"and your token (`hf auth login` or HF_TOKEN), then run:\n  {retry}"
         ) from None
     logger.info("pushed %s to %s", run_dir, result["repo_url"])

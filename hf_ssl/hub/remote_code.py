@@ -70,14 +70,20 @@ def is_hf_ssl_class(cls: type) -> bool:
 
 
 def _supported_auto_classes(config_class: type, model_class: type) -> list[str]:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_IMAGE_MODELING_MAPPING
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_MASKED_IMAGE_MODELING_MAPPING,
+        MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING,
+    )
 
     names = list(REMOTE_AUTO_CLASSES)
-    try:
-        if MODEL_FOR_MASKED_IMAGE_MODELING_MAPPING[config_class] is model_class:
-            names.append("AutoModelForMaskedImageModeling")
-    except KeyError:
-        pass
+    # the task classes the model is registered for (the pipelines load through them)
+    for auto_class, mapping in (("AutoModelForMaskedImageModeling", MODEL_FOR_MASKED_IMAGE_MODELING_MAPPING),
+                                ("AutoModelForZeroShotImageClassification", MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING)):
+        try:
+            if mapping[config_class] is model_class:
+                names.append(auto_class)
+        except KeyError:
+            pass
     return names
 
 
