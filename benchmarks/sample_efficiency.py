@@ -1,8 +1,8 @@
 """The sample-efficiency study of SplitMask (El-Nouby et al. 2021, arXiv:2112.10740), at small scale.
 
-The seed's protocol: pre-train each method on a fraction of the data with the number of
+The paper's protocol: pre-train each method on a fraction of the data with the number of
 iterations held fixed, then evaluate every encoder the same way on the same labelled split. The
-seed's claim: masked image modeling (SplitMask, BEiT) holds its accuracy as the pre-training data
+paper's claim: masked image modeling (SplitMask, BEiT) holds its accuracy as the pre-training data
 shrinks, while a joint-embedding method (DINO) drops. This script measures it on the bundled
 data (or any dataset) and reports what it finds, whether it agrees or not.
 

@@ -1,4 +1,4 @@
-"""SplitMask's objective as seeds/000 states it: MIM(A) + MIM(B) + InfoNCE, each ablation row one
+"""SplitMask's objective as the SplitMask paper states it: MIM(A) + MIM(B) + InfoNCE, each ablation row one
 flag set, the projection head optional, and old checkpoints keeping the loss they were trained with."""
 
 import json

@@ -61,7 +61,7 @@ vocabulary and decoder, the bundled learning rate and, up to 64 px, the plain Vi
 BEiT's (measured on the digits, see `hf_ssl/recipes/vit_fields.py`).
 
 Not reproduced anywhere: the dVAE tokenizer of BEiT (hf-ssl's BEiT and SplitMask predict the
-tokens of a k-means patch tokenizer, seeds/000); fine-tuning's mixup, cutmix, RandAugment and
+tokens of a k-means patch tokenizer, the SplitMask paper); fine-tuning's mixup, cutmix, RandAugment and
 random erasing (see the fine-tuning table at the end).
 """
 

@@ -18,17 +18,17 @@ run_beit_pretraining.py's defaults):
   default), initialised as modeling_pretrain.py does (truncated normal at one std, residual
   weights / sqrt(2 l)); block-wise masks of 75 of 196 patches (``--num_mask_patches 75``; see
   `BEiTConfig`: hf-ssl states the nominal ratio 0.4, which yields exactly that count).
-- targets: the tokens of a k-means patch tokenizer (seeds/000), not BEiT's dVAE.
+- targets: the tokens of a k-means patch tokenizer (the SplitMask paper), not BEiT's dVAE.
 
-SplitMask (El-Nouby et al. 2021, arXiv:2112.10740; seeds/000): ViT-B/16, patches split into two
+SplitMask (El-Nouby et al. 2021, arXiv:2112.10740): ViT-B/16, patches split into two
 disjoint halves, a 2-block decoder, a k-means vocabulary of 8192 8x8x3 patch vectors, the global
 descriptor = average of the decoder outputs, loss MIM(A) + MIM(B) + InfoNCE over the global
-batch, 300 epochs on ImageNet (the seed's table). What the seed does not give comes from the
+batch, 300 epochs on ImageNet (the paper's table). What the paper does not give comes from the
 BEiT recipe SplitMask builds on: optimizer, clipping, encoder, augmentation, decay exemptions,
 10 warm-up epochs (of 300: 3.3 %); the InfoNCE temperature (0.2) and the decoder width (256-d,
 8 heads) are hf-ssl's.
 
-The seed's ablation (ImageNet, ViT-B, 300 epochs), one setting per row:
+The paper's ablation (ImageNet, ViT-B, 300 epochs), one setting per row:
 
     split  inpaint  match   fine-tune  linear   flags
     no     yes      no      82.8       41.0     --method beit
@@ -36,7 +36,7 @@ The seed's ablation (ImageNet, ViT-B, 300 epochs), one setting per row:
     yes    no       yes     79.3        4.0     --method splitmask --model_overrides '{"use_mim_loss": false}'
     yes    yes      yes     83.6       46.5     --method splitmask
 
-Before training, the patch tokenizer's vocabulary is fitted on training images (k-means, seeds/000).
+Before training, the patch tokenizer's vocabulary is fitted on training images (k-means, the SplitMask paper).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ _BEIT_OPTIMIZER = OptimizerDefaults(
     min_learning_rate_ratio=1e-5 / 1.5e-3,
     gradient_clip_norm=3.0,
 )
-# SplitMask: BEiT's optimizer over the seed's 300 epochs.
+# SplitMask: BEiT's optimizer over the paper's 300 epochs.
 _SPLITMASK_OPTIMIZER = dataclasses.replace(_BEIT_OPTIMIZER, warmup_fraction=10 / 300)
 BEIT_SOURCE = "microsoft/unilm beit/README.md (ImageNet-1k pre-training of BEiT-base), run_beit_pretraining.py"
 _MIM_LIMITATION = "MIM features are usually stronger after fine-tuning than under a frozen linear probe."
@@ -176,23 +176,23 @@ BEIT_SETTINGS = _shared_settings("800 epochs (ImageNet-1k)", BEIT_SOURCE) + (
     PublishedSetting("targets", "8192 dVAE tokens (DALL-E)", "README", lambda recipe: (
         f"{_config(recipe).tokenizer_vocab_size} k-means patch tokens ({_config(recipe).tokenizer_method})")),
 )
-SPLITMASK_SETTINGS = _shared_settings("300 epochs (seeds/000 table)", "seeds/000; BEiT README") + (
-    PublishedSetting("split", "two disjoint random halves, each encoded alone", "seeds/000",
+SPLITMASK_SETTINGS = _shared_settings("300 epochs (SplitMask paper table)", "SplitMask paper; BEiT README") + (
+    PublishedSetting("split", "two disjoint random halves, each encoded alone", "the SplitMask paper",
                      lambda recipe: f"objective {_config(recipe).objective}"),
-    PublishedSetting("decoder", "shallow ViT decoder, e.g. 2 blocks (width not given)", "seeds/000",
+    PublishedSetting("decoder", "shallow ViT decoder, e.g. 2 blocks (width not given)", "the SplitMask paper",
                      lambda recipe: f"{_config(recipe).decoder_num_hidden_layers} blocks, "
                                     f"{_config(recipe).decoder_hidden_size}-d, {_config(recipe).decoder_num_attention_heads} heads"),
     PublishedSetting("targets", "V = 8192 k-means vectors of 8x8x3 downsampled patches, token = argmax x^T e_i",
-                     "seeds/000", lambda recipe: f"V = {_config(recipe).tokenizer_vocab_size}, "
+                     "the SplitMask paper", lambda recipe: f"V = {_config(recipe).tokenizer_vocab_size}, "
                                                  f"{_config(recipe).tokenizer_resolution}x{_config(recipe).tokenizer_resolution}"
                                                  f"x3, {_config(recipe).tokenizer_method}"),
-    PublishedSetting("loss", "MIM(A) + MIM(B) + InfoNCE", "seeds/000, DESIGN.md",
+    PublishedSetting("loss", "MIM(A) + MIM(B) + InfoNCE", "SplitMask paper (arXiv:2112.10740)",
                      lambda recipe: f"{number(_config(recipe).mim_loss_weight)} x (MIM(A) + MIM(B)) + "
                                     f"{number(_config(recipe).contrastive_loss_weight)} x InfoNCE"),
-    PublishedSetting("global descriptor", "average of the decoder outputs, no projection", "seeds/000",
+    PublishedSetting("global descriptor", "average of the decoder outputs, no projection", "the SplitMask paper",
                      lambda recipe: "average of the decoder outputs" + (
                          ", projection MLP" if _config(recipe).use_projection_head else ", no projection")),
-    PublishedSetting("InfoNCE temperature", "not given", "seeds/000",
+    PublishedSetting("InfoNCE temperature", "not given", "the SplitMask paper",
                      lambda recipe: number(_config(recipe).contrastive_temperature)),
 )
 
@@ -249,7 +249,7 @@ class SplitMaskRecipe(_PatchTokenizerRecipe):
     augmentation = SPLITMASK_AUGMENTATION
     published_settings = SPLITMASK_SETTINGS
     documentation_notes = (
-        "The ablation rows of seeds/000 are one flag set each: split + inpaint + match is the default; split + "
+        "The ablation rows of the SplitMask paper are one flag set each: split + inpaint + match is the default; split + "
         "inpaint (no matching) is `--model_overrides '{\"use_contrastive_loss\": false}'`; split + match (no "
         "inpainting) is `--model_overrides '{\"use_mim_loss\": false}'`; no split (inpaint only) is `--method beit`. "
         "hf-ssl <= 0.2 averaged the two MIM terms and projected the descriptors; checkpoints saved then keep "
@@ -258,8 +258,8 @@ class SplitMaskRecipe(_PatchTokenizerRecipe):
     presets = (
         Preset(
             name="splitmask-vit-base",
-            description="SplitMask ViT-B/16 at 224 px, 300 epochs (seeds/000 ImageNet table), BEiT's optimizer",
-            source="seeds/000 (El-Nouby et al. 2021); optimizer, encoder and augmentation of " + BEIT_SOURCE,
+            description="SplitMask ViT-B/16 at 224 px, 300 epochs (the SplitMask paper's ImageNet table), BEiT's optimizer",
+            source="SplitMask paper (El-Nouby et al. 2021, arXiv:2112.10740); optimizer, encoder and augmentation of " + BEIT_SOURCE,
             arguments=dict(model="vit-base", image_size=224, total_batch_size=2048),
             model_overrides=dict(
                 encoder_type="beit", drop_path_rate=0.1, layer_scale_init_value=0.1,

@@ -12,7 +12,7 @@ Masking does most of the work, so each method crops and flips, with its own crop
 - SimMIM (Xie et al. 2021, arXiv:2111.09886; microsoft/SimMIM data/data_simmim.py,
   `SimMIMTransform`): random resized crop, scale 0.67-1, torchvision's default bilinear, plus a
   horizontal flip.
-- SplitMask (El-Nouby et al. 2021, arXiv:2112.10740): seeds/000 names no augmentation and the
+- SplitMask (El-Nouby et al. 2021, arXiv:2112.10740): the SplitMask paper names no augmentation and the
   method builds on BEiT's code, so it takes BEiT's.
 
 Every crop draws its aspect ratio in [3/4, 4/3]. A recipe picks one `MaskedImageAugmentation` and
@@ -87,7 +87,7 @@ SIMMIM_AUGMENTATION = MaskedImageAugmentation(
 )
 SPLITMASK_AUGMENTATION = MaskedImageAugmentation(
     name="splitmask", crop_scale=(0.08, 1.0), interpolation="bicubic", color_jitter=0.4,
-    source="BEiT's (microsoft/unilm beit/datasets.py): SplitMask builds on BEiT, seeds/000 names no other",
+    source="BEiT's (microsoft/unilm beit/datasets.py): SplitMask builds on BEiT, the SplitMask paper names no other",
 )
 
 

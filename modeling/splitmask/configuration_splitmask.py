@@ -20,7 +20,7 @@ class SplitMaskConfig(PreTrainedConfig):
     r"""Configuration of [`ViTForSplitMask`]: a ViT encoder (exported as a plain `ViTModel` or
     `BeitModel`), a shallow ViT decoder, a patch-tokenizer vocabulary and the SplitMask / BEiT objective.
 
-    The loss is ``mim_loss_weight * (MIM(A) + MIM(B)) + contrastive_loss_weight * InfoNCE`` (seeds/000:
+    The loss is ``mim_loss_weight * (MIM(A) + MIM(B)) + contrastive_loss_weight * InfoNCE`` (the SplitMask paper:
     "MIM(A) + MIM(B) + InfoNCE"); each row of the paper's ablation (split / inpaint / match) is
     one setting of `use_mim_loss` and `use_contrastive_loss` (see `hf_ssl/recipes/splitmask.py`).
     Configs saved before these fields existed (no ``mim_loss_weight`` key) load with the loss they
@@ -68,11 +68,11 @@ class SplitMaskConfig(PreTrainedConfig):
         mim_loss_weight (`float`, defaults to 1.0): weight of each branch's MIM cross-entropy (of
             the single one for BEiT).
         use_contrastive_loss (`bool`, defaults to `True`): add InfoNCE between the two branches ("match").
-        contrastive_temperature (`float`, defaults to 0.2): InfoNCE temperature tau (seeds/000
+        contrastive_temperature (`float`, defaults to 0.2): InfoNCE temperature tau (the SplitMask paper
             gives none; 0.2 is hf-ssl's).
         contrastive_loss_weight (`float`, defaults to 1.0): weight of InfoNCE in the total loss.
         use_projection_head (`bool`, defaults to `False`): pass each global descriptor through a
-            2-layer MLP before InfoNCE; the seed matches the averaged decoder outputs directly.
+            2-layer MLP before InfoNCE; the paper matches the averaged decoder outputs directly.
         projection_dim (`int`, defaults to 256): output size of that MLP.
         gather_negatives_across_processes (`bool`, defaults to `True`): negatives from the global
             batch when running distributed.
