@@ -196,3 +196,26 @@ def test_beit_schedule_ends_at_min_lr():
     assert schedules["learning_rate"][0].item() == 0.0
     assert schedules["learning_rate"][10].item() == pytest.approx(1.5e-3)
     assert schedules["learning_rate"][-1].item() == pytest.approx(1e-5, rel=0.01)
+
+
+# Steps of the bundled run's 1,200 that each recipe, with its published augmentation, needs to
+# beat random init in kNN on the digits (SplitMask: tests/test_pretrain_script.py; SimMIM-Swin:
+# tests/test_simmim.py).
+LEARNING_STEPS = {"beit": 300, "mae": 300}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(LEARNING_STEPS))
+def test_the_published_recipe_still_learns_on_the_bundled_digits(method, tmp_path):
+    import json
+
+    from hf_ssl.cli import pretrain
+
+    steps, output_dir = LEARNING_STEPS[method], tmp_path / method
+    assert pretrain.main(["--method", method, "--max_steps", str(steps), "--save_steps", str(steps), "--logging_steps", "20",
+                          "--report_to", "none", "--output_dir", str(output_dir)]) == 0
+    losses = [json.loads(line)["loss"] for line in (output_dir / "training_log.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    knn = json.loads((output_dir / "eval_results.json").read_text())["knn"]
+    assert knn["accuracy"] > knn["baselines"]["random_init"], knn
