@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from steps import ModelStep
 from transformers import (
     BeitConfig,
     BeitForMaskedImageModeling,
@@ -20,6 +21,7 @@ from transformers import (
     SwinForMaskedImageModeling,
     VisionTextDualEncoderConfig,
     VisionTextDualEncoderModel,
+    ViTConfig,
     ViTForMaskedImageModeling,
     ViTMAEConfig,
     ViTMAEForPreTraining,
@@ -30,8 +32,6 @@ from hf_ssl.masking import beit_mask
 from hf_ssl.masking.blockwise import BEIT_MASK_RATIO
 from hf_ssl.masking.simmim import SimMIMMaskGenerator
 from hf_ssl.recipes import parameter_groups
-
-from steps import ModelStep
 
 if TYPE_CHECKING:
     from cases import CaseInputs
@@ -77,6 +77,12 @@ def transformers_simmim(inputs: CaseInputs) -> ModelStep:
     masked with the SimMIM generator hf-ssl uses (transformers' classes take a mask, never draw one)."""
     config = inputs.hf_ssl_config
     encoder_config = config.encoder_config()
+    if encoder_config.model_type == "beit":
+        # hf-ssl's SimMIM-ViT at 224 px is BEiT's ViT (relative position bias, layer scale), as in the
+        # official code; transformers' SimMIM class for ViTs takes a plain ViT of the same size.
+        encoder_config = ViTConfig(**{name: getattr(encoder_config, name) for name in (
+            "image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "intermediate_size", "layer_norm_eps")}, encoder_stride=encoder_config.patch_size)
     model_class = SwinForMaskedImageModeling if config.backbone == "swin" else ViTForMaskedImageModeling
     model = model_class(encoder_config)
     mask_generator = SimMIMMaskGenerator(config.image_size, config.patch_size, config.mask_patch_size, config.mask_ratio,
