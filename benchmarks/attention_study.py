@@ -18,11 +18,12 @@ Each model is ``family:path``, family one of ``mim``, ``contrastive``, ``supervi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
+
+from report import write_study
 
 REPO = Path(__file__).resolve().parents[1]
 COMPARED_FAMILIES = ("contrastive", "supervised")
@@ -46,18 +47,23 @@ def layer_summary(statistics) -> dict[str, list[float]]:
     """Per layer: mean head distance, the spread between the most local and most global head, mean
     head entropy and the mean KL divergence between heads (head diversity)."""
     distance = statistics.attention_distance  # (L, H) pixels
-    heads = distance.shape[1]
-    pairwise = statistics.pairwise_head_kl_divergence  # (L, H, H)
     return {
         "attention_distance": distance.mean(dim=1).tolist(),
         "distance_spread": (distance.max(dim=1).values - distance.min(dim=1).values).tolist(),
         "attention_entropy": statistics.attention_entropy.mean(dim=1).tolist(),
-        "head_kl_divergence": (pairwise.sum(dim=(1, 2)) / (heads * (heads - 1))).tolist(),
+        "head_kl_divergence": statistics.head_kl_divergence.tolist(),
     }
 
 
 def measure(arguments) -> dict:
-    from hf_ssl.analysis import attention_statistics, bundled_images, load_image_processor, load_vit_encoder, preprocess_images
+    from hf_ssl.analysis import (
+        attention_statistics,
+        bundled_images,
+        load_image_processor,
+        load_vit_encoder,
+        prepare_vit,
+        preprocess_images,
+    )
     from hf_ssl.eval.runner import random_init_like
 
     images = bundled_images(arguments.num_images, arguments.bundled_variant)
@@ -70,10 +76,9 @@ def measure(arguments) -> dict:
             models[f"{family}: {Path(path).name}"] = {"family": family, "path": path,
                                                      **layer_summary(attention_statistics(encoder, pixels))}
             if index == 0:  # the same architecture untrained: what training changed
-                untrained = random_init_like(encoder, arguments.seed)
-                untrained.set_attn_implementation("eager")
+                untrained = prepare_vit(random_init_like(encoder, arguments.seed))
                 models["random init"] = {"family": "random init", "path": path,
-                                         **layer_summary(attention_statistics(untrained.eval(), pixels))}
+                                         **layer_summary(attention_statistics(untrained, pixels))}
     return {"configuration": {"bundled_variant": arguments.bundled_variant, "num_images": len(images)},
             "models": models, "verdict": verdict(models)}
 
@@ -138,12 +143,7 @@ def main(argv=None) -> int:
     except AnalysisInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    arguments.output_dir.mkdir(parents=True, exist_ok=True)
-    stem = arguments.output_dir / "attention_study"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
-    plot(report, stem.with_suffix(".png"))
-    print(markdown(report))
+    write_study(arguments.output_dir, "attention_study", report, markdown(report), plot)
     return 0
 
 

@@ -182,3 +182,15 @@ def write_results(results: dict, output_directory: Path, name: str) -> tuple[Pat
 
 
 __all__ = ["add_derived_columns", "fastest_worker_rates", "markdown", "utilisation_reference", "write_results"]
+
+
+def write_study(output_dir: Path, name: str, report: dict, markdown_text: str, plot) -> Path:
+    """A study's results files: ``<output_dir>/<name>.json``, ``.md`` and ``.png`` (``plot(report, path)``);
+    prints the Markdown and returns the stem."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stem = output_dir / name
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown_text)
+    plot(report, stem.with_suffix(".png"))
+    print(markdown_text)
+    return stem

@@ -22,13 +22,14 @@ probe and fine-tuning, for each label setting. Writes ``<output_dir>/sample_effi
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from report import write_study
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results"
@@ -202,12 +203,7 @@ def plot(report: dict, path: Path) -> None:
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
     report = collect(arguments)
-    arguments.output_dir.mkdir(parents=True, exist_ok=True)
-    stem = arguments.output_dir / "sample_efficiency"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
-    plot(report, stem.with_suffix(".png"))
-    print(markdown(report))
+    write_study(arguments.output_dir, "sample_efficiency", report, markdown(report), plot)
     return 0
 
 

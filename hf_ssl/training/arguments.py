@@ -249,10 +249,11 @@ def resolve_arguments(arguments: PretrainingArguments) -> PretrainingArguments:
     """Fill the None fields from the bundled default run or the general defaults, then the recipe."""
     recipe = get_recipe(arguments.method) if arguments.method in available_methods() else None
     resolved = dataclasses.replace(arguments)
+    on_scenes = bundled_variant(arguments.dataset_name) == SCENES_VARIANT
     run_defaults = dict(BUNDLED_RUN_DEFAULTS if arguments.uses_bundled_dataset else GENERAL_RUN_DEFAULTS)
     if recipe is not None and arguments.uses_bundled_dataset:
         run_defaults.update(recipe.bundled_run_defaults)
-    if bundled_variant(arguments.dataset_name) == SCENES_VARIANT:
+    if on_scenes:
         run_defaults["image_size"] = SCENES_IMAGE_SIZE  # the scenes are drawn at 48 px
         if resolved.eval_dataset_name is None:  # online kNN on the data being learned, not the plain digits
             resolved.eval_dataset_name = arguments.dataset_name
@@ -272,7 +273,7 @@ def resolve_arguments(arguments: PretrainingArguments) -> PretrainingArguments:
         resolved.knn_evaluation = arguments.uses_bundled_dataset
     if resolved.output_dir is None:
         model_name = Path(resolved.model).name if Path(resolved.model).exists() else resolved.model.replace("/", "-")
-        suffix = f"-{arguments.dataset_name}" if bundled_variant(arguments.dataset_name) == SCENES_VARIANT else ""
+        suffix = f"-{arguments.dataset_name}" if on_scenes else ""
         resolved.output_dir = str(Path("runs") / f"{resolved.method}-{model_name}{suffix}")
     return resolved
 
