@@ -61,3 +61,36 @@ def test_unknown_name_lists_the_allowed_ones():
         build_transform("mixup", 32)
     for name in AUGMENTATIONS:
         assert name in str(error.value)
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.7, 2.0])
+def test_truncated_blur_matches_the_full_kernel_and_draws_sigma_the_same_way(sigma):
+    from torchvision.transforms import v2
+
+    from hf_ssl.transforms.augmentations import TruncatedGaussianBlur
+
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, 224, 224), generator=generator, dtype=torch.uint8)
+    full = v2.GaussianBlur(23, sigma=sigma)(image.float())
+    truncated = TruncatedGaussianBlur(23, sigma=sigma)(image.float())
+    assert (truncated - full).abs().max() < 0.01  # of 255
+    random_full, random_truncated = v2.GaussianBlur(23), TruncatedGaussianBlur(23)
+    torch.manual_seed(3)
+    expected = random_full(image.float())
+    torch.manual_seed(3)
+    assert (random_truncated(image.float()) - expected).abs().max() < 0.01  # same sigma drawn
+    # A small kernel is never widened.
+    assert torch.equal(TruncatedGaussianBlur(3, sigma=sigma)(image), v2.GaussianBlur(3, sigma=sigma)(image))
+
+
+def test_truncated_blur_drops_taps_beyond_four_sigma():
+    from torchvision.transforms import v2
+
+    from hf_ssl.transforms.augmentations import TruncatedGaussianBlur
+
+    impulse = torch.zeros(1, 41, 41)
+    impulse[0, 20, 20] = 1.0
+    full = v2.GaussianBlur(23, sigma=2.0)(impulse)
+    truncated = TruncatedGaussianBlur(23, sigma=2.0)(impulse)  # 4 sigma = 8 px: a 17-tap kernel
+    assert full[0, 20, 30] > 0 and truncated[0, 20, 30] == 0  # 10 px away
+    assert truncated[0, 20, 28] > 0  # 8 px away
