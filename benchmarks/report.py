@@ -181,7 +181,6 @@ def write_results(results: dict, output_directory: Path, name: str) -> tuple[Pat
     return json_path, markdown_path
 
 
-__all__ = ["add_derived_columns", "fastest_worker_rates", "markdown", "utilisation_reference", "write_results"]
 
 
 def write_study(output_dir: Path, name: str, report: dict, markdown_text: str, plot) -> Path:
@@ -194,3 +193,7 @@ def write_study(output_dir: Path, name: str, report: dict, markdown_text: str, p
     plot(report, stem.with_suffix(".png"))
     print(markdown_text)
     return stem
+
+
+__all__ = ["add_derived_columns", "fastest_worker_rates", "markdown", "utilisation_reference", "write_results",
+           "write_study"]

@@ -64,14 +64,18 @@ class TruncatedGaussianBlur(v2.GaussianBlur):
         return self._call_kernel(v2.functional.gaussian_blur, inpt, kernel_size, **params)
 
 
+def simclr_blur(image_size: int) -> TruncatedGaussianBlur:
+    """The SimCLR / BYOL blur at `image_size`: kernel ~10% of the side (cut at 4 sigma), sigma ~ U(0.1, 2.0)."""
+    return TruncatedGaussianBlur(_blur_kernel_size(image_size), sigma=(0.1, 2.0))
+
+
 def _color_distortion(image_size: int, blur_probability: float, solarize_probability: float) -> list:
     steps = [
         v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
         v2.RandomGrayscale(p=0.2),
     ]
     if blur_probability > 0:
-        steps.append(v2.RandomApply([TruncatedGaussianBlur(_blur_kernel_size(image_size), sigma=(0.1, 2.0))],
-                                    p=blur_probability))
+        steps.append(v2.RandomApply([simclr_blur(image_size)], p=blur_probability))
     if solarize_probability > 0:
         steps.append(v2.RandomSolarize(threshold=128, p=solarize_probability))
     return steps

@@ -14,8 +14,8 @@ DINO, Caron et al. 2021, arXiv:2104.14294; follows facebookresearch/dino main_di
 It differs from ``build_transform("multicrop", ...)`` in `hf_ssl.transforms.augmentations` in three
 ways that matter for DINO's flags and fidelity: the crop scales are arguments
 (``--global_crops_scale``, ``--local_crops_scale``), the blur is PIL's untruncated Gaussian with
-the official radius (that one truncates torchvision's kernel at ~10% of the crop side, 11 px at
-96 px), and zero local crops leave out the ``local_crops`` key. Randomness comes from torch's
+the official radius (that one cuts torchvision's kernel at ~10% of the crop side, 11 px at
+96 px, and at 4 sigma), and zero local crops leave out the ``local_crops`` key. Randomness comes from torch's
 generator, so ``torch.manual_seed`` makes a crop reproducible (the official code mixes in
 Python's ``random``).
 """

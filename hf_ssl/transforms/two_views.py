@@ -48,14 +48,7 @@ from typing import Literal
 
 from torchvision.transforms import v2
 
-from .augmentations import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    TruncatedGaussianBlur,
-    _blur_kernel_size,
-    _to_normalized_tensor,
-    _TwoViews,
-)
+from .augmentations import IMAGENET_MEAN, IMAGENET_STD, _to_normalized_tensor, _TwoViews, simclr_blur
 
 TwoViewPipelineName = Literal["simclr", "byol", "simsiam"]
 
@@ -114,7 +107,7 @@ def _view_pipeline(
         v2.RandomGrayscale(p=view.grayscale_probability),
     ]
     if view.blur_probability > 0:
-        blur = TruncatedGaussianBlur(_blur_kernel_size(image_size), sigma=(0.1, 2.0))
+        blur = simclr_blur(image_size)
         steps.append(v2.RandomApply([blur], p=view.blur_probability))
     if view.solarize_probability > 0:
         steps.append(v2.RandomSolarize(threshold=128, p=view.solarize_probability))
