@@ -111,6 +111,11 @@ def test_backbone_blocks_are_named_for_fsdp_wrapping_and_device_maps(method):
     model, _ = build_tiny(method)
     backbone_blocks = {type(module).__name__ for module in model.get_backbone().modules()} & model._no_split_modules
     assert backbone_blocks, (method, model._no_split_modules)
+    # accelerate's FSDP auto-wrap raises for a listed class that is absent from the model; embeddings are
+    # no shard unit (methods call their pieces, which would bypass the unit's all-gather)
+    assert model._no_split_modules <= {type(module).__name__ for module in model.modules()}, method
+    assert not any(name.endswith("Embeddings") for name in model._no_split_modules), method
+    assert model.get_input_embeddings() is None  # accelerate's FSDP preparation calls it
 
 
 def test_timm_backbones_name_their_residual_blocks():

@@ -33,6 +33,22 @@ class BackboneContractMixin(SafeLoadingMixin):
 
     Goes first in a model's bases, before `PreTrainedModel`."""
 
+    def post_init(self):
+        super().post_init()
+        # `_no_split_modules` is FSDP's shard unit (accelerate's auto-wrap) and a device map's whole
+        # unit. Kept: the repeated blocks present in this model. accelerate refuses an absent name (a
+        # class may list both ViT's and BEiT's), and an embedding unit would never gather its weights:
+        # methods call its pieces (patch projection, then their own token handling), not its forward.
+        blocks = {type(child).__name__ for module in self.modules() if isinstance(module, (nn.ModuleList, nn.Sequential))
+                  for child in module.children()}
+        self._no_split_modules = {name for name in self._no_split_modules or () if name in blocks}
+
+    def get_input_embeddings(self) -> None:
+        """None: pre-training models have no token embedding to resize or tie. (transformers raises
+        NotImplementedError here, and accelerate's FSDP preparation calls it; a patch embedding
+        returned here would be sharded a second time inside its block's unit.)"""
+        return None
+
     def _image_processor_or_default(self, image_processor: ViTImageProcessor | None) -> ViTImageProcessor:
         if image_processor is not None:
             return image_processor
