@@ -1,9 +1,10 @@
 """Fully sharded training (torch FSDP2, one shard unit per ViT block) keeps batch-level terms exact.
 
-accelerate 1.15 applies FSDP to GPU runs only, but torch's `fully_shard` runs on CPU with gloo, so
-the model code itself is checked here: two processes, each holding half of a global batch and
-half of every block's weights, must give the loss and the (gathered) gradients of one process on
-the whole batch. SplitMask's InfoNCE takes its negatives from the other process.
+The model code itself, under torch's `fully_shard` on CPU with gloo: two processes, each holding
+half of a global batch and half of every block's weights, must give the loss and the (gathered)
+gradients of one process on the whole batch. SplitMask's InfoNCE takes its negatives from the
+other process. The trainer under `accelerate launch --config_file recipes/accelerate/fsdp.yaml`
+is tested in test_fsdp_training.py, the batch-level losses in test_distributed_losses.py.
 """
 
 from __future__ import annotations

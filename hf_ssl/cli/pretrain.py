@@ -51,6 +51,14 @@ from hf_ssl.training.checkpointing import truncate_training_log
 from hf_ssl.training.loop import TRAINING_LOG_NAME
 from hf_ssl.training.outputs import hardware_description, save_run_folder
 from hf_ssl.training.runtime import configure_cpu_threads, multi_process_cpu_run
+from hf_ssl.training.sharding import (
+    check_fsdp_launch,
+    check_shardable,
+    is_fully_sharded,
+    shard_summary,
+    use_fsdp_on_cpu,
+    whole_model,
+)
 from hf_ssl.transforms import ImageRowTransform, RowsByRole, build_transform
 
 logger = logging.getLogger("hf_ssl.pretrain")
@@ -87,19 +95,19 @@ def first_rows(dataset, count: int):
     return dataset.take(count)
 
 
-SHARDED_LAUNCH_VARIABLES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
-                            "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+UNSUPPORTED_LAUNCH_VARIABLES = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
 
 
-def refuse_sharded_launch() -> None:
-    """Stop an FSDP / DeepSpeed launch before any work: hf-ssl's checkpoints (safetensors + JSON)
-    hold whole model and optimizer states, so a sharded run could not save or resume."""
-    for variable, name in SHARDED_LAUNCH_VARIABLES.items():
+def refuse_unsupported_launch() -> None:
+    """Stop a DeepSpeed / Megatron-LM launch (or FSDP1) before any work: hf-ssl's checkpoints
+    (safetensors + JSON) hold whole states, which it gathers from DDP and FSDP2 runs only."""
+    for variable, name in UNSUPPORTED_LAUNCH_VARIABLES.items():
         if os.environ.get(variable, "false").strip().lower() in ("1", "true", "yes"):
             raise ConfigurationError(
                 f"{name} launches are not supported: hf-ssl checkpoints hold whole (not sharded) model and optimizer "
-                "states; launch data-parallel instead (accelerate launch --config_file recipes/accelerate/ddp_multi_gpu.yaml)"
+                "states; shard with FSDP2 instead (accelerate launch --config_file recipes/accelerate/fsdp.yaml)"
             )
+    check_fsdp_launch()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +122,7 @@ def run(argv: list[str] | None = None) -> int:
     # ----- parse and validate, the run folder included (before any data is read or weight allocated)
     arguments, method_arguments = parse_arguments(argv)
     arguments = resolve_arguments(arguments)
-    refuse_sharded_launch()
+    refuse_unsupported_launch()
     world_size = PartialState(cpu=multi_process_cpu_run()).num_processes
     backbone = validate_arguments(arguments, method_arguments, world_size=world_size)
     checkpoint = check_run_folder(arguments, world_size, method_arguments)
@@ -131,6 +139,7 @@ def run(argv: list[str] | None = None) -> int:
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
+    use_fsdp_on_cpu(accelerator)
     configure_cpu_threads(accelerator.device, accelerator.num_processes, arguments.dataloader_num_workers)
     set_seed(arguments.seed)
     per_device_batch_size = arguments.total_batch_size // (accelerator.num_processes * arguments.gradient_accumulation_steps)
@@ -177,6 +186,8 @@ def run(argv: list[str] | None = None) -> int:
 
     # ----- model, and the recipe's preparation on training images (the same images on every process)
     model = recipe.build_model(context)
+    if is_fully_sharded(accelerator):
+        check_shardable(model)
     if backbone.weights is not None:
         model.load_backbone_weights(load_pretrained_backbone(backbone.nested(), backbone.weights))
         logger.info("Backbone initialised from %s", backbone.weights)
@@ -221,6 +232,9 @@ def run(argv: list[str] | None = None) -> int:
 
     # ----- prepare
     model, optimizer = accelerator.prepare(model, optimizer)
+    if is_fully_sharded(accelerator):
+        logger.info("FSDP (shard unit: %s): %s", ", ".join(sorted(accelerator.unwrap_model(model)._no_split_modules)),
+                    shard_summary(model))
 
     # ----- resume
     state = TrainingState(world_size=accelerator.num_processes)
@@ -260,9 +274,9 @@ def run(argv: list[str] | None = None) -> int:
 
     # ----- save the Hub-ready folder, evaluate on the bundled data, write the card
     accelerator.wait_for_everyone()
+    unwrapped = whole_model(accelerator, model)  # under FSDP gathered from the shards (every process takes part)
     accelerator.end_training()
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
         training_arguments = {
             **arguments.to_dict(),
             **({"method_arguments": dataclasses.asdict(method_arguments)} if method_arguments is not None else {}),

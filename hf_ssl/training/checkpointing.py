@@ -21,7 +21,9 @@ finished and the manifest is written, so a kill -9 during a save leaves only a t
 (ignored, later removed). Truncated, emptied or altered files are caught by the manifest:
 `latest_checkpoint` falls back to the newest intact checkpoint with a warning naming the file;
 `load_checkpoint` raises `DamagedCheckpointError` naming it. Supports single-process and DDP runs
-(every process holds the full model and optimizer); FSDP / DeepSpeed shard them and are refused.
+(every process holds the full model and optimizer) and FSDP2 runs, whose shards are gathered into
+the same whole-tensor files and scattered back on resume (`hf_ssl.training.sharding`); DeepSpeed
+and Megatron-LM are refused.
 """
 
 from __future__ import annotations
@@ -48,6 +50,13 @@ from safetensors.torch import save_file as save_tensors
 from safetensors.torch import save_model as save_model_weights
 
 from .arguments import ConfigurationError
+from .sharding import (
+    full_model_state,
+    full_optimizer_state,
+    is_fully_sharded,
+    load_full_model_state,
+    load_full_optimizer_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +68,8 @@ RUN_ARGUMENTS_NAME = "run_arguments.json"
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "hf-ssl-checkpoint/1"
 PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth", ".pickle", ".ckpt")
-# Sharded model / optimizer states (their own save paths in accelerate); every other type is DDP-like.
-SHARDED_DISTRIBUTED_TYPES = (DistributedType.DEEPSPEED, DistributedType.FSDP, DistributedType.MEGATRON_LM, DistributedType.XLA)
+# Sharded states with their own save paths in accelerate; FSDP2 is gathered here, every other type is DDP-like.
+UNSUPPORTED_DISTRIBUTED_TYPES = (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM, DistributedType.XLA)
 
 
 class DamagedCheckpointError(ConfigurationError):
@@ -366,19 +375,38 @@ def _numbered(name: str, index: int) -> str:
 
 
 def _check_distributed_type(accelerator: Accelerator) -> None:
-    if accelerator.distributed_type in SHARDED_DISTRIBUTED_TYPES:
+    if accelerator.distributed_type in UNSUPPORTED_DISTRIBUTED_TYPES or (
+        is_fully_sharded(accelerator) and not accelerator.is_fsdp2
+    ):
         raise RuntimeError(
-            f"hf-ssl checkpoints support single-process and DDP runs, not {accelerator.distributed_type}: "
+            f"hf-ssl checkpoints support single-process, DDP and FSDP2 runs, not {accelerator.distributed_type}: "
             "its sharded model and optimizer states would need accelerate's pickle-based save_state"
         )
+    if is_fully_sharded(accelerator) and (len(accelerator._models), len(accelerator._optimizers)) != (1, 1):
+        raise RuntimeError("hf-ssl checkpoints of FSDP runs hold one model and one optimizer")
 
 
-def _write_main_process_files(accelerator: Accelerator, folder: Path, trainer_state: dict, run_arguments: dict | None) -> None:
-    for index, model in enumerate(accelerator._models):
+def _gather_sharded_states(accelerator: Accelerator) -> tuple[dict, dict] | None:
+    """Under FSDP, the whole model and optimizer states on the main process (collective); else None."""
+    if not is_fully_sharded(accelerator):
+        return None
+    model = accelerator._models[0]
+    return full_model_state(model), full_optimizer_state(model, accelerator._optimizers[0].optimizer)
+
+
+def _write_main_process_files(accelerator: Accelerator, folder: Path, trainer_state: dict, run_arguments: dict | None,
+                              sharded_states: tuple[dict, dict] | None = None) -> None:
+    if sharded_states is not None:  # FSDP: the gathered whole states, in the same files
+        model_state, optimizer_state = sharded_states
+        save_tensors(_separate_storages({name: tensor.contiguous() for name, tensor in model_state.items()}),
+                     str(folder / "model.safetensors"))
+        _make_durable(folder / "model.safetensors")
+        save_state_files(folder, "optimizer", optimizer_state)
+    for index, model in enumerate(accelerator._models if sharded_states is None else ()):
         path = folder / f"{_numbered('model', index)}.safetensors"
         save_model_weights(accelerator.unwrap_model(model), str(path), force_contiguous=True)
         _make_durable(path)
-    for index, optimizer in enumerate(accelerator._optimizers):
+    for index, optimizer in enumerate(accelerator._optimizers if sharded_states is None else ()):
         save_state_files(folder, _numbered("optimizer", index), optimizer.state_dict())
     for index, scheduler in enumerate(accelerator._schedulers):
         save_state_files(folder, _numbered("scheduler", index), scheduler.state_dict())
@@ -423,8 +451,9 @@ def save_checkpoint(
     rank = accelerator.process_index
     save_state_files(temporary, f"random_states_{rank}", random_states(accelerator))
     save_state_files(temporary, f"data_state_{rank}", data_state)
+    sharded_states = _gather_sharded_states(accelerator)
     if accelerator.is_main_process:
-        _write_main_process_files(accelerator, temporary, trainer_state, run_arguments)
+        _write_main_process_files(accelerator, temporary, trainer_state, run_arguments, sharded_states)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_manifest(temporary)
@@ -489,9 +518,12 @@ def _require_listed(checkpoint: Path, manifest: dict, names: Iterable[str]) -> N
             raise DamagedCheckpointError(checkpoint, name, "is missing (not in the manifest)")
 
 
-def _load_model_weights(checkpoint: Path, model: torch.nn.Module, name: str) -> None:
+def _load_model_weights(checkpoint: Path, model: torch.nn.Module, name: str, sharded: bool = False) -> None:
     try:
-        load_model_weights(model, str(checkpoint / name), strict=True)
+        if sharded:
+            load_full_model_state(model, load_tensors(str(checkpoint / name)))
+        else:
+            load_model_weights(model, str(checkpoint / name), strict=True)
     except (SafetensorError, OSError) as error:
         raise DamagedCheckpointError(checkpoint, name, f"does not parse ({error})") from None
     except RuntimeError as error:
@@ -522,8 +554,11 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str | Path) -> tuple[d
     model_files = [f"{_numbered('model', index)}.safetensors" for index in range(len(accelerator._models))]
     _require_listed(checkpoint, manifest, model_files + [f"random_states_{rank}.json", f"data_state_{rank}.json"])
     for model, name in zip(accelerator._models, model_files):
-        _load_model_weights(checkpoint, accelerator.unwrap_model(model), name)
+        _load_model_weights(checkpoint, accelerator.unwrap_model(model), name, sharded=is_fully_sharded(accelerator))
     objects = [(_numbered("optimizer", index), item) for index, item in enumerate(accelerator._optimizers)]
+    if is_fully_sharded(accelerator):  # whole state keyed by parameter name, scattered into the shards
+        model, optimizer = accelerator._models[0], accelerator._optimizers[0].optimizer
+        objects[0] = ("optimizer", _ShardedOptimizerState(model, optimizer))
     objects += [(_numbered("scheduler", index), item) for index, item in enumerate(accelerator._schedulers)]
     objects += [("scaler", accelerator.scaler)] if accelerator.scaler is not None else []
     objects += [(f"custom_state_{index}", item) for index, item in enumerate(accelerator._custom_objects)]
@@ -537,6 +572,16 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str | Path) -> tuple[d
     set_random_states(accelerator, load_state_files(checkpoint, f"random_states_{rank}"))
     data_state = load_state_files(checkpoint, f"data_state_{rank}")
     return trainer_state, data_state
+
+
+class _ShardedOptimizerState:
+    """`load_state_dict` of an FSDP run's optimizer from the whole, name-keyed state it saved."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+
+    def load_state_dict(self, state: dict) -> None:
+        load_full_optimizer_state(self.model, self.optimizer, state)
 
 
 def truncate_training_log(log_path: str | Path, last_step: int) -> None:

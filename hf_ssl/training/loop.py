@@ -30,6 +30,7 @@ from hf_ssl.recipes.base import Recipe, StepContext
 from hf_ssl.schedules import apply_optimizer_schedules
 
 from .checkpointing import save_checkpoint
+from .sharding import is_fully_sharded, whole_model
 
 logger = logging.getLogger(__name__)
 
@@ -192,9 +193,11 @@ def train(
             window.reset()
             window_start = time.perf_counter()
 
-        if settings.periodic_evaluation is not None and settings.eval_steps and state.step % settings.eval_steps == 0:
-            if accelerator.is_main_process:
-                metrics = settings.periodic_evaluation(unwrapped.get_backbone())
+        evaluating = settings.eval_steps and state.step % settings.eval_steps == 0
+        if evaluating and (settings.periodic_evaluation is not None or is_fully_sharded(accelerator)):
+            evaluated = whole_model(accelerator, model)  # under FSDP every process gathers, the main one evaluates
+            if accelerator.is_main_process and settings.periodic_evaluation is not None:
+                metrics = settings.periodic_evaluation(evaluated.get_backbone())
                 accelerator.log(metrics, step=state.step)
                 with open(log_path, "a") as handle:
                     handle.write(json.dumps({"step": state.step, **metrics}) + "\n")
