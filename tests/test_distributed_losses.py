@@ -5,6 +5,9 @@ both processes (same weights), computes the loss and backpropagates it. Paramete
 are averaged over the processes as DDP does; the test then requires the loss, the gradient of
 every input row and the averaged parameter gradients to equal one process's on the whole batch
 (float64, tight tolerances). A world-size factor or a missing gather fails by a factor of 2.
+The same cases run a second time with the shared parameters fully sharded (torch FSDP2's
+``fully_shard``: each process holds half of each, gathered for the forward, gradients
+reduce-scattered), which is how `recipes/accelerate/fsdp.yaml` trains.
 """
 
 from __future__ import annotations
@@ -119,6 +122,38 @@ def _run_case(name: str, rows: slice, world_size: int, all_reduce=None) -> dict:
     return {"values": values.detach(), "inputs": input_gradients, "parameters": parameter_gradients}
 
 
+class _ShardedParameters(torch.nn.Module):
+    """The shared parameters as one FSDP unit; ``forward`` runs a case with them gathered."""
+
+    def __init__(self):
+        super().__init__()
+        for key, value in _shared_parameters().items():  # 0-d tensors as (1,): FSDP shards dim 0
+            self.register_parameter(key, torch.nn.Parameter(value.reshape(-1) if value.dim() == 0 else value))
+
+    def forward(self, name: str, inputs: dict) -> torch.Tensor:
+        parameters = {key: value if key in ("weight", "dino_weight") else value[0]
+                      for key, value in self.named_parameters()}
+        return CASES[name](inputs, parameters)
+
+
+def _run_case_fully_sharded(name: str, rows: slice, world_size: int) -> dict:
+    """`_run_case` with the parameters sharded by ``fully_shard``. As in the trainer, each process
+    backpropagates its own loss and FSDP averages the parameter gradients over processes; the
+    gradient of the global loss (the processes' mean) w.r.t. the inputs is then the local one / W."""
+    from torch.distributed.fsdp import fully_shard
+
+    module = fully_shard(_ShardedParameters())
+    inputs = {key: value[rows].clone().requires_grad_(True) for key, value in _global_inputs().items()}
+    values = module(name, inputs)
+    (values if values.dim() == 0 else values[0]).backward()
+    parameter_gradients = {}
+    for key, parameter in module.named_parameters():
+        gradient = parameter.grad.full_tensor() if parameter.grad is not None else torch.zeros(parameter.shape, dtype=torch.float64)
+        parameter_gradients[key] = gradient.reshape(_shared_parameters()[key].shape)
+    input_gradients = {key: value.grad / world_size for key, value in inputs.items() if value.grad is not None}
+    return {"values": values.detach(), "inputs": input_gradients, "parameters": parameter_gradients}
+
+
 def _centre(rows: slice) -> torch.Tensor:
     center = torch.linspace(-0.5, 0.5, PROTOTYPES, dtype=torch.float64).reshape(1, -1)
     return update_dino_center(center, _crop_major(_global_inputs()["teacher_crops"][rows]))
@@ -144,6 +179,7 @@ def _worker(rank: int, world_size: int, store_path: str, result_dir: str) -> Non
     try:
         results = {name: _run_case(name, _row_range(name, rank), world_size, dist.all_reduce) for name in CASES}
         results["dino_centre"] = _centre(_row_range("dino_centre", rank))
+        results["fully_sharded"] = {name: _run_case_fully_sharded(name, _row_range(name, rank), world_size) for name in CASES}
         torch.save(results, f"{result_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -167,10 +203,11 @@ def distributed_results(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("parallelism", ["ddp", "fully_sharded"])
 @pytest.mark.parametrize("name", sorted(set(CASES) - {"nt_xent_local_negatives"}))
-def test_two_processes_equal_one_process_on_the_global_batch(distributed_results, name):
+def test_two_processes_equal_one_process_on_the_global_batch(distributed_results, name, parallelism):
     single = _run_case(name, slice(None), world_size=1)
-    per_rank = [results[name] for results in distributed_results]
+    per_rank = [(results if parallelism == "ddp" else results["fully_sharded"])[name] for results in distributed_results]
 
     mean_values = torch.stack([result["values"] for result in per_rank]).mean(dim=0)
     torch.testing.assert_close(mean_values, single["values"], **TOLERANCES)
@@ -178,6 +215,10 @@ def test_two_processes_equal_one_process_on_the_global_batch(distributed_results
         for result in per_rank:
             torch.testing.assert_close(result["values"], single["values"], **TOLERANCES)
 
+    if parallelism == "fully_sharded":  # FSDP's forward hooks reach every input: the unused ones get zero gradients
+        for key in set(per_rank[0]["inputs"]) - set(single["inputs"]):
+            assert all(not result["inputs"][key].any() for result in per_rank), key
+        per_rank = [{**result, "inputs": {key: result["inputs"][key] for key in single["inputs"]}} for result in per_rank]
     assert set(per_rank[0]["inputs"]) == set(single["inputs"])
     for key, full_gradient in single["inputs"].items():
         gathered = torch.cat([result["inputs"][key] for result in per_rank])
