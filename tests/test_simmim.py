@@ -259,6 +259,29 @@ def test_swin_window_size_hand_computed():
     assert swin_window_size(192, 4, 4) == 6  # stages 48, 24, 12, 6 (the paper's window)
     assert swin_window_size(224, 4, 4) == 7  # 56, 28, 14, 7
     assert swin_window_size(32, 4, 2) == 4  # 8, 4
+    assert swin_window_size(64, 4, 4) == 2  # 16, 8, 4, 2: a window larger than a stage fails in transformers
+
+
+@pytest.mark.parametrize("preset, image_size", [("swin-micro", 32), ("swin-micro", 48), ("swin-tiny", 64), ("swin-tiny", 96),
+                                                ("swin-tiny", 128), ("swin-tiny", 192), ("swin-tiny", 224)])
+def test_swin_presets_run_at_every_size_they_accept(preset, image_size):
+    from transformers import SwinModel
+
+    from hf_ssl.backbones.presets import preset_config
+
+    config = preset_config(preset, image_size)
+    config.depths, config.embed_dim = [1] * len(config.depths), 24  # the window logic, cheaply
+    config.num_heads = [1] * len(config.depths)
+    with torch.no_grad():
+        output = SwinModel(config).eval()(torch.randn(1, 3, image_size, image_size))
+    assert output.pooler_output.shape == (1, 24 * 2 ** (len(config.depths) - 1))
+
+
+def test_swin_preset_too_small_for_its_stages_is_refused():
+    from hf_ssl.backbones.presets import preset_config
+
+    with pytest.raises(ValueError, match=r"\[8, 4, 2, 1\] patches wide.*use e.g. 64, 96, 128, 192 or 224 px"):
+        preset_config("swin-tiny", 32)  # stages 8, 4, 2, 1: only 1x1 windows
 
 
 @pytest.mark.parametrize("preset,expected_class,patch_size", [("vit-micro", ViTForSimMIM, 8), ("swin-micro", SwinForSimMIM, 4)])

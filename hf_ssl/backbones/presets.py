@@ -68,13 +68,15 @@ def vit_patch_size(image_size: int) -> int:
 
 
 def swin_window_size(image_size: int, patch_size: int, num_stages: int, largest: int = LARGEST_SWIN_WINDOW) -> int:
-    """Largest window <= `largest` that tiles every Swin stage (192 px -> 6, 224 px -> 7, 32 px -> 4).
+    """Largest window <= `largest` that tiles every Swin stage (192 px -> 6, 224 px -> 7, 2 stages at 32 px -> 4).
 
-    A stage no larger than the window is fine (Swin attends over the whole map there).
+    Every stage must be a multiple of the window: transformers 5's Swin fails on a stage smaller
+    than its window (the shrunk window's attention mask no longer fits: measured, e.g. 4 stages at
+    64 px with window 4 fail on the 2x2 last stage, window 2 runs).
     """
     resolutions = [image_size // patch_size // 2**stage for stage in range(num_stages)]
     for window in range(largest, 0, -1):
-        if all(resolution <= window or resolution % window == 0 for resolution in resolutions):
+        if all(resolution % window == 0 for resolution in resolutions):
             return window
     return 1
 
@@ -91,12 +93,15 @@ def preset_config(name: str, image_size: int) -> PreTrainedConfig:
             encoder_stride=vit_patch_size(image_size),
             **fields,
         )
-    return SwinConfig(
-        image_size=image_size,
-        patch_size=4,
-        window_size=swin_window_size(image_size, 4, len(fields["depths"])),
-        **fields,
-    )
+    stages = len(fields["depths"])
+    window_size = swin_window_size(image_size, 4, stages)
+    if window_size < 2:  # 1x1 windows: no attention at all
+        stride = 4 * 2 ** (stages - 1)  # pixels per token of the last stage
+        resolutions = [image_size // 4 // 2**stage for stage in range(stages)]
+        raise ValueError(f"{name} has {stages} stages, each halving the map: at {image_size} px they are {resolutions} "
+                         f"patches wide, which no window of 2 to {LARGEST_SWIN_WINDOW} tiles; use e.g. "
+                         f"{', '.join(str(stride * factor) for factor in (2, 3, 4, 6))} or {stride * 7} px")
+    return SwinConfig(image_size=image_size, patch_size=4, window_size=window_size, **fields)
 
 
 __all__ = [

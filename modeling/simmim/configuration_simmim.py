@@ -166,9 +166,9 @@ class SimMIMConfig(PreTrainedConfig):
             stage_resolution = resolution // 2**stage
             width = self.embed_dim * 2**stage
             require(width % heads == 0, f"stage {stage} width {width} must be divisible by num_heads[{stage}] ({heads})")
-            # Swin shrinks the window to the whole map when the map is no larger than the window;
-            # otherwise a non-dividing window pads the map and the masked positions drift.
-            require(stage_resolution <= self.window_size or stage_resolution % self.window_size == 0,
+            # A non-dividing window pads the map and the masked positions drift; a map smaller than
+            # the window fails in transformers 5's Swin (the shrunk window's mask no longer fits).
+            require(stage_resolution % self.window_size == 0,
                     f"window_size ({self.window_size}) is incompatible with the Swin resolution: stage {stage} is "
                     f"{stage_resolution}x{stage_resolution} patches (image_size {self.image_size} / patch_size "
                     f"{self.patch_size} / 2**{stage}); use a window that divides every stage resolution "
