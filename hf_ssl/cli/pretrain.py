@@ -54,6 +54,7 @@ from hf_ssl.training.runtime import configure_cpu_threads, multi_process_cpu_run
 from hf_ssl.training.sharding import (
     check_fsdp_launch,
     check_shardable,
+    ignore_view_output_warning,
     is_fully_sharded,
     shard_summary,
     use_fsdp_on_cpu,
@@ -233,6 +234,7 @@ def run(argv: list[str] | None = None) -> int:
     # ----- prepare
     model, optimizer = accelerator.prepare(model, optimizer)
     if is_fully_sharded(accelerator):
+        ignore_view_output_warning()
         logger.info("FSDP (shard unit: %s): %s", ", ".join(sorted(accelerator.unwrap_model(model)._no_split_modules)),
                     shard_summary(model))
 

@@ -16,6 +16,7 @@ so that the same launch line works, and is tested, on CPU.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from accelerate import Accelerator
@@ -62,6 +63,13 @@ def use_fsdp_on_cpu(accelerator: Accelerator) -> None:
     AcceleratorState._shared_state["fsdp_plugin"] = plugin
     AcceleratorState._shared_state["distributed_type"] = DistributedType.FSDP
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+def ignore_view_output_warning() -> None:
+    """FSDP2 warns, on every process, that the model returned a view tensor (an in-place op on it
+    would skip the all-gather). The trainer only reads the outputs (the loss, logged scalars), and a
+    sharded run's losses and weights match the same DDP run's (tested), so the warning only alarms."""
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor", category=UserWarning)
 
 
 def is_fully_sharded(accelerator: Accelerator) -> bool:
@@ -152,6 +160,7 @@ __all__ = [
     "check_fsdp_launch",
     "check_shardable",
     "fsdp_requested",
+    "ignore_view_output_warning",
     "full_model_state",
     "full_optimizer_state",
     "is_fully_sharded",
