@@ -44,9 +44,9 @@ class BackboneContractMixin(SafeLoadingMixin):
         self._no_split_modules = {name for name in self._no_split_modules or () if name in blocks}
 
     def get_input_embeddings(self) -> None:
-        """None: pre-training models have no token embedding to resize or tie. (transformers raises
-        NotImplementedError here, and accelerate's FSDP preparation calls it; a patch embedding
-        returned here would be sharded a second time inside its block's unit.)"""
+        """None: pre-training models have no token embedding to resize or tie. accelerate's FSDP
+        preparation calls this, and transformers' default raises for models it cannot inspect; a
+        patch embedding returned here would be sharded on its own, apart from its block's unit."""
         return None
 
     def _image_processor_or_default(self, image_processor: ViTImageProcessor | None) -> ViTImageProcessor:

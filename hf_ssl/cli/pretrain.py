@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -56,6 +55,7 @@ from hf_ssl.training.sharding import (
     check_shardable,
     ignore_view_output_warning,
     is_fully_sharded,
+    launch_flag,
     shard_summary,
     use_fsdp_on_cpu,
     whole_model,
@@ -103,7 +103,7 @@ def refuse_unsupported_launch() -> None:
     """Stop a DeepSpeed / Megatron-LM launch (or FSDP1) before any work: hf-ssl's checkpoints
     (safetensors + JSON) hold whole states, which it gathers from DDP and FSDP2 runs only."""
     for variable, name in UNSUPPORTED_LAUNCH_VARIABLES.items():
-        if os.environ.get(variable, "false").strip().lower() in ("1", "true", "yes"):
+        if launch_flag(variable):
             raise ConfigurationError(
                 f"{name} launches are not supported: hf-ssl checkpoints hold whole (not sharded) model and optimizer "
                 "states; shard with FSDP2 instead (accelerate launch --config_file recipes/accelerate/fsdp.yaml)"

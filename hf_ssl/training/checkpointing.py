@@ -402,12 +402,13 @@ def _write_main_process_files(accelerator: Accelerator, folder: Path, trainer_st
                      str(folder / "model.safetensors"))
         _make_durable(folder / "model.safetensors")
         save_state_files(folder, "optimizer", optimizer_state)
-    for index, model in enumerate(accelerator._models if sharded_states is None else ()):
-        path = folder / f"{_numbered('model', index)}.safetensors"
-        save_model_weights(accelerator.unwrap_model(model), str(path), force_contiguous=True)
-        _make_durable(path)
-    for index, optimizer in enumerate(accelerator._optimizers if sharded_states is None else ()):
-        save_state_files(folder, _numbered("optimizer", index), optimizer.state_dict())
+    else:
+        for index, model in enumerate(accelerator._models):
+            path = folder / f"{_numbered('model', index)}.safetensors"
+            save_model_weights(accelerator.unwrap_model(model), str(path), force_contiguous=True)
+            _make_durable(path)
+        for index, optimizer in enumerate(accelerator._optimizers):
+            save_state_files(folder, _numbered("optimizer", index), optimizer.state_dict())
     for index, scheduler in enumerate(accelerator._schedulers):
         save_state_files(folder, _numbered("scheduler", index), scheduler.state_dict())
     if accelerator.scaler is not None:

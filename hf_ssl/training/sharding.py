@@ -34,9 +34,14 @@ from torch.distributed.checkpoint.state_dict import (
 from .arguments import ConfigurationError
 
 
+def launch_flag(variable: str) -> bool:
+    """A boolean that `accelerate launch` exports from its config (``ACCELERATE_USE_FSDP``, ...)."""
+    return os.environ.get(variable, "false").strip().lower() in ("1", "true", "yes")
+
+
 def fsdp_requested() -> bool:
-    """Whether `accelerate launch` was given an FSDP config (it exports ``ACCELERATE_USE_FSDP``)."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "false").strip().lower() in ("1", "true", "yes")
+    """Whether `accelerate launch` was given an FSDP config."""
+    return launch_flag("ACCELERATE_USE_FSDP")
 
 
 def check_fsdp_launch() -> None:
@@ -164,6 +169,7 @@ __all__ = [
     "full_model_state",
     "full_optimizer_state",
     "is_fully_sharded",
+    "launch_flag",
     "load_full_model_state",
     "load_full_optimizer_state",
     "shard_summary",
