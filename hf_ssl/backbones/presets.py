@@ -67,6 +67,11 @@ def vit_patch_size(image_size: int) -> int:
     return 8 if image_size >= 32 else 4
 
 
+def swin_stage_resolutions(image_size: int, patch_size: int, num_stages: int) -> list[int]:
+    """Tokens per side of each Swin stage (each halves the map): 224 px, patch 4, 4 stages -> [56, 28, 14, 7]."""
+    return [image_size // patch_size // 2**stage for stage in range(num_stages)]
+
+
 def swin_window_size(image_size: int, patch_size: int, num_stages: int, largest: int = LARGEST_SWIN_WINDOW) -> int:
     """Largest window <= `largest` that tiles every Swin stage (192 px -> 6, 224 px -> 7, 2 stages at 32 px -> 4).
 
@@ -74,7 +79,7 @@ def swin_window_size(image_size: int, patch_size: int, num_stages: int, largest:
     than its window (the shrunk window's attention mask no longer fits: measured, e.g. 4 stages at
     64 px with window 4 fail on the 2x2 last stage, window 2 runs).
     """
-    resolutions = [image_size // patch_size // 2**stage for stage in range(num_stages)]
+    resolutions = swin_stage_resolutions(image_size, patch_size, num_stages)
     for window in range(largest, 0, -1):
         if all(resolution % window == 0 for resolution in resolutions):
             return window
@@ -97,8 +102,8 @@ def preset_config(name: str, image_size: int) -> PreTrainedConfig:
     window_size = swin_window_size(image_size, 4, stages)
     if window_size < 2:  # 1x1 windows: no attention at all
         stride = 4 * 2 ** (stages - 1)  # pixels per token of the last stage
-        resolutions = [image_size // 4 // 2**stage for stage in range(stages)]
-        raise ValueError(f"{name} has {stages} stages, each halving the map: at {image_size} px they are {resolutions} "
+        raise ValueError(f"{name} has {stages} stages, each halving the map: at {image_size} px they are "
+                         f"{swin_stage_resolutions(image_size, 4, stages)} "
                          f"patches wide, which no window of 2 to {LARGEST_SWIN_WINDOW} tiles; use e.g. "
                          f"{', '.join(str(stride * factor) for factor in (2, 3, 4, 6))} or {stride * 7} px")
     return SwinConfig(image_size=image_size, patch_size=4, window_size=window_size, **fields)
