@@ -81,6 +81,11 @@ def _embed(inputs, parameters, name):
     return inputs[name] @ parameters["weight"].T
 
 
+def _widen(embeddings):
+    """``(B, E)`` -> ``(B, 3E)``: more dimensions than rows, from the same parameters."""
+    return torch.cat([embeddings, embeddings.pow(2), embeddings.sin()], dim=1)
+
+
 CASES = {
     "nt_xent": lambda x, p: nt_xent_loss(_embed(x, p, "view_1"), _embed(x, p, "view_2"), temperature=0.5),
     "moco_v3": lambda x, p: moco_v3_loss(
@@ -88,6 +93,9 @@ CASES = {
     ),
     "barlow_twins": lambda x, p: barlow_twins_loss(_embed(x, p, "view_1"), _embed(x, p, "view_2"), 0.1),
     "vicreg": lambda x, p: torch.stack(vicreg_loss(0.3 * _embed(x, p, "view_1"), 0.3 * _embed(x, p, "view_2"))),
+    # 18 dimensions >= 2 x 8 rows: one process takes the Gram forms, the processes the all-reduced matrices.
+    "barlow_twins_wide": lambda x, p: barlow_twins_loss(_widen(_embed(x, p, "view_1")), _widen(_embed(x, p, "view_2")), 0.1),
+    "vicreg_wide": lambda x, p: torch.stack(vicreg_loss(_widen(0.3 * _embed(x, p, "view_1")), _widen(0.3 * _embed(x, p, "view_2")))),
     "clip": lambda x, p: clip_loss(_embed(x, p, "view_1"), _embed(x, p, "view_2"), p["logit_scale"]),
     "siglip": lambda x, p: siglip_loss(
         _embed(x, p, "view_1"), _embed(x, p, "view_2"), p["logit_scale"], p["logit_bias"]
@@ -99,9 +107,9 @@ CASES = {
     ),
 }
 # Losses whose value is the same global quantity on every process (not a mean of local rows).
-GLOBAL_VALUE_CASES = {"barlow_twins", "vicreg"}
+GLOBAL_VALUE_CASES = {"barlow_twins", "barlow_twins_wide", "vicreg", "vicreg_wide"}
 # Barlow Twins and the DINO centre reduce sums and counts: processes may hold different row counts.
-SPLITS = {"barlow_twins": [3, 5], "dino_centre": [2, 6]}
+SPLITS = {"barlow_twins": [3, 5], "barlow_twins_wide": [3, 5], "dino_centre": [2, 6]}
 
 
 def _run_case(name: str, rows: slice, world_size: int, all_reduce=None) -> dict:

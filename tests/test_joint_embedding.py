@@ -21,7 +21,8 @@ import hf_ssl
 from hf_ssl.cli import pretrain
 from hf_ssl.data import load_default_dataset
 from hf_ssl.ema import momentum_schedule
-from hf_ssl.joint_embedding import find_patch_embedding
+from hf_ssl.heads import ProjectionHead
+from hf_ssl.joint_embedding import find_patch_embedding, per_view
 from hf_ssl.recipes import BuildContext, ScheduleContext, StepContext, build_model, get_recipe
 from hf_ssl.transforms.two_views import TWO_VIEW_PIPELINES, two_view_transform
 
@@ -116,6 +117,37 @@ def test_view_order_is_view_major_and_matches_separate_backbone_calls(method):
         joint = model.encode(pixel_values)  # (2, B, D)
         separate = torch.stack([model.backbone(pixel_values[:, 0]), model.backbone(pixel_values[:, 1])])
     torch.testing.assert_close(joint, separate, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("output_batch_norm", [False, True])
+def test_heads_on_both_views_at_once_equal_one_call_per_view(output_batch_norm):
+    """per_view's single pass: the outputs, input and weight gradients and batch-norm running
+    statistics of separate per-view calls (float64, so only summation order differs)."""
+    def build():
+        torch.manual_seed(0)
+        return ProjectionHead(5, 7, 3, num_layers=3, output_batch_norm=output_batch_norm).double().train()
+
+    joint_head, separate_head = build(), build()
+    features = torch.randn(2, 6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    joint_inputs, separate_inputs = features.clone().requires_grad_(), features.clone().requires_grad_()
+    joint = per_view(joint_head, joint_inputs)
+    separate = torch.stack([separate_head(separate_inputs[0]), separate_head(separate_inputs[1])])
+    weights = torch.randn(joint.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    (joint * weights).sum().backward()
+    (separate * weights).sum().backward()
+    torch.testing.assert_close(joint, separate, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(joint_inputs.grad, separate_inputs.grad, rtol=1e-12, atol=1e-12)
+    for (name, joint_parameter), separate_parameter in zip(joint_head.named_parameters(), separate_head.parameters()):
+        torch.testing.assert_close(joint_parameter.grad, separate_parameter.grad, rtol=1e-12, atol=1e-12, msg=name)
+    buffers = list(zip(joint_head.named_buffers(), separate_head.buffers()))
+    assert any("running_mean" in name for (name, _), _ in buffers)
+    for (name, joint_buffer), separate_buffer in buffers:
+        torch.testing.assert_close(joint_buffer, separate_buffer, rtol=1e-12, atol=1e-12, msg=name)
+    # A head that is not a Sequential is called once per view.
+    calls = []
+    head = torch.nn.Module()
+    head.forward = lambda rows: calls.append(rows.shape) or rows * 2
+    assert torch.equal(per_view(head, features), features * 2) and calls == [(6, 5), (6, 5)]
 
 
 @pytest.mark.parametrize("method", METHODS)

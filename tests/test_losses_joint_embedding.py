@@ -7,7 +7,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hf_ssl.losses import barlow_twins_loss, byol_loss, moco_v3_loss, nt_xent_loss, simsiam_loss, vicreg_loss
+from hf_ssl.losses import (
+    barlow_twins_loss,
+    barlow_twins_loss_terms,
+    byol_loss,
+    moco_v3_loss,
+    nt_xent_loss,
+    simsiam_loss,
+    vicreg_loss,
+)
+from hf_ssl.losses.joint_embedding import sum_of_squared_cross_products
 
 
 def _random(*shape, seed=0, dtype=torch.float32):
@@ -166,11 +175,34 @@ def official_barlow_twins_loss(z1, z2, lambd):
     return on_diag + lambd * off_diag
 
 
-def test_barlow_twins_matches_official_code():
-    first, second = _random(8, 6, seed=1), _random(8, 6, seed=2)
+# (rows, dimensions): 2 * rows > dimensions takes the (D, D) matrix, 2 * rows <= dimensions the Gram form.
+MATRIX_AND_GRAM_SHAPES = [(8, 6), (8, 40)]
+
+
+@pytest.mark.parametrize("shape", MATRIX_AND_GRAM_SHAPES)
+def test_barlow_twins_matches_official_code(shape):
+    first, second = _random(*shape, seed=1), _random(*shape, seed=2)
     for weight in (5e-3, 0.5):
         got = barlow_twins_loss(first, second, redundancy_weight=weight)
         torch.testing.assert_close(got, official_barlow_twins_loss(first, second, weight))
+
+
+@pytest.mark.parametrize("shape", MATRIX_AND_GRAM_SHAPES)
+def test_barlow_twins_terms_match_official_code(shape):
+    first, second = _random(*shape, seed=3, dtype=torch.float64), _random(*shape, seed=4, dtype=torch.float64)
+    terms = barlow_twins_loss_terms(first, second, redundancy_weight=0.25)
+    torch.testing.assert_close(terms.on_diagonal, official_barlow_twins_loss(first, second, 0.0), rtol=1e-12, atol=1e-12)
+    with_one = official_barlow_twins_loss(first, second, 1.0)
+    torch.testing.assert_close(terms.off_diagonal, with_one - terms.on_diagonal, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(terms.loss, terms.on_diagonal + 0.25 * terms.off_diagonal, rtol=1e-12, atol=0.0)
+
+
+@pytest.mark.parametrize("rows, dimensions", [(3, 5), (3, 6), (3, 7), (5, 3), (6, 6), (2, 64)])
+def test_sum_of_squared_cross_products_equals_the_matrix_form(rows, dimensions):
+    first = _random(rows, dimensions, seed=5, dtype=torch.float64)
+    second = _random(rows, dimensions, seed=6, dtype=torch.float64)
+    torch.testing.assert_close(sum_of_squared_cross_products(first, second), (first.T @ second).pow(2).sum(), rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(sum_of_squared_cross_products(first, first), (first.T @ first).pow(2).sum(), rtol=1e-12, atol=0.0)
 
 
 def test_barlow_twins_hand_computed_value():
@@ -204,9 +236,10 @@ def official_vicreg_loss(x, y, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0):
     return loss, repr_loss, std_loss, cov_loss
 
 
-def test_vicreg_matches_official_code_term_by_term():
+@pytest.mark.parametrize("shape", [(10, 6), (10, 40)])  # N > D: the (D, D) covariance; N <= D: the Gram form
+def test_vicreg_matches_official_code_term_by_term(shape):
     # Scales 0.7 and 1.3 put the standard deviations on both sides of the hinge at 1.
-    first, second = 0.7 * _random(10, 6, seed=1), 1.3 * _random(10, 6, seed=2)
+    first, second = 0.7 * _random(*shape, seed=1), 1.3 * _random(*shape, seed=2)
     terms = vicreg_loss(first, second)
     expected = official_vicreg_loss(first, second)
     for got, want in zip(terms, expected):
@@ -240,10 +273,11 @@ def _loss_functions():
 
 
 @pytest.mark.parametrize("name", sorted(_loss_functions()))
-def test_gradients_match_finite_differences_in_float64(name):
+@pytest.mark.parametrize("shape", [(4, 3), (4, 9)])  # (4, 9): Barlow Twins' and VICReg's Gram form
+def test_gradients_match_finite_differences_in_float64(name, shape):
     loss_function = _loss_functions()[name]
-    first, second = _random(4, 3, seed=1, dtype=torch.float64), _random(4, 3, seed=2, dtype=torch.float64)
-    third, fourth = _random(4, 3, seed=3, dtype=torch.float64), _random(4, 3, seed=4, dtype=torch.float64)
+    first, second = _random(*shape, seed=1, dtype=torch.float64), _random(*shape, seed=2, dtype=torch.float64)
+    third, fourth = _random(*shape, seed=3, dtype=torch.float64), _random(*shape, seed=4, dtype=torch.float64)
     first.requires_grad_(), second.requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: loss_function(a, b, third, fourth), (first, second))
 

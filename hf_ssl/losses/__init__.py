@@ -2,7 +2,7 @@
 
 - masked image modeling: `masked_token_cross_entropy` (BEiT, SplitMask), `masked_l1_loss` (SimMIM)
 - contrastive: `info_nce_loss` (SplitMask), `nt_xent_loss` (SimCLR), `moco_v3_loss`
-- negative-free: `byol_loss`, `simsiam_loss`, `barlow_twins_loss`, `vicreg_loss` (-> `VICRegLossTerms`)
+- negative-free: `byol_loss`, `simsiam_loss`, `barlow_twins_loss` (terms: `barlow_twins_loss_terms`), `vicreg_loss` (-> `VICRegLossTerms`)
 - self-distillation: `dino_loss`, `update_dino_center`, `teacher_temperature_schedule`
 - image-text: `clip_loss`, `siglip_loss`
 
@@ -13,8 +13,10 @@ from .contrastive import info_nce_loss
 from .dino import dino_loss, teacher_temperature_schedule, update_dino_center
 from .image_text import clip_loss, siglip_loss
 from .joint_embedding import (
+    BarlowTwinsLossTerms,
     VICRegLossTerms,
     barlow_twins_loss,
+    barlow_twins_loss_terms,
     byol_loss,
     moco_v3_loss,
     nt_xent_loss,
@@ -25,8 +27,10 @@ from .masked_modeling import masked_token_cross_entropy
 from .reconstruction import masked_l1_loss
 
 __all__ = [
+    "BarlowTwinsLossTerms",
     "VICRegLossTerms",
     "barlow_twins_loss",
+    "barlow_twins_loss_terms",
     "byol_loss",
     "clip_loss",
     "dino_loss",

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from hf_ssl.distributed import all_reduce_sum_with_grad, gather_with_grad, rank_and_world_size
+from hf_ssl.distributed import all_reduce_sum_with_grad, gather_with_grad, is_distributed, rank_and_world_size
 
 
 def _check_pair(first: torch.Tensor, second: torch.Tensor, first_name: str, second_name: str) -> None:
@@ -232,13 +232,44 @@ def _global_standardize(
     return centred / torch.sqrt(variance + eps)
 
 
-def barlow_twins_loss(
+class BarlowTwinsLossTerms(NamedTuple):
+    """Barlow Twins' weighted total and its two unweighted terms (log them to watch for collapse)."""
+
+    loss: torch.Tensor
+    on_diagonal: torch.Tensor
+    off_diagonal: torch.Tensor
+
+
+def sum_of_squared_cross_products(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``||first^T second||_F^2`` for ``(N, D)`` inputs, through whichever of two equal forms is cheaper.
+
+    ``sum_ij (sum_b f_bi s_bj)^2 = sum_bc (f f^T)_bc (s s^T)_bc``: the ``(D, D)`` cross-product
+    matrix costs ``N D^2`` multiply-adds and ``D^2`` memory, the two ``(N, N)`` Gram matrices
+    ``2 N^2 D`` and ``N^2``. With the published 8192-wide projectors and a per-device batch of a
+    few hundred, the Gram form does a fraction of the work and never holds the 256 MiB matrix;
+    the value is the same up to rounding (tests compare both forms).
+
+    Passing the same tensor twice (a covariance, ``||f^T f||_F^2``) takes one Gram matrix, so that
+    form is then cheaper whenever N <= D.
+
+    Returns:
+        Scalar, in the dtype of the inputs.
+    """
+    rows, dimensions = first.shape
+    if second is first:
+        return (first @ first.T).pow(2).sum() if rows <= dimensions else (first.T @ first).pow(2).sum()
+    if 2 * rows <= dimensions:
+        return ((first @ first.T) * (second @ second.T)).sum()
+    return (first.T @ second).pow(2).sum()
+
+
+def barlow_twins_loss_terms(
     embeddings_1: torch.Tensor,
     embeddings_2: torch.Tensor,
     redundancy_weight: float = 5e-3,
     gather_distributed: bool = True,
     eps: float = 1e-5,
-) -> torch.Tensor:
+) -> BarlowTwinsLossTerms:
     """Barlow Twins' cross-correlation loss (Zbontar et al. 2021, arXiv:2103.03230, Eq. 1-2).
 
     Each embedding dimension is batch-normalised over the GLOBAL batch of N rows (mean and
@@ -246,11 +277,17 @@ def barlow_twins_loss(
     facebookresearch/barlowtwins main.py), then
 
         C_ij = 1/N sum_b zhat1_bi zhat2_bj,
-        loss = sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2.
+        on_diagonal  = sum_i (1 - C_ii)^2,
+        off_diagonal = sum_{i != j} C_ij^2 = ||C||_F^2 - sum_i C_ii^2,
+        loss = on_diagonal + lambda * off_diagonal.
 
-    Across processes the statistics and the sum over b are all-reduced with gradients. The
-    official code all-reduces C without autograd, so under DDP averaging its parameter
-    gradients are 1/world_size of the single-process gradient; here they are equal to it.
+    C itself is never needed: its diagonal is a column-wise dot product, and in one process
+    ``||C||_F^2`` comes from the two ``(N, N)`` Gram matrices when that is cheaper
+    (`sum_of_squared_cross_products`), which for the published D = 8192 it is whenever N <= 4096.
+    Across processes the statistics and the ``(D, D)`` matrix C are all-reduced with gradients
+    (processes may hold different row counts, which a gather of rows could not take). The
+    official code all-reduces C without autograd, so under DDP averaging its parameter gradients
+    are 1/world_size of the single-process gradient; here they are equal to it.
 
     Args:
         embeddings_1: ``(B, D)`` projections of view 1 (the paper: D = 8192).
@@ -261,20 +298,41 @@ def barlow_twins_loss(
         eps: added to the variance, BatchNorm1d's default.
 
     Returns:
-        Scalar, equal on every process.
+        `BarlowTwinsLossTerms` ``(loss, on_diagonal, off_diagonal)``, equal on every process; the
+        two terms are unweighted.
     """
     _check_pair(embeddings_1, embeddings_2, "embeddings_1", "embeddings_2")
     _check_positive(eps, "eps")
     views = _to_compute_dtype(torch.stack([embeddings_1, embeddings_2]))  # (2, B, D)
     local_rows = torch.tensor(float(views.shape[1]), dtype=views.dtype, device=views.device)
-    global_rows = all_reduce_sum_with_grad(local_rows) if gather_distributed else local_rows
-    standardized_1, standardized_2 = _global_standardize(views, global_rows, gather_distributed, eps)
-    local_correlation = standardized_1.T @ standardized_2 / global_rows  # (D, D)
-    correlation = all_reduce_sum_with_grad(local_correlation) if gather_distributed else local_correlation
-    diagonal = torch.diagonal(correlation)
+    distributed = gather_distributed and is_distributed()
+    global_rows = all_reduce_sum_with_grad(local_rows) if distributed else local_rows
+    standardized_1, standardized_2 = _global_standardize(views, global_rows, distributed, eps)
+    # Dividing the (B, D) factor instead of the (D, D) product: D / B times fewer divisions.
+    standardized_1 = standardized_1 / global_rows
+    if distributed:
+        correlation = all_reduce_sum_with_grad(standardized_1.T @ standardized_2)  # (D, D)
+        diagonal = torch.diagonal(correlation)
+        squared_sum = correlation.pow(2).sum()
+    else:
+        diagonal = (standardized_1 * standardized_2).sum(dim=0)  # (D,) = C_ii
+        squared_sum = sum_of_squared_cross_products(standardized_1, standardized_2)
     on_diagonal = (1 - diagonal).pow(2).sum()
-    off_diagonal = correlation.pow(2).sum() - diagonal.pow(2).sum()
-    return on_diagonal + redundancy_weight * off_diagonal
+    off_diagonal = squared_sum - diagonal.pow(2).sum()
+    return BarlowTwinsLossTerms(loss=on_diagonal + redundancy_weight * off_diagonal, on_diagonal=on_diagonal,
+                                off_diagonal=off_diagonal)
+
+
+def barlow_twins_loss(
+    embeddings_1: torch.Tensor,
+    embeddings_2: torch.Tensor,
+    redundancy_weight: float = 5e-3,
+    gather_distributed: bool = True,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """The scalar loss of `barlow_twins_loss_terms` (same arguments):
+    ``sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2`` over the global batch."""
+    return barlow_twins_loss_terms(embeddings_1, embeddings_2, redundancy_weight, gather_distributed, eps).loss
 
 
 class VICRegLossTerms(NamedTuple):
@@ -305,7 +363,10 @@ def vicreg_loss(
         covariance = 1/d sum_{i != j} Cov(z1)_ij^2 + 1/d sum_{i != j} Cov(z2)_ij^2
         loss       = 25 invariance + 25 variance + 1 covariance
 
-    with the unbiased variance and covariance (divided by N - 1). The official code halves the
+    with the unbiased variance and covariance (divided by N - 1). ``sum_{i != j} Cov_ij^2`` is
+    ``||Cov||_F^2 - sum_j Var_j^2``, and ``||Cov||_F^2`` comes from the ``(N, N)`` Gram matrix of the
+    centred rows whenever N <= D (`sum_of_squared_cross_products`): the ``(D, D)`` covariance is
+    never formed at the published sizes. The official code halves the
     variance term but not the covariance term (the paper's Eq. 6 sums both); the 25/25/1
     weights were tuned on the official code, which is followed here. The official code takes
     the invariance term over each process's own rows; here it covers the gathered batch, which
@@ -337,9 +398,11 @@ def vicreg_loss(
 
     def variance_and_covariance(embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         centred = embeddings - embeddings.mean(dim=0)
-        standard_deviation = torch.sqrt(centred.pow(2).sum(dim=0) / (global_rows - 1) + eps)
-        covariance_matrix = centred.T @ centred / (global_rows - 1)  # (D, D)
-        off_diagonal = covariance_matrix.pow(2).sum() - torch.diagonal(covariance_matrix).pow(2).sum()
+        variance = centred.pow(2).sum(dim=0) / (global_rows - 1)  # (D,): the diagonal of Cov
+        standard_deviation = torch.sqrt(variance + eps)
+        # ||Cov||_F^2 without the (D, D) matrix when the Gram form is cheaper (sum_of_squared_cross_products).
+        scaled = centred / (global_rows - 1) ** 0.5
+        off_diagonal = sum_of_squared_cross_products(scaled, scaled) - variance.pow(2).sum()
         return F.relu(1 - standard_deviation).mean(), off_diagonal / dimensions
 
     variance_1, covariance_1 = variance_and_covariance(first)

@@ -2,7 +2,7 @@
 
 Barlow Twins: Zbontar et al. 2021, arXiv:2103.03230. The cross-correlation matrix of the two
 views' batch-normalised projections is pulled to the identity: ``sum_i (1 - C_ii)^2 + lambda
-sum_{i != j} C_ij^2`` over the global batch (`hf_ssl.losses.barlow_twins_loss`). Both views share
+sum_{i != j} C_ij^2`` over the global batch (`hf_ssl.losses.barlow_twins_loss_terms`). Both views share
 one backbone call; the projector runs per view, as the official code's separate calls do.
 """
 
@@ -14,7 +14,7 @@ import torch
 from transformers.modeling_outputs import ModelOutput
 
 from hf_ssl.joint_embedding import JointEmbeddingModel, per_view
-from hf_ssl.losses import barlow_twins_loss
+from hf_ssl.losses import barlow_twins_loss_terms
 
 from .configuration_barlow_twins import BarlowTwinsConfig
 
@@ -58,14 +58,9 @@ class BackboneForBarlowTwins(JointEmbeddingModel):
         """
         features = self.encode(pixel_values)  # (2, B, D)
         projections = per_view(self.projector, features)  # (2, B, E)
-        weight = self.config.redundancy_weight
-        loss = barlow_twins_loss(projections[0], projections[1], redundancy_weight=weight)
-        # The library loss returns the weighted sum only; its on-diagonal term alone (lambda = 0) is one
-        # more D x D product without gradient, and the off-diagonal term follows from the two.
-        with torch.no_grad():
-            invariance = barlow_twins_loss(projections[0], projections[1], redundancy_weight=0.0)
-            redundancy = (loss.detach() - invariance) / weight if weight > 0 else torch.full_like(invariance, float("nan"))
-        return BarlowTwinsOutput(loss=loss, invariance_loss=invariance, redundancy_loss=redundancy,
+        terms = barlow_twins_loss_terms(projections[0], projections[1], redundancy_weight=self.config.redundancy_weight)
+        return BarlowTwinsOutput(loss=terms.loss, invariance_loss=terms.on_diagonal.detach(),
+                                 redundancy_loss=terms.off_diagonal.detach(),
                                  **self.collapse_metrics(features), projections=projections)
 
 
