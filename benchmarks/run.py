@@ -76,8 +76,9 @@ Columns (Markdown; the JSON has the same fields and more)
   rate (fp32 where bf16 is not native), the better of the start and end measurements.
 - loader workers: DataLoader workers this row's step rate needs: ceil(img/s / per-worker img/s of
   the case's transform with the faster decoder).
-- lever (lever table): one change against the hf-ssl baseline: ``foreach AdamW`` / ``fused AdamW``
-  (baseline: torch's default, a per-parameter loop on CPU, foreach on CUDA), ``SDPA <backend>``
+- lever (lever table): one change against the hf-ssl baseline: ``foreach AdamW`` / ``for-loop AdamW``
+  (baseline, for every implementation: fused AdamW where the kernel applies, as the hf-ssl trainer
+  and transformers' Trainer build it), ``SDPA <backend>``
   (forced with ``sdpa_kernel``), ``channels-last`` (conv backbones), ``.item() per step`` (a host
   sync per step, as loops that log every step do), ``torch.compile`` (``--compile``). first step s:
   the first step's seconds (compilation, for torch.compile).

@@ -17,7 +17,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-OptimizerKind = Literal["default", "foreach", "fused"]
+from hf_ssl.training.optimizer import can_fuse
+
+OptimizerKind = Literal["fused", "foreach", "for-loop"]
 Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 SDPA_BACKENDS = {
@@ -35,8 +37,10 @@ class Levers:
     """How a step runs. The baseline (every field at its default) is what the hf-ssl loop does today.
 
     Args:
-        optimizer: AdamW implementation: ``"default"`` (torch's choice: a per-parameter loop on CPU,
-            ``foreach`` on CUDA), ``"foreach"`` or ``"fused"``.
+        optimizer: AdamW implementation: ``"fused"`` (the baseline: what the hf-ssl trainer builds,
+            and transformers' Trainer default ``adamw_torch_fused``; torch's own choice where the
+            fused kernel does not apply), ``"foreach"`` or ``"for-loop"`` (one parameter at a
+            time: torch's default on CPU).
         compile: ``torch.compile`` the model (its forward; backward through AOTAutograd).
         sdpa_backend: ``"default"`` or one of `SDPA_BACKENDS`, forced with ``sdpa_kernel``.
         channels_last: model and 4-D inputs in channels-last memory format (conv backbones).
@@ -44,7 +48,7 @@ class Levers:
             loops that log every step do; the hf-ssl loop does not.
     """
 
-    optimizer: OptimizerKind = "default"
+    optimizer: OptimizerKind = "fused"
     compile: bool = False
     sdpa_backend: str = "default"
     channels_last: bool = False
@@ -53,7 +57,7 @@ class Levers:
     def label(self) -> str:
         """``"baseline"`` or what differs from it, e.g. ``"fused AdamW"``, ``"SDPA math"``."""
         parts = []
-        if self.optimizer != "default":
+        if self.optimizer != "fused":
             parts.append(f"{self.optimizer} AdamW")
         if self.compile:
             parts.append("torch.compile")
@@ -78,7 +82,7 @@ def lever_variants(names: list[str], device: torch.device, sdpa_backends: list[s
     """The one-lever-on variants to measure next to the baseline for one model.
 
     Args:
-        names: lever names from ``--levers`` (``fused``, ``foreach``, ``sdpa``, ``channels_last``, ``item``).
+        names: lever names from ``--levers`` (``foreach``, ``for_loop``, ``sdpa``, ``channels_last``, ``item``).
         sdpa_backends: backends for the ``sdpa`` lever (default: the device's, `DEVICE_SDPA_BACKENDS`).
         compile_model: add the ``torch.compile`` variant (``--compile``).
         has_attention: the model attends with SDPA (ViT, Swin): the ``sdpa`` lever applies.
@@ -87,8 +91,8 @@ def lever_variants(names: list[str], device: torch.device, sdpa_backends: list[s
     variants = []
     if "foreach" in names:
         variants.append(replace(BASELINE, optimizer="foreach"))
-    if "fused" in names:
-        variants.append(replace(BASELINE, optimizer="fused"))
+    if "for_loop" in names:
+        variants.append(replace(BASELINE, optimizer="for-loop"))
     if "sdpa" in names and has_attention:
         for backend in sdpa_backends or DEVICE_SDPA_BACKENDS.get(device.type, ()):
             variants.append(replace(BASELINE, sdpa_backend=backend))
@@ -101,7 +105,7 @@ def lever_variants(names: list[str], device: torch.device, sdpa_backends: list[s
     return variants
 
 
-LEVER_NAMES = ("foreach", "fused", "sdpa", "channels_last", "item")
+LEVER_NAMES = ("foreach", "for_loop", "sdpa", "channels_last", "item")
 
 
 @dataclass
@@ -126,11 +130,22 @@ class ModelStep:
     note: str = ""
 
 
-def optimizer_implementation(kind: OptimizerKind, device: torch.device) -> str:
-    """What torch runs for `kind` on `device` (its default is the per-parameter loop on CPU)."""
-    if kind == "default":
-        return "foreach" if device.type == "cuda" else "for-loop"
-    return kind
+def optimizer_options(kind: OptimizerKind, parameter_groups: list[dict]) -> dict:
+    """`torch.optim.AdamW` keyword arguments for `kind`: fused only where the kernel applies
+    (`hf_ssl.training.optimizer.can_fuse`, the trainer's rule), else torch's own choice."""
+    if kind == "fused":
+        return {"fused": True} if can_fuse(parameter_groups) else {}
+    return {"foreach": kind == "foreach"}
+
+
+def optimizer_implementation(kind: OptimizerKind, parameter_groups: list[dict], device: torch.device) -> str:
+    """What torch runs for `kind` (its own default is the per-parameter loop on CPU, foreach on CUDA)."""
+    options = optimizer_options(kind, parameter_groups)
+    if options.get("fused"):
+        return "fused"
+    if "foreach" in options:
+        return "foreach" if options["foreach"] else "for-loop"
+    return "foreach" if device.type == "cuda" else "for-loop"
 
 
 def _sdpa_context(backend: str):
@@ -187,8 +202,8 @@ def build_training_step(
         module.to(memory_format=torch.channels_last)
     runner = torch.compile(module) if levers.compile else module
     host_batch = _on_device(batch, device, levers.channels_last)
-    optimizer_options = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(levers.optimizer, {})
-    optimizer = torch.optim.AdamW(model_step.parameter_groups, lr=learning_rate, betas=betas, **optimizer_options)
+    optimizer = torch.optim.AdamW(model_step.parameter_groups, lr=learning_rate, betas=betas,
+                                  **optimizer_options(levers.optimizer, model_step.parameter_groups))
     parameters = [parameter for group in model_step.parameter_groups for parameter in group["params"]]
     use_bf16 = precision == "bf16"
 
@@ -234,5 +249,6 @@ __all__ = [
     "build_training_step",
     "lever_variants",
     "optimizer_implementation",
+    "optimizer_options",
     "resident_tensors",
 ]

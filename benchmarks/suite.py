@@ -100,8 +100,7 @@ def plan_group(inputs: CaseInputs, precision: str, options: SuiteOptions) -> lis
                                        inputs.size.has_attention, inputs.size.is_convolutional)
         for levers in variants:
             entries.append(Entry(
-                row={**_identity(inputs, precision, implementation, levers),
-                     "optimizer_implementation": optimizer_implementation(levers.optimizer, options.device)},
+                row=_identity(inputs, precision, implementation, levers),
                 build=_step_builder(inputs, builder, precision, levers, options),
                 flops_of=None if levers == BASELINE else implementation,
             ))
@@ -120,6 +119,8 @@ def _prepare(entry: Entry, options: SuiteOptions, say: Callable[[str], None]) ->
         entry.step = entry.build()
         entry.row["note"] = entry.step.model_step.note
         entry.row["trained_parameters"] = sum(parameter.numel() for parameter in entry.step.parameters)
+        entry.row["optimizer_implementation"] = optimizer_implementation(
+            entry.row["levers"]["optimizer"], entry.step.model_step.parameter_groups, options.device)
         start = time.perf_counter()
         entry.step.run()
         entry.row["first_step_seconds"] = time.perf_counter() - start  # includes compilation for torch.compile

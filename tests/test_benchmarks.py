@@ -100,7 +100,9 @@ def test_micro_run_writes_json_and_markdown(tmp_path):
         implementations = {row["implementation"] for row in group if row["lever"] == "baseline"}
         assert "hf-ssl" in implementations and len(implementations) == 2  # hf-ssl and its transformers reference
         levers = {row["lever"] for row in group if row["implementation"] == "hf-ssl"}
-        assert {"baseline", "foreach AdamW", "fused AdamW", "SDPA math", ".item() per step"} <= levers
+        assert {"baseline", "foreach AdamW", "for-loop AdamW", "SDPA math", ".item() per step"} <= levers
+        # Every baseline row, hf-ssl's and the reference's, steps with the trainer's fused AdamW.
+        assert {row["optimizer_implementation"] for row in group if row["lever"] == "baseline"} == {"fused"}
     for row in measured:
         assert row["size"] == "micro" and row["image_size"] == 32
         assert row["images_per_second_best"] >= row["images_per_second_median"] > 0
@@ -156,7 +158,7 @@ def test_levers_change_how_a_step_runs_not_what_it_computes():
 
     batch = {"pixel_values": torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))}
     losses = {}
-    for levers in (BASELINE, Levers(optimizer="foreach"), Levers(optimizer="fused"), Levers(channels_last=True),
+    for levers in (BASELINE, Levers(optimizer="foreach"), Levers(optimizer="for-loop"), Levers(channels_last=True),
                    Levers(item_per_step=True), Levers(sdpa_backend="math")):
         torch.manual_seed(0)
         module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 14 * 14, 4))
