@@ -25,7 +25,7 @@ FSDP_CONFIG = ROOT / "recipes" / "accelerate" / "fsdp.yaml"
 MAX_STEPS = 4
 
 
-def _launch(output_dir: Path, method: str, launch: list[str], *extra: str) -> subprocess.CompletedProcess:
+def _launch(output_dir: Path, method: str, launch: list[str], *extra: str, expect_exit: int = 0) -> subprocess.CompletedProcess:
     environment = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     environment.pop("OMP_NUM_THREADS", None)
     command = [
@@ -37,7 +37,7 @@ def _launch(output_dir: Path, method: str, launch: list[str], *extra: str) -> su
         *extra,
     ]
     result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == expect_exit, result.stderr[-4000:]
     return result
 
 
@@ -79,6 +79,12 @@ def test_fsdp_run_matches_ddp_and_resumes_exactly(method, tmp_path):
     _launch(resumed_run, method, ["--config_file", str(FSDP_CONFIG)], "--resume_from_checkpoint", "latest")
     _assert_same_weights(fsdp_run / "model.safetensors", resumed_run / "model.safetensors", atol=0)
     assert _losses(resumed_run) == _losses(fsdp_run)
+    if method == "splitmask":
+        # The FSDP checkpoint resumed under DDP: refused in one line that names the change, not as damage.
+        refused = _launch(resumed_run, method, ["--multi_gpu"], "--resume_from_checkpoint", "latest", expect_exit=2)
+        lines = [line for line in refused.stderr.splitlines() if "error" in line.lower()]
+        assert any("written by an FSDP run, this run is a DDP" in line for line in lines), refused.stderr[-2000:]
+        assert "Traceback" not in refused.stderr and "damaged" not in refused.stderr
 
     # What an FSDP run writes is an ordinary Hub-ready folder: AutoModel loads it, whole.
     from transformers import AutoModel

@@ -537,7 +537,8 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str | Path) -> tuple[d
 
     Raises:
         DamagedCheckpointError: a file is missing, truncated, altered or does not parse.
-        ValueError: the checkpoint was written by a different number of processes.
+        ValueError: the checkpoint was written by a different number of processes, or by an FSDP
+            run for a DDP one or the reverse.
     """
     _check_distributed_type(accelerator)
     checkpoint = Path(checkpoint)
@@ -550,6 +551,15 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str | Path) -> tuple[d
         raise ValueError(
             f"Checkpoint {checkpoint} was written by {trainer_state.get('world_size')} processes, this run has "
             f"{accelerator.num_processes}: exact resume needs the same number of processes"
+        )
+    written_sharded, sharded = trainer_state.get("fully_sharded"), is_fully_sharded(accelerator)
+    if written_sharded is not None and written_sharded != sharded:
+        def kind(fully_sharded: bool) -> str:
+            return "an FSDP" if fully_sharded else "a DDP (or single-process)"
+
+        raise ValueError(
+            f"Checkpoint {checkpoint} was written by {kind(written_sharded)} run, this run is {kind(sharded)} run: "
+            "their optimizer states are laid out differently; resume with the accelerate config the run started with"
         )
     rank = accelerator.process_index
     model_files = [f"{_numbered('model', index)}.safetensors" for index in range(len(accelerator._models))]
