@@ -34,6 +34,8 @@ def _launch(output_dir: Path, method: str, launch: list[str], *extra: str, expec
         "--method", method, "--model", "vit-micro", "--image_size", "32", "--max_steps", str(MAX_STEPS),
         "--total_batch_size", "16", "--logging_steps", "1", "--save_steps", "2", "--dataloader_num_workers", "1",
         "--tokenizer_fit_batches", "2", "--report_to", "none", "--knn_evaluation", "false", "--output_dir", str(output_dir),
+        # fp32: the comparison is of sharding, not of bf16 rounding (auto picks bf16 on AVX512-BF16 hosts)
+        "--mixed_precision", "no",
         *extra,
     ]
     result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=400)

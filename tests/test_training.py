@@ -275,3 +275,19 @@ def test_first_rows_of_a_dataset_and_of_a_stream():
     with pytest.raises(ConfigurationError, match="--max_train_samples must be >= 1"):
         arguments, method_arguments = parse_arguments(["--max_train_samples", "0"])
         validate_arguments(resolve_arguments(arguments), method_arguments)
+
+
+def test_runs_in_one_process_may_use_different_precisions(tmp_path):
+    """A notebook (or this test session) trains in fp32, then with --mixed_precision bf16 (what auto
+    picks on an AVX512-BF16 host): accelerate's one-per-process state must not refuse the second run."""
+    from hf_ssl.cli import pretrain
+
+    for precision in ("no", "bf16"):
+        output_dir = tmp_path / precision
+        code = pretrain.main([
+            "--method", "simclr", "--model", "vit-micro", "--image_size", "32", "--max_steps", "1",
+            "--total_batch_size", "4", "--dataloader_num_workers", "0", "--knn_evaluation", "false",
+            "--report_to", "none", "--mixed_precision", precision, "--output_dir", str(output_dir),
+        ])
+        assert code == 0, precision
+        assert json.loads((output_dir / "training_args.json").read_text())["mixed_precision"] == precision

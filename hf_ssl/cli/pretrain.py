@@ -49,7 +49,7 @@ from hf_ssl.training import (
 from hf_ssl.training.checkpointing import truncate_training_log
 from hf_ssl.training.loop import TRAINING_LOG_NAME
 from hf_ssl.training.outputs import hardware_description, save_run_folder
-from hf_ssl.training.runtime import configure_cpu_threads, multi_process_cpu_run
+from hf_ssl.training.runtime import configure_cpu_threads, forget_previous_run_state, multi_process_cpu_run
 from hf_ssl.training.sharding import (
     check_fsdp_launch,
     check_shardable,
@@ -133,6 +133,7 @@ def run(argv: list[str] | None = None) -> int:
 
     # ----- accelerator and seed
     trackers = [name.strip() for name in arguments.report_to.split(",") if name.strip() and name.strip() != "none"]
+    forget_previous_run_state()
     accelerator = Accelerator(
         cpu=multi_process_cpu_run(),
         gradient_accumulation_steps=arguments.gradient_accumulation_steps,

@@ -54,3 +54,18 @@ def default_mixed_precision(use_cpu: bool = False) -> str:
     if not use_cpu and torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
     return "bf16" if cpu_has_native_bf16() else "no"
+
+
+def forget_previous_run_state() -> None:
+    """Let a second training run in the same process (a notebook, a test session) pick its own precision.
+
+    accelerate keeps one AcceleratorState per process and refuses an `Accelerator` whose
+    ``mixed_precision`` differs from the first one's ("AcceleratorState has already been
+    initialized and cannot be changed"): after an fp32 run, a ``--mixed_precision auto`` run on a
+    bf16 host would fail. In a single process nothing else depends on that state, so it is cleared;
+    PartialState (the process group of a launched run) is kept.
+    """
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        AcceleratorState._reset_state(reset_partial_state=False)
