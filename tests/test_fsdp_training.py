@@ -23,9 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "trainers" / "pretrain.py"
 FSDP_CONFIG = ROOT / "recipes" / "accelerate" / "fsdp.yaml"
 MAX_STEPS = 4
+# FSDP reduce-scatters where DDP all-reduces: the float sums differ in order, and Adam's normalised
+# update turns that into up to ~lr-sized weight differences on near-zero gradients. Measured largest
+# difference after 4 steps: DINO 5.7e-5 on an AVX2 EPYC, 1.14e-4 (a LayerNorm bias) on an AVX512 one.
+WEIGHT_ATOL = 3e-4
 
 
-def _launch(output_dir: Path, method: str, launch: list[str], *extra: str, expect_exit: int = 0) -> subprocess.CompletedProcess:
+def _launch(output_dir: Path, method: str, launch: list[str], *extra: str, expect_exit: int | None = 0) -> subprocess.CompletedProcess:
     environment = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     environment.pop("OMP_NUM_THREADS", None)
     command = [
@@ -39,7 +43,8 @@ def _launch(output_dir: Path, method: str, launch: list[str], *extra: str, expec
         *extra,
     ]
     result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=400)
-    assert result.returncode == expect_exit, result.stderr[-4000:]
+    # expect_exit None: any failure (torchrun reports a process's exit 2 as its own exit 1)
+    assert (result.returncode != 0) if expect_exit is None else (result.returncode == expect_exit), result.stderr[-4000:]
     return result
 
 
@@ -64,11 +69,11 @@ def test_fsdp_run_matches_ddp_and_resumes_exactly(method, tmp_path):
 
     # Same losses and weights as DDP, up to float summation order (reduce-scatter vs all-reduce).
     torch.testing.assert_close(_losses(fsdp_run), _losses(ddp_run), rtol=1e-4, atol=1e-5)
-    _assert_same_weights(ddp_run / "model.safetensors", fsdp_run / "model.safetensors", atol=1e-4)
+    _assert_same_weights(ddp_run / "model.safetensors", fsdp_run / "model.safetensors", atol=WEIGHT_ATOL)
     # The checkpoint's weights are whole tensors (gathered from the shards), the DDP checkpoint's;
     # its optimizer state is whole too, keyed by parameter name (DDP's by parameter index).
     checkpoint = Path("checkpoints") / f"checkpoint-{MAX_STEPS}"
-    _assert_same_weights(ddp_run / checkpoint / "model.safetensors", fsdp_run / checkpoint / "model.safetensors", atol=1e-4)
+    _assert_same_weights(ddp_run / checkpoint / "model.safetensors", fsdp_run / checkpoint / "model.safetensors", atol=WEIGHT_ATOL)
     moments = load_file(fsdp_run / checkpoint / "optimizer.safetensors")
     weights = load_file(fsdp_run / checkpoint / "model.safetensors")
     trained = [name for name in weights if f"state.state.{name}.exp_avg" in moments]
@@ -83,10 +88,11 @@ def test_fsdp_run_matches_ddp_and_resumes_exactly(method, tmp_path):
     assert _losses(resumed_run) == _losses(fsdp_run)
     if method == "splitmask":
         # The FSDP checkpoint resumed under DDP: refused in one line that names the change, not as damage.
-        refused = _launch(resumed_run, method, ["--multi_gpu"], "--resume_from_checkpoint", "latest", expect_exit=2)
-        lines = [line for line in refused.stderr.splitlines() if "error" in line.lower()]
-        assert any("written by an FSDP run, this run is a DDP" in line for line in lines), refused.stderr[-2000:]
-        assert "Traceback" not in refused.stderr and "damaged" not in refused.stderr
+        refused = _launch(resumed_run, method, ["--multi_gpu"], "--resume_from_checkpoint", "latest", expect_exit=None)
+        lines = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+        assert len(lines) == 2 and all("written by an FSDP run, this run is a DDP" in line for line in lines), refused.stderr[-2000:]
+        # Each process exits 2 with that line; the only traceback is torchrun's report of the exit.
+        assert "hf_ssl/" not in refused.stderr and "damaged" not in refused.stderr and "exitcode: 2" in refused.stderr
 
     # What an FSDP run writes is an ordinary Hub-ready folder: AutoModel loads it, whole.
     from transformers import AutoModel
@@ -96,7 +102,7 @@ def test_fsdp_run_matches_ddp_and_resumes_exactly(method, tmp_path):
     model = AutoModel.from_pretrained(fsdp_run)
     reference = AutoModel.from_pretrained(ddp_run)
     for name, tensor in model.state_dict().items():
-        torch.testing.assert_close(tensor, reference.state_dict()[name], rtol=0, atol=1e-4, msg=name)
+        torch.testing.assert_close(tensor, reference.state_dict()[name], rtol=0, atol=WEIGHT_ATOL, msg=name)
     assert AutoModel.from_pretrained(fsdp_run / "backbone").config.model_type == "vit"
     assert json.loads((fsdp_run / "training_args.json").read_text())["world_size"] == 2
 

@@ -557,7 +557,7 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str | Path) -> tuple[d
         def kind(fully_sharded: bool) -> str:
             return "an FSDP" if fully_sharded else "a DDP (or single-process)"
 
-        raise ValueError(
+        raise ConfigurationError(
             f"Checkpoint {checkpoint} was written by {kind(written_sharded)} run, this run is {kind(sharded)} run: "
             "their optimizer states are laid out differently; resume with the accelerate config the run started with"
         )
