@@ -138,14 +138,14 @@ def optimizer_options(kind: OptimizerKind, parameter_groups: list[dict]) -> dict
     return {"foreach": kind == "foreach"}
 
 
-def optimizer_implementation(kind: OptimizerKind, parameter_groups: list[dict], device: torch.device) -> str:
-    """What torch runs for `kind` (its own default is the per-parameter loop on CPU, foreach on CUDA)."""
-    options = optimizer_options(kind, parameter_groups)
-    if options.get("fused"):
+def optimizer_implementation(optimizer: torch.optim.Optimizer, device: torch.device) -> str:
+    """What torch runs for a built AdamW (unset, its default: the per-parameter loop on CPU, foreach on CUDA)."""
+    if optimizer.defaults.get("fused"):
         return "fused"
-    if "foreach" in options:
-        return "foreach" if options["foreach"] else "for-loop"
-    return "foreach" if device.type == "cuda" else "for-loop"
+    foreach = optimizer.defaults.get("foreach")
+    if foreach is None:
+        foreach = device.type == "cuda"
+    return "foreach" if foreach else "for-loop"
 
 
 def _sdpa_context(backend: str):

@@ -119,8 +119,7 @@ def _prepare(entry: Entry, options: SuiteOptions, say: Callable[[str], None]) ->
         entry.step = entry.build()
         entry.row["note"] = entry.step.model_step.note
         entry.row["trained_parameters"] = sum(parameter.numel() for parameter in entry.step.parameters)
-        entry.row["optimizer_implementation"] = optimizer_implementation(
-            entry.row["levers"]["optimizer"], entry.step.model_step.parameter_groups, options.device)
+        entry.row["optimizer_implementation"] = optimizer_implementation(entry.step.optimizer, options.device)
         start = time.perf_counter()
         entry.step.run()
         entry.row["first_step_seconds"] = time.perf_counter() - start  # includes compilation for torch.compile

@@ -240,10 +240,10 @@ def run(argv: list[str] | None = None) -> int:
                     shard_summary(model))
 
     # ----- resume
-    state = TrainingState(world_size=accelerator.num_processes, fully_sharded=is_fully_sharded(accelerator))
+    state = TrainingState(world_size=accelerator.num_processes)
     if checkpoint is not None:
         trainer_state, data_state = load_checkpoint(accelerator, checkpoint)
-        state = TrainingState(**{**trainer_state, "fully_sharded": is_fully_sharded(accelerator)})
+        state = TrainingState(**trainer_state)
         state.skipped_samples = data_state["skipped_samples"]
         batches.load_state_dict(data_state["batches"])
         logger.info("Resumed from %s at step %d", checkpoint, state.step)

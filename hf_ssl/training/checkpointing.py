@@ -441,6 +441,8 @@ def save_checkpoint(
         run_arguments: JSON-able arguments a resume must not change (see `hf_ssl.training.run_folder`).
     """
     _check_distributed_type(accelerator)
+    # FSDP runs save name-keyed optimizer states, DDP runs index-keyed ones: a resume must not switch.
+    trainer_state = {**trainer_state, "fully_sharded": is_fully_sharded(accelerator)}
     root = checkpoints_root(output_dir)
     temporary = root / f"{TEMPORARY_PREFIX}{step}"
     final = root / f"checkpoint-{step}"
@@ -552,7 +554,8 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str | Path) -> tuple[d
             f"Checkpoint {checkpoint} was written by {trainer_state.get('world_size')} processes, this run has "
             f"{accelerator.num_processes}: exact resume needs the same number of processes"
         )
-    written_sharded, sharded = trainer_state.get("fully_sharded"), is_fully_sharded(accelerator)
+    # None: written before checkpoints recorded it.
+    written_sharded, sharded = trainer_state.pop("fully_sharded", None), is_fully_sharded(accelerator)
     if written_sharded is not None and written_sharded != sharded:
         def kind(fully_sharded: bool) -> str:
             return "an FSDP" if fully_sharded else "a DDP (or single-process)"

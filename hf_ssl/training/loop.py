@@ -46,9 +46,6 @@ class TrainingState:
     skipped_samples: int = 0
     train_runtime_s: float = 0.0
     world_size: int = 1
-    # Whether the run was FSDP-sharded: its checkpoints hold name-keyed optimizer states, DDP's
-    # index-keyed ones, so a resume must keep it (None: written before this field existed).
-    fully_sharded: bool | None = None
 
 
 @dataclass
