@@ -29,17 +29,19 @@ MAX_STEPS = 4
 WEIGHT_ATOL = 3e-4
 
 
-def _launch(output_dir: Path, method: str, launch: list[str], *extra: str, expect_exit: int | None = 0) -> subprocess.CompletedProcess:
+def _launch(output_dir: Path, method: str, launch: list[str], *extra: str, expect_exit: int | None = 0,
+            precision: str = "no") -> subprocess.CompletedProcess:
     environment = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     environment.pop("OMP_NUM_THREADS", None)
     command = [
         sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT),
+        "--mixed_precision", precision, "--dynamo_backend", "no", str(SCRIPT),
         "--method", method, "--model", "vit-micro", "--image_size", "32", "--max_steps", str(MAX_STEPS),
         "--total_batch_size", "16", "--logging_steps", "1", "--save_steps", "2", "--dataloader_num_workers", "1",
         "--tokenizer_fit_batches", "2", "--report_to", "none", "--knn_evaluation", "false", "--output_dir", str(output_dir),
-        # fp32: the comparison is of sharding, not of bf16 rounding (auto picks bf16 on AVX512-BF16 hosts)
-        "--mixed_precision", "no",
+        # fp32 unless asked: most comparisons are of sharding, not of bf16 rounding (auto picks bf16 on
+        # AVX512-BF16 hosts)
+        "--mixed_precision", precision,
         *extra,
     ]
     result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=400)
@@ -105,6 +107,27 @@ def test_fsdp_run_matches_ddp_and_resumes_exactly(method, tmp_path):
         torch.testing.assert_close(tensor, reference.state_dict()[name], rtol=0, atol=WEIGHT_ATOL, msg=name)
     assert AutoModel.from_pretrained(fsdp_run / "backbone").config.model_type == "vit"
     assert json.loads((fsdp_run / "training_args.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "loss_rtol"), [("simclr", 1e-4), ("splitmask", 1e-3)])
+def test_fsdp_bf16_computes_what_ddp_bf16_does(method, loss_rtol, tmp_path):
+    """accelerate's FSDP2 bf16 alone computes every op in bf16 (SplitMask's 4th loss 13.625 vs DDP's
+    13.538, measured) and refuses BatchNorm heads (SimCLR's projector: a bf16 weight beside fp32
+    running statistics); hf-ssl runs the forward under autocast with fp32 reductions, as DDP does.
+
+    SimCLR gathers in fp32 (batch norms): DDP's losses up to summation order. SplitMask gathers in
+    bf16: its LayerNorm weights are rounded, measured within 2.5e-4 of DDP's losses. Matching DDP's
+    bf16 losses also shows the FSDP run computed in bf16: SimCLR's fp32 losses differ by ~2.5e-3.
+    """
+    ddp_run, fsdp_run = tmp_path / "ddp", tmp_path / "fsdp"
+    _launch(ddp_run, method, ["--multi_gpu"], precision="bf16")
+    _launch(fsdp_run, method, ["--config_file", str(FSDP_CONFIG)], precision="bf16")
+    torch.testing.assert_close(_losses(fsdp_run), _losses(ddp_run), rtol=loss_rtol, atol=1e-5)
+    weights = load_file(fsdp_run / "model.safetensors")  # fp32 masters, as DDP's (batch counts are integers)
+    assert all(tensor.dtype == torch.float32 for name, tensor in weights.items() if "num_batches_tracked" not in name)
+    if method == "simclr":
+        _assert_same_weights(ddp_run / "model.safetensors", fsdp_run / "model.safetensors", atol=WEIGHT_ATOL)
 
 
 def test_models_with_0d_parameters_are_refused_with_one_line():

@@ -57,6 +57,7 @@ from hf_ssl.training.sharding import (
     is_fully_sharded,
     launch_flag,
     shard_summary,
+    use_autocast_under_fsdp,
     use_fsdp_on_cpu,
     whole_model,
 )
@@ -190,6 +191,7 @@ def run(argv: list[str] | None = None) -> int:
     model = recipe.build_model(context)
     if is_fully_sharded(accelerator):
         check_shardable(model)
+        use_autocast_under_fsdp(accelerator, model)
     if backbone.weights is not None:
         model.load_backbone_weights(load_pretrained_backbone(backbone.nested(), backbone.weights))
         logger.info("Backbone initialised from %s", backbone.weights)

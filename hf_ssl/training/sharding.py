@@ -21,7 +21,7 @@ import warnings
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, convert_outputs_to_fp32
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -90,6 +90,35 @@ def check_shardable(model: nn.Module) -> None:
             f"FSDP cannot shard this model: its parameters {', '.join(scalars)} are 0-d (fully_shard splits dim 0); "
             "train it data-parallel instead (recipes/accelerate/ddp_multi_gpu.yaml)"
         )
+
+
+def use_autocast_under_fsdp(accelerator: Accelerator, model: nn.Module) -> None:
+    """Under FSDP with bf16 / fp16, compute what the same DDP run computes: autocast, fp32 masters.
+
+    accelerate's FSDP2 mixed precision is the sharding policy alone: parameters gathered, gradients
+    reduced and outputs returned in the low precision, with no autocast. Every op then runs in
+    bf16, the losses (SplitMask's 8192-way cross-entropy and InfoNCE, logged as 14.125, 13.84375 ...)
+    included, and a BatchNorm gets a bf16 weight beside its fp32 running statistics, which torch's
+    ``batch_norm`` refuses ("expected scalar type BFloat16 but found Float"; FSDP1 exempted batch
+    norms; SimCLR's, MoCo v3's, BYOL's, SimSiam's, Barlow Twins' and VICReg's heads have them).
+
+    Here the forward runs under autocast with fp32 outputs, as accelerate runs it under DDP;
+    gradients are reduced in fp32; parameters are still gathered in the low precision (half the
+    traffic; autocast would round them for its matmuls anyway), except in models with batch norms,
+    which are gathered in fp32. Block inputs are not cast, so the residual stream stays fp32, as
+    under autocast. Call after building the model, before `prepare`.
+    """
+    if not is_fully_sharded(accelerator) or accelerator.mixed_precision == "no":
+        return
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float16
+    has_batch_norm = any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules())
+    accelerator.state.fsdp_plugin.mixed_precision_policy = MixedPrecisionPolicy(
+        param_dtype=None if has_batch_norm else dtype, reduce_dtype=torch.float32, cast_forward_inputs=False
+    )
+    # An instance attribute: fully_shard's hooks (gather, reshard) stay outside the autocast region.
+    model.forward = convert_outputs_to_fp32(torch.autocast(accelerator.device.type, dtype=dtype)(model.forward))
 
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -169,11 +198,12 @@ __all__ = [
     "full_model_state",
     "full_optimizer_state",
     "is_fully_sharded",
-    "launch_flag",
+        "launch_flag",
     "load_full_model_state",
     "load_full_optimizer_state",
     "shard_summary",
     "unsharded_class",
+    "use_autocast_under_fsdp",
     "use_fsdp_on_cpu",
     "whole_model",
 ]
