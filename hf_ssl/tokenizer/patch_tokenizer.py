@@ -162,8 +162,15 @@ class PatchTokenizer(nn.Module):
 
     @torch.no_grad()
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` -> ``(B, N)`` long token ids."""
-        return assign_tokens(self.vectors(pixel_values), self.codebook.float())
+        """``(B, C, H, W)`` -> ``(B, N)`` long token ids, in fp32 whatever the autocast around it.
+
+        The targets must not depend on the training precision: under bf16 autocast the similarity
+        matmul rounds to 8 bits of mantissa, near-equal codes tie, and argmax then picks the first
+        of them, a coarser target (SplitMask's bf16 runs of the bundled data fell to a 0.07-0.16
+        lower MIM loss, measured, from easier targets, not better learning).
+        """
+        with torch.autocast(pixel_values.device.type, enabled=False):
+            return assign_tokens(self.vectors(pixel_values.float()), self.codebook.float())
 
     @torch.no_grad()
     def fit(
