@@ -111,7 +111,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict, path: Path) -> None:
+def plot(report: dict):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,9 +129,7 @@ def plot(report: dict, path: Path) -> None:
         axis.set_title(title)
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    return figure
 
 
 def main(argv=None) -> int:

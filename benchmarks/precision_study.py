@@ -199,7 +199,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict, path: Path) -> None:
+def plot(report: dict):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -232,9 +232,7 @@ def plot(report: dict, path: Path) -> None:
         knn_axis.set_title("kNN, one dot per seed")
         knn_axis.legend(fontsize=7)
         knn_axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    return figure
 
 
 def main(argv=None) -> int:

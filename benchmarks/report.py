@@ -184,13 +184,18 @@ def write_results(results: dict, output_directory: Path, name: str) -> tuple[Pat
 
 
 def write_study(output_dir: Path, name: str, report: dict, markdown_text: str, plot) -> Path:
-    """A study's results files: ``<output_dir>/<name>.json``, ``.md`` and ``.png`` (``plot(report, path)``);
-    prints the Markdown and returns the stem."""
+    """A study's results files: ``<output_dir>/<name>.json``, ``.md`` and ``.png`` (the matplotlib
+    figure ``plot(report)`` returns); prints the Markdown and returns the stem."""
+    import matplotlib.pyplot as plt
+
     output_dir.mkdir(parents=True, exist_ok=True)
     stem = output_dir / name
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown_text)
-    plot(report, stem.with_suffix(".png"))
+    figure = plot(report)
+    figure.tight_layout()
+    figure.savefig(stem.with_suffix(".png"), dpi=110)
+    plt.close(figure)
     print(markdown_text)
     return stem
 

@@ -167,7 +167,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict, path: Path) -> None:
+def plot(report: dict):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,9 +195,7 @@ def plot(report: dict, path: Path) -> None:
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     figure.suptitle(f"Sample efficiency on {configuration['dataset_name']} ({configuration['max_steps']} steps per run)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    return figure
 
 
 def main(argv=None) -> int:

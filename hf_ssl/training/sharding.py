@@ -106,9 +106,9 @@ def use_autocast_under_fsdp(accelerator: Accelerator, model: nn.Module) -> None:
     gradients are reduced in fp32; parameters are still gathered in the low precision (half the
     traffic; autocast would round them for its matmuls anyway), except in models with batch norms,
     which are gathered in fp32. Block inputs are not cast, so the residual stream stays fp32, as
-    under autocast. Call after building the model, before `prepare`.
+    under autocast. Call on fully sharded runs, after building the model, before `prepare`.
     """
-    if not is_fully_sharded(accelerator) or accelerator.mixed_precision == "no":
+    if accelerator.mixed_precision == "no":
         return
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
@@ -198,7 +198,7 @@ __all__ = [
     "full_model_state",
     "full_optimizer_state",
     "is_fully_sharded",
-        "launch_flag",
+    "launch_flag",
     "load_full_model_state",
     "load_full_optimizer_state",
     "shard_summary",
