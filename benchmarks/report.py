@@ -9,6 +9,11 @@ from data_rates import workers_needed
 
 REFERENCE_LEVER = "baseline"
 
+_ALLOCATORS = {
+    True: "freed memory kept for the next step (every row), as the hf-ssl trainer runs on CPU",
+    False: "the platform's default",
+}
+
 
 def utilisation_reference(matmul: dict, bf16_native: bool) -> dict:
     """The matmul rate utilisation is a fraction of: bf16 where the host computes it natively, else
@@ -100,7 +105,8 @@ def markdown(results: dict) -> str:
          f"{reference['dtype']} {reference['gflops']:.3g} GFLOP/s."),
         (f"- Precisions: {', '.join(settings['precisions'])} (bf16 {'native' if host['bf16_native'] else 'not native'} "
          f"here); batch {settings['batch_size']}; {settings['warmup']} warm-up steps, then {settings['rounds']} "
-         f"interleaved rounds of {settings['steps']} steps per row; memory: {settings['memory']}."),
+         f"interleaved rounds of {settings['steps']} steps per row; memory: {settings['memory']}; host allocator: "
+         f"{_ALLOCATORS[bool(settings.get('cpu_allocator_cached'))]}."),
         "",
         "## Implementations",
         "",

@@ -7,7 +7,10 @@ What one run does
    invalid ("load average X at start: timings not comparable").
 2. Measures the host's matmul rate (best square ``torch.mm``, fp32 and bf16) at the start and again
    at the end, and records the CPU model, its bf16 flags (avx512_bf16 / amx), threads, uptime and
-   load at start and end, torch / transformers / lightly versions and the GPU name on CUDA.
+   load at start and end, torch / transformers / lightly versions and the GPU name on CUDA. On
+   CPU the process keeps freed memory for the next step, as the hf-ssl trainer does
+   (``--cpu_allocator_cache``), for every row, references included; ``--cpu_allocator default``
+   measures glibc's own behaviour (every step page-faults its large activations in again).
 3. Data: per-DataLoader-worker decode + augment images/s of every measured case's own transform on
    224-px JPEGs, PIL vs ``torchvision.io.decode_jpeg`` (uint8 tensors through transforms.v2), and
    the hf-ssl loader stack with ``--loader_workers`` workers.
@@ -156,6 +159,9 @@ def parse_arguments(argv: list[str]):
     parser.add_argument("--target_images_per_second", nargs="+", type=float, default=[1000.0, 3000.0],
                         help="step rates (a GPU's) to size DataLoader workers for in the data table")
     parser.add_argument("--matmul_seconds", type=float, default=1.0, help="seconds per matmul-rate measurement")
+    parser.add_argument("--cpu_allocator", choices=("cached", "default"), default="cached",
+                        help="cached: keep freed host memory for the next step, as the hf-ssl trainer does on CPU "
+                             "(for every row, references included); default: glibc's own behaviour")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lightly_path", default=None, help="folder lightly was installed into with pip --target")
     parser.add_argument("--output", default=str(REPOSITORY / "benchmarks" / "results"), help="results folder")
@@ -260,6 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from suite import memory_worker
 
+    from hf_ssl.training.runtime import keep_freed_host_memory
+
+    # Before any model exists, in memory workers too; off CPU, or off glibc, nothing changes.
+    allocator_cached = arguments.cpu_allocator == "cached" and keep_freed_host_memory(
+        torch.device(arguments.device or ("cuda" if torch.cuda.is_available() else "cpu")))
+
     if arguments.memory_worker:
         print(json.dumps(memory_worker(json.loads(arguments.memory_worker))))
         return 0
@@ -312,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=arguments.warmup, levers=tuple(arguments.levers),
         sdpa_backends=tuple(arguments.sdpa_backends) if arguments.sdpa_backends else None, compile=arguments.compile,
         memory=arguments.memory, memory_steps=arguments.memory_steps, seed=arguments.seed, threads=arguments.threads,
+        cpu_allocator=arguments.cpu_allocator,
     )
     for inputs in prepared:
         for precision in arguments.precisions:
@@ -333,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": time.perf_counter() - started,
         "phase_seconds": phases,
         "settings": {**{key: value for key, value in vars(arguments).items() if key != "memory_worker"},
-                     "device": device.type, "methods_known": list(CASES)},
+                     "device": device.type, "methods_known": list(CASES), "cpu_allocator_cached": allocator_cached},
         "host": facts,
         "load": load,
         "matmul_gflops": matmul,

@@ -61,6 +61,7 @@ class SuiteOptions:
     memory_steps: int = 2
     seed: int = 0
     threads: int = 1
+    cpu_allocator: str = "cached"
 
 
 @dataclass
@@ -160,7 +161,8 @@ def process_peak_memory(row: dict, precision: str, options: SuiteOptions) -> flo
     if lightly is not None:  # --lightly_path of this run: the worker imports lightly from the same place
         folder = str(Path(lightly.__file__).parents[1])
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, (folder, environment.get("PYTHONPATH"))))
-    completed = subprocess.run([sys.executable, str(script), "--memory_worker", json.dumps(specification)],
+    completed = subprocess.run([sys.executable, str(script), "--cpu_allocator", options.cpu_allocator,
+                                "--memory_worker", json.dumps(specification)],
                                check=True, capture_output=True, text=True, env=environment)
     return float(json.loads(completed.stdout.strip().splitlines()[-1])["peak_memory_mib"])
 

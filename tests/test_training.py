@@ -291,3 +291,52 @@ def test_runs_in_one_process_may_use_different_precisions(tmp_path):
         ])
         assert code == 0, precision
         assert json.loads((output_dir / "training_args.json").read_text())["mixed_precision"] == precision
+
+
+_PAGE_FAULTS_OF_REPEATED_ALLOCATIONS = """
+import resource, sys, torch
+from hf_ssl.training.runtime import keep_freed_host_memory
+kept = keep_freed_host_memory(torch.device(sys.argv[1])) if sys.argv[1] != "none" else False
+for _ in range(3):  # 64 MiB: allocated, touched, freed, as a step's activations are
+    torch.ones(1 << 24)  # (the heap settles after the first two)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    torch.ones(1 << 24)
+print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _page_faults(device: str) -> tuple[str, int]:
+    """(whether the settings were made, minor page faults of 4 more 64 MiB allocations) in a fresh process."""
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_") and key != "GLIBC_TUNABLES"}
+    result = subprocess.run([sys.executable, "-c", _PAGE_FAULTS_OF_REPEATED_ALLOCATIONS, device],
+                            capture_output=True, text=True, timeout=120, env=env, check=True)
+    kept, faults = result.stdout.split()
+    return kept, int(faults)
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's allocator only")
+def test_freed_host_memory_is_reused_instead_of_page_faulted_again():
+    pages = (1 << 26) // 4096  # of one 64 MiB tensor
+    _, default_faults = _page_faults("none")
+    assert default_faults > 3 * pages  # glibc maps and unmaps each one: every page faults again
+    kept, faults = _page_faults("cpu")
+    assert kept == "True" and faults < pages // 10
+
+
+def test_the_allocator_is_left_alone_off_cpu_and_under_the_users_own_settings(monkeypatch):
+    from hf_ssl.training.runtime import keep_freed_host_memory
+
+    # Each returns before calling mallopt, so this process keeps glibc's defaults.
+    assert not keep_freed_host_memory(torch.device("meta"))
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert not keep_freed_host_memory(torch.device("cpu"))
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    assert not keep_freed_host_memory(torch.device("cpu"))
+    assert parse_arguments([])[0].cpu_allocator_cache
+    assert not parse_arguments(["--cpu_allocator_cache", "false"])[0].cpu_allocator_cache

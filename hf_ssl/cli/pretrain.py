@@ -49,7 +49,12 @@ from hf_ssl.training import (
 from hf_ssl.training.checkpointing import truncate_training_log
 from hf_ssl.training.loop import TRAINING_LOG_NAME
 from hf_ssl.training.outputs import hardware_description, save_run_folder
-from hf_ssl.training.runtime import configure_cpu_threads, forget_previous_run_state, multi_process_cpu_run
+from hf_ssl.training.runtime import (
+    configure_cpu_threads,
+    forget_previous_run_state,
+    keep_freed_host_memory,
+    multi_process_cpu_run,
+)
 from hf_ssl.training.sharding import (
     check_fsdp_launch,
     check_shardable,
@@ -144,6 +149,8 @@ def run(argv: list[str] | None = None) -> int:
     )
     use_fsdp_on_cpu(accelerator)
     configure_cpu_threads(accelerator.device, accelerator.num_processes, arguments.dataloader_num_workers)
+    if arguments.cpu_allocator_cache:
+        keep_freed_host_memory(accelerator.device)
     set_seed(arguments.seed)
     per_device_batch_size = arguments.total_batch_size // (accelerator.num_processes * arguments.gradient_accumulation_steps)
 

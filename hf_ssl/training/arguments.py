@@ -113,6 +113,13 @@ class PretrainingArguments:
         metadata={"help": "auto / no / bf16 / fp16. auto = bf16 autocast where the hardware computes bf16 natively "
                           "(CUDA GPUs with bf16; CPUs with AVX512-BF16 or AMX), fp32 otherwise (elsewhere bf16 is emulated: slower)."},
     )
+    cpu_allocator_cache: bool = field(
+        default=True,
+        metadata={"help": "On CPU (Linux, glibc): keep the memory a step frees for the next step instead of returning it "
+                          "to the OS, which otherwise page-faults every step's activations in again (ViT-S SplitMask, "
+                          "measured: 2.89 -> 3.43 images/s in fp32, 5.43 -> 5.96 in bf16). --cpu_allocator_cache false "
+                          "keeps glibc's default."},
+    )
     seed: int = field(default=0, metadata={"help": "Seed for weights, data order, augmentations and masks."})
     preparation_rows: int = field(
         default=10000, metadata={"help": "Raw training rows a method may read before training (e.g. to train a text tokenizer)."}
