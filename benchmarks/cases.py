@@ -254,6 +254,7 @@ def hf_ssl_model_step(inputs: CaseInputs) -> ModelStep:
         after_backward=lambda: recipe.after_backward(model, step_context),
         after_optimizer_step=lambda: recipe.after_optimizer_step(model, step_context),
         note=f"{type(model).__name__}, built by the {recipe.name} recipe",
+        follows_trainer_attention=True,
     )
 
 

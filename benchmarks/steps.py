@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from hf_ssl.training.attention import resolve_attention, set_attention_implementation
 from hf_ssl.training.optimizer import can_fuse
 
 OptimizerKind = Literal["fused", "foreach", "for-loop"]
@@ -46,6 +47,9 @@ class Levers:
         channels_last: model and 4-D inputs in channels-last memory format (conv backbones).
         item_per_step: read the loss with ``.item()`` after every step (a host sync on CUDA), as
             loops that log every step do; the hf-ssl loop does not.
+        attention: the hf-ssl model's attention kernel: ``"auto"`` (the baseline: the trainer's
+            ``--attention auto``, eager on CPU under bf16, else SDPA), ``"sdpa"`` or ``"eager"``.
+            References keep their own default (SDPA).
     """
 
     optimizer: OptimizerKind = "fused"
@@ -53,6 +57,7 @@ class Levers:
     sdpa_backend: str = "default"
     channels_last: bool = False
     item_per_step: bool = False
+    attention: str = "auto"
 
     def label(self) -> str:
         """``"baseline"`` or what differs from it, e.g. ``"fused AdamW"``, ``"SDPA math"``."""
@@ -67,22 +72,25 @@ class Levers:
             parts.append("channels-last")
         if self.item_per_step:
             parts.append(".item() per step")
+        if self.attention != "auto":
+            parts.append(f"{self.attention} attention")
         return " + ".join(parts) or "baseline"
 
     def as_dict(self) -> dict:
         return {"optimizer": self.optimizer, "compile": self.compile, "sdpa_backend": self.sdpa_backend,
-                "channels_last": self.channels_last, "item_per_step": self.item_per_step}
+                "channels_last": self.channels_last, "item_per_step": self.item_per_step, "attention": self.attention}
 
 
 BASELINE = Levers()
 
 
 def lever_variants(names: list[str], device: torch.device, sdpa_backends: list[str] | None, compile_model: bool,
-                   has_attention: bool, is_convolutional: bool) -> list[Levers]:
+                   has_attention: bool, is_convolutional: bool, precision: Precision = "fp32") -> list[Levers]:
     """The one-lever-on variants to measure next to the baseline for one model.
 
     Args:
-        names: lever names from ``--levers`` (``foreach``, ``for_loop``, ``sdpa``, ``channels_last``, ``item``).
+        names: lever names from ``--levers`` (``foreach``, ``for_loop``, ``sdpa``, ``channels_last``, ``item``,
+            ``attention``: the kernel the trainer's ``--attention auto`` does not pick for `precision`).
         sdpa_backends: backends for the ``sdpa`` lever (default: the device's, `DEVICE_SDPA_BACKENDS`).
         compile_model: add the ``torch.compile`` variant (``--compile``).
         has_attention: the model attends with SDPA (ViT, Swin): the ``sdpa`` lever applies.
@@ -100,12 +108,15 @@ def lever_variants(names: list[str], device: torch.device, sdpa_backends: list[s
         variants.append(replace(BASELINE, channels_last=True))
     if "item" in names:
         variants.append(replace(BASELINE, item_per_step=True))
+    if "attention" in names and has_attention:
+        trainer_choice = resolve_attention("auto", device, "bf16" if precision == "bf16" else "no")
+        variants.append(replace(BASELINE, attention="sdpa" if trainer_choice == "eager" else "eager"))
     if compile_model:
         variants.append(replace(BASELINE, compile=True))
     return variants
 
 
-LEVER_NAMES = ("foreach", "for_loop", "sdpa", "channels_last", "item")
+LEVER_NAMES = ("foreach", "for_loop", "sdpa", "channels_last", "item", "attention")
 
 
 @dataclass
@@ -120,6 +131,8 @@ class ModelStep:
         after_backward: called after backward and clipping, before the optimizer step.
         after_optimizer_step: called after the optimizer step (e.g. an EMA update).
         note: how this implementation was set up, for the results file.
+        follows_trainer_attention: the hf-ssl model: its attention kernel is chosen as the trainer
+            chooses it (`Levers.attention`); references keep their own.
     """
 
     module: nn.Module
@@ -128,6 +141,7 @@ class ModelStep:
     after_backward: Callable[[], None] | None = None
     after_optimizer_step: Callable[[], None] | None = None
     note: str = ""
+    follows_trainer_attention: bool = False
 
 
 def optimizer_options(kind: OptimizerKind, parameter_groups: list[dict]) -> dict:
@@ -176,6 +190,7 @@ class TrainingStep:
     optimizer: torch.optim.Optimizer
     batch: dict[str, torch.Tensor]
     parameters: list[torch.Tensor]
+    attention: str | None = None
 
 
 def build_training_step(
@@ -198,6 +213,10 @@ def build_training_step(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     module = model_step.module.to(device)
+    attention = None
+    if model_step.follows_trainer_attention:
+        attention = resolve_attention(levers.attention, device, "bf16" if precision == "bf16" else "no")
+        set_attention_implementation(module, attention)
     if levers.channels_last:
         module.to(memory_format=torch.channels_last)
     runner = torch.compile(module) if levers.compile else module
@@ -225,7 +244,8 @@ def build_training_step(
             loss.item()
         return loss
 
-    return TrainingStep(run=run, model_step=model_step, optimizer=optimizer, batch=host_batch, parameters=parameters)
+    return TrainingStep(run=run, model_step=model_step, optimizer=optimizer, batch=host_batch, parameters=parameters,
+                        attention=attention)
 
 
 def resident_tensors(step: TrainingStep, device: torch.device) -> list[torch.Tensor]:

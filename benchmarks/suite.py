@@ -98,7 +98,7 @@ def plan_group(inputs: CaseInputs, precision: str, options: SuiteOptions) -> lis
         variants = [BASELINE]
         if implementation == HF_SSL and inputs.recipe is not None:  # an unregistered method gets one skipped row
             variants += lever_variants(list(options.levers), options.device, options.sdpa_backends, options.compile,
-                                       inputs.size.has_attention, inputs.size.is_convolutional)
+                                       inputs.size.has_attention, inputs.size.is_convolutional, precision)
         for levers in variants:
             entries.append(Entry(
                 row=_identity(inputs, precision, implementation, levers),
@@ -121,6 +121,8 @@ def _prepare(entry: Entry, options: SuiteOptions, say: Callable[[str], None]) ->
         entry.row["note"] = entry.step.model_step.note
         entry.row["trained_parameters"] = sum(parameter.numel() for parameter in entry.step.parameters)
         entry.row["optimizer_implementation"] = optimizer_implementation(entry.step.optimizer, options.device)
+        if entry.step.attention is not None:
+            entry.row["attention"] = entry.step.attention
         start = time.perf_counter()
         entry.step.run()
         entry.row["first_step_seconds"] = time.perf_counter() - start  # includes compilation for torch.compile

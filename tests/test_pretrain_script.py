@@ -78,12 +78,14 @@ def test_default_run_beats_random_init_and_writes_the_hub_folder(tmp_path):
                 "world_size", "mixed_precision", "seed", "hardware", "train_runtime_s", "num_images_seen"):
         assert key in arguments, key
     assert (arguments["method"], arguments["image_size"], arguments["num_images_seen"]) == ("splitmask", 32, 600 * 64)
+    # auto attention: eager where the run trained in bf16 on CPU, SDPA otherwise; the saved model loads with SDPA
+    assert arguments["attention"] == ("eager" if arguments["mixed_precision"] == "bf16" else "sdpa")
     processor = json.loads((output_dir / "preprocessor_config.json").read_text())
     assert processor["size"] == {"height": 32, "width": 32} and processor["image_mean"] == list(IMAGENET_MEAN)
     from transformers import AutoModel, ViTModel
 
     backbone = AutoModel.from_pretrained(output_dir / "backbone")
-    assert type(backbone) is ViTModel
+    assert type(backbone) is ViTModel and backbone.config._attn_implementation == "sdpa"
     assert _log(output_dir)[-1]["step"] == 600
 
 

@@ -46,6 +46,7 @@ from hf_ssl.training import (
     train,
     validate_arguments,
 )
+from hf_ssl.training.attention import resolve_attention, set_attention_implementation
 from hf_ssl.training.checkpointing import truncate_training_log
 from hf_ssl.training.loop import TRAINING_LOG_NAME
 from hf_ssl.training.outputs import hardware_description, save_run_folder
@@ -216,6 +217,9 @@ def run(argv: list[str] | None = None) -> int:
         recipe.prepare_model(
             model, (batch["pixel_values"] for batch in itertools.islice(fitting_batches, arguments.tokenizer_fit_batches))
         )
+    attention = resolve_attention(arguments.attention, accelerator.device, accelerator.mixed_precision)
+    if set_attention_implementation(model, attention):
+        logger.info("Attention: %s (--attention %s)", attention, arguments.attention)
     # From here on every process draws its own masks and noise.
     set_seed(arguments.seed, device_specific=True)
 
@@ -302,6 +306,7 @@ def run(argv: list[str] | None = None) -> int:
             "warmup_steps": warmup_steps,
             "max_grad_norm": max_grad_norm,
             "world_size": accelerator.num_processes,
+            "attention": attention,
             "hardware": hardware_description(accelerator.device),
             "train_runtime_s": round(state.train_runtime_s, 2),
             "num_images_seen": state.num_images_seen,

@@ -29,6 +29,7 @@ from hf_ssl.data.default import SCENES_IMAGE_SIZE, SCENES_VARIANT, bundled_varia
 from hf_ssl.recipes import BuildContext, Preset, Recipe, available_methods, get_recipe
 
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
+Attention = Literal["auto", "sdpa", "eager"]
 REPORT_TO_CHOICES = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "all", "none")
 
 # The run `python trainers/pretrain.py` makes with no arguments: the bundled digits, a ViT small
@@ -112,6 +113,12 @@ class PretrainingArguments:
         default="auto",
         metadata={"help": "auto / no / bf16 / fp16. auto = bf16 autocast where the hardware computes bf16 natively "
                           "(CUDA GPUs with bf16; CPUs with AVX512-BF16 or AMX), fp32 otherwise (elsewhere bf16 is emulated: slower)."},
+    )
+    attention: Attention = field(
+        default="auto",
+        metadata={"help": "auto / sdpa / eager: the attention kernel while training. auto = eager (explicit matmuls, "
+                          "fp32 softmax) on CPU under bf16, where torch's SDPA kernels measured 2x slower at ViT lengths, "
+                          "else SDPA. Saved models load with SDPA either way."},
     )
     cpu_allocator_cache: bool = field(
         default=True,
