@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from hf_ssl.training.attention import resolve_attention, set_attention_implementation
+from hf_ssl.training.attention import resolve_attention, use_eager_attention
 from hf_ssl.training.optimizer import can_fuse
 
 OptimizerKind = Literal["fused", "foreach", "for-loop"]
@@ -216,7 +216,8 @@ def build_training_step(
     attention = None
     if model_step.follows_trainer_attention:
         attention = resolve_attention(levers.attention, device, "bf16" if precision == "bf16" else "no")
-        set_attention_implementation(module, attention)
+        if attention == "eager":
+            use_eager_attention(module)
     if levers.channels_last:
         module.to(memory_format=torch.channels_last)
     runner = torch.compile(module) if levers.compile else module

@@ -46,7 +46,7 @@ from hf_ssl.training import (
     train,
     validate_arguments,
 )
-from hf_ssl.training.attention import resolve_attention, set_attention_implementation
+from hf_ssl.training.attention import resolve_attention, use_eager_attention
 from hf_ssl.training.checkpointing import truncate_training_log
 from hf_ssl.training.loop import TRAINING_LOG_NAME
 from hf_ssl.training.outputs import hardware_description, save_run_folder
@@ -218,8 +218,8 @@ def run(argv: list[str] | None = None) -> int:
             model, (batch["pixel_values"] for batch in itertools.islice(fitting_batches, arguments.tokenizer_fit_batches))
         )
     attention = resolve_attention(arguments.attention, accelerator.device, accelerator.mixed_precision)
-    if set_attention_implementation(model, attention):
-        logger.info("Attention: %s (--attention %s)", attention, arguments.attention)
+    if attention == "eager" and use_eager_attention(model):
+        logger.info("Attention: eager (--attention %s)", arguments.attention)
     # From here on every process draws its own masks and noise.
     set_seed(arguments.seed, device_specific=True)
 

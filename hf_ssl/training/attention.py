@@ -37,29 +37,27 @@ def resolve_attention(choice: AttentionChoice, device: torch.device, mixed_preci
     return "eager" if device.type == "cpu" and mixed_precision == "bf16" else "sdpa"
 
 
-def set_attention_implementation(model: nn.Module, implementation: str) -> int:
-    """Point every SDPA / eager attention of `model` at `implementation` (``"sdpa"`` or ``"eager"``).
+def use_eager_attention(model: nn.Module) -> int:
+    """Switch every SDPA attention of `model` to eager; returns the number of configs and timm blocks changed.
 
-    Covers transformers modules (each reads ``self.config._attn_implementation`` when it runs; a
-    config already set to another kernel, e.g. flash_attention_2, is left alone) and timm's
-    attention blocks (their ``fused_attn`` flag). Returns the number of configs and timm blocks
-    changed.
+    Covers transformers modules (each reads ``self.config._attn_implementation`` when it runs) and
+    timm's attention blocks (their ``fused_attn`` flag). Only SDPA is switched: a config that is
+    eager already (some composite models are eager at the top because they cannot dispatch SDPA,
+    and building one with "sdpa" fails) or names another kernel (flash_attention_2) is left alone.
+    There is no way back to SDPA: ``--attention sdpa`` keeps the model as it was built.
     """
-    if implementation not in ("sdpa", "eager"):
-        raise ValueError(f"implementation must be 'sdpa' or 'eager', got {implementation!r}")
     changed, seen = 0, set()
     for module in model.modules():
         config = getattr(module, "config", None)
         if config is not None and id(config) not in seen and hasattr(config, "_attn_implementation"):
             seen.add(id(config))
-            if config._attn_implementation in ("sdpa", "eager") and config._attn_implementation != implementation:
-                config._attn_implementation = implementation
+            if config._attn_implementation == "sdpa":
+                config._attn_implementation = "eager"
                 changed += 1
-        fused = getattr(module, "fused_attn", None)
-        if isinstance(fused, bool) and fused != (implementation == "sdpa"):
-            module.fused_attn = implementation == "sdpa"
+        if getattr(module, "fused_attn", None) is True:
+            module.fused_attn = False
             changed += 1
     return changed
 
 
-__all__ = ["ATTENTION_CHOICES", "AttentionChoice", "resolve_attention", "set_attention_implementation"]
+__all__ = ["ATTENTION_CHOICES", "AttentionChoice", "resolve_attention", "use_eager_attention"]
