@@ -271,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     from hf_ssl.training.runtime import keep_freed_host_memory
 
     # Before any model exists, in memory workers too; off CPU, or off glibc, nothing changes.
-    allocator_cached = arguments.cpu_allocator == "cached" and keep_freed_host_memory(
-        torch.device(arguments.device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    device = torch.device(arguments.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    allocator_cached = arguments.cpu_allocator == "cached" and keep_freed_host_memory(device)
 
     if arguments.memory_worker:
         print(json.dumps(memory_worker(json.loads(arguments.memory_worker))))
@@ -287,7 +287,6 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.device == "cuda" and not torch.cuda.is_available():
         print("run.py: error: --device cuda but torch sees no CUDA device", file=sys.stderr)
         return 2
-    device = torch.device(arguments.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.set_num_threads(arguments.threads)
     arguments.precisions = resolve_precisions(arguments.precisions, device)
 

@@ -84,6 +84,11 @@ class Levers:
 BASELINE = Levers()
 
 
+def _trainer_attention(choice: str, device: torch.device, precision: Precision) -> str:
+    """What the trainer's ``--attention choice`` resolves to for a step of `precision` (bf16 = autocast)."""
+    return resolve_attention(choice, device, "bf16" if precision == "bf16" else "no")
+
+
 def lever_variants(names: list[str], device: torch.device, sdpa_backends: list[str] | None, compile_model: bool,
                    has_attention: bool, is_convolutional: bool, precision: Precision = "fp32") -> list[Levers]:
     """The one-lever-on variants to measure next to the baseline for one model.
@@ -109,7 +114,7 @@ def lever_variants(names: list[str], device: torch.device, sdpa_backends: list[s
     if "item" in names:
         variants.append(replace(BASELINE, item_per_step=True))
     if "attention" in names and has_attention:
-        trainer_choice = resolve_attention("auto", device, "bf16" if precision == "bf16" else "no")
+        trainer_choice = _trainer_attention("auto", device, precision)
         variants.append(replace(BASELINE, attention="sdpa" if trainer_choice == "eager" else "eager"))
     if compile_model:
         variants.append(replace(BASELINE, compile=True))
@@ -215,7 +220,7 @@ def build_training_step(
     module = model_step.module.to(device)
     attention = None
     if model_step.follows_trainer_attention:
-        attention = resolve_attention(levers.attention, device, "bf16" if precision == "bf16" else "no")
+        attention = _trainer_attention(levers.attention, device, precision)
         if attention == "eager":
             use_eager_attention(module)
     if levers.channels_last:

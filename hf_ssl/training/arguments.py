@@ -27,9 +27,9 @@ from transformers import HfArgumentParser
 from hf_ssl.backbones import BackboneSpec, resolve_backbone
 from hf_ssl.data.default import SCENES_IMAGE_SIZE, SCENES_VARIANT, bundled_variant
 from hf_ssl.recipes import BuildContext, Preset, Recipe, available_methods, get_recipe
+from hf_ssl.training.attention import AttentionChoice
 
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
-Attention = Literal["auto", "sdpa", "eager"]
 REPORT_TO_CHOICES = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "all", "none")
 
 # The run `python trainers/pretrain.py` makes with no arguments: the bundled digits, a ViT small
@@ -114,7 +114,7 @@ class PretrainingArguments:
         metadata={"help": "auto / no / bf16 / fp16. auto = bf16 autocast where the hardware computes bf16 natively "
                           "(CUDA GPUs with bf16; CPUs with AVX512-BF16 or AMX), fp32 otherwise (elsewhere bf16 is emulated: slower)."},
     )
-    attention: Attention = field(
+    attention: AttentionChoice = field(
         default="auto",
         metadata={"help": "auto / sdpa / eager: the attention kernel while training. auto = eager (explicit matmuls, "
                           "fp32 softmax) on CPU under bf16, where torch's SDPA kernels measured 2x slower at ViT lengths, "

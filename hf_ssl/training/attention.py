@@ -15,13 +15,13 @@ exported model loads with transformers' default (SDPA).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 AttentionChoice = Literal["auto", "sdpa", "eager"]
-ATTENTION_CHOICES: tuple[str, ...] = ("auto", "sdpa", "eager")
+ATTENTION_CHOICES: tuple[str, ...] = get_args(AttentionChoice)
 
 
 def resolve_attention(choice: AttentionChoice, device: torch.device, mixed_precision: str) -> str:
