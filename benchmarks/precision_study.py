@@ -97,8 +97,9 @@ def final_loss(losses: list[float]) -> float:
 
 def knn_accuracy(run_dir: Path, arguments, seed: int, baselines: tuple[str, ...] = ()) -> dict:
     from hf_ssl.eval import evaluate_model
+    from hf_ssl.eval.data import DataSelection
 
-    return evaluate_model(run_dir, protocols=("knn",), dataset_name=arguments.dataset_name, baselines=baselines,
+    return evaluate_model(run_dir, protocols=("knn",), data=DataSelection(arguments.dataset_name), baselines=baselines,
                           seed=seed)["knn"]
 
 

@@ -3,167 +3,123 @@
 The paper's protocol: pre-train each method on a fraction of the data with the number of
 iterations held fixed, then evaluate every encoder the same way on the same labelled split. The
 paper's claim: masked image modeling (SplitMask, BEiT) holds its accuracy as the pre-training data
-shrinks, while a joint-embedding method (DINO) drops. This script measures it on the bundled
-data (or any dataset) and reports what it finds, whether it agrees or not.
+shrinks, while a joint-embedding method (DINO) degrades. This script measures it on the bundled
+scenes (or any dataset) and states what holds and what does not.
 
     python benchmarks/sample_efficiency.py                                   # the configuration README quotes
-    python benchmarks/sample_efficiency.py --methods splitmask beit dino mae --seeds 0 1 2
-    python benchmarks/sample_efficiency.py --dataset_name my-org/images --eval_dataset_name my-org/labelled \\
-        --model vit-small --image_size 224 --max_steps 20000
+    python benchmarks/sample_efficiency.py --methods splitmask dino --seeds 0
     python benchmarks/sample_efficiency.py --reduced                         # CI: keeps the script working
 
-Rows: each pre-training method x data fraction (mean and std over seeds), plus two references
-that need no pre-training data: "random init" (the same encoder untrained: kNN and linear probe
-on frozen random features) and "supervised" (the same architecture trained from random init with
-the labels: the fine-tuning protocol without pre-training). Columns: kNN (DINO protocol), linear
-probe and fine-tuning, for each label setting. Writes ``<output_dir>/sample_efficiency.{json,md,png}``.
+Every run: the budget of `benchmarks/quality.py` (whose 100 % runs it shares through ``--runs_dir``),
+the same evaluation plan, and the baselines that need no pre-training data (random init, raw
+pixels, supervised). Writes ``<output_dir>/sample_efficiency.{json,md,png}``.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+from pretraining_runs import BASELINE_ROWS, PLAN, REPO, Budget, Run, configuration, evaluation_plan, result_key, run_study
 from report import write_study
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results"
-PROTOCOLS = ("knn", "linear", "finetune")
-BASELINES = ("random_init", "raw_pixels", "supervised")
-# Rows of the baselines; the supervised model is a fine-tuning result, so it fills the fine-tuning
-# column only (the random-init encoder's fine-tuning IS the supervised model).
-BASELINE_ROWS = {"random_init": "random init", "raw_pixels": "raw pixels", "supervised": "supervised"}
+MASKED_IMAGE_METHODS = ("splitmask", "beit", "mae", "simmim")
+SHOWN = ("knn", "linear", "linear-10%", "finetune-10%")
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=["splitmask", "beit", "dino"], help="registered methods to pre-train")
+    parser.add_argument("--methods", nargs="+", default=["splitmask", "beit", "mae", "dino", "simclr"])
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0], help="fractions of the pre-training split")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--max_steps", type=int, default=600, help="optimizer steps of every pre-training run (held fixed)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--max_steps", type=int, default=1000, help="optimizer steps of every run (held fixed)")
     parser.add_argument("--total_batch_size", type=int, default=64)
-    parser.add_argument("--model", default="vit-micro")
+    parser.add_argument("--model", default="vit-micro", help="the backbone of every run (the masked methods need a ViT)")
     parser.add_argument("--image_size", type=int, default=48)
-    parser.add_argument("--dataset_name", default="digit-scenes", help="pre-training data (default: the bundled scenes)")
-    parser.add_argument("--eval_dataset_name", default=None, help="labelled data with train/test splits (default: --dataset_name)")
-    parser.add_argument("--label_settings", nargs="+", default=["all", "10%"])
-    parser.add_argument("--finetune_epochs", type=int, default=10)
-    parser.add_argument("--linear_epochs", type=int, default=100)
+    parser.add_argument("--dataset_name", default="digit-scenes")
+    parser.add_argument("--finetune_max_steps", type=int, default=None, help="cap on fine-tuning steps (default: the protocol's)")
+    parser.add_argument("--eval_max_samples", type=int, default=None, help="cap on labelled images per split (default: all)")
     parser.add_argument("--output_dir", type=Path, default=DEFAULT_OUTPUT)
-    parser.add_argument("--runs_dir", type=Path, default=REPO / "runs" / "sample_efficiency")
-    parser.add_argument("--reduced", action="store_true",
-                        help="CI size: splitmask + dino, fractions 0.1 and 1, one seed, 4 steps, no fine-tuning epochs to speak of")
+    parser.add_argument("--runs_dir", type=Path, default=REPO / "runs" / "pretraining-studies")
+    parser.add_argument("--reduced", action="store_true", help="CI size: splitmask + dino, fractions 0.1 and 1, 4 steps")
     arguments = parser.parse_args(argv)
     if arguments.reduced:
         arguments.methods, arguments.fractions, arguments.seeds = ["splitmask", "dino"], [0.1, 1.0], [0]
         arguments.max_steps, arguments.total_batch_size, arguments.image_size = 4, 16, 32
-        arguments.label_settings, arguments.finetune_epochs, arguments.linear_epochs = ["all"], 1, 5
+        arguments.finetune_max_steps, arguments.eval_max_samples = 4, 300
     return arguments
 
 
-def training_size(dataset_name: str | None) -> int:
-    from hf_ssl.data import load_image_dataset
-
-    return len(load_image_dataset(dataset_name, split="train"))
-
-
-def pretrain(method: str, fraction: float, seed: int, arguments, number_of_rows: int) -> Path:
-    """One pre-training run in a fresh process (as a user runs it); returns its run folder."""
-    rows = max(arguments.total_batch_size, math.ceil(fraction * number_of_rows))
-    run_dir = arguments.runs_dir / f"{method}-fraction{fraction:g}-seed{seed}"
-    command = [
-        sys.executable, "-m", "hf_ssl.cli.pretrain", "--method", method, "--model", arguments.model,
-        "--image_size", str(arguments.image_size), "--dataset_name", arguments.dataset_name,
-        "--max_train_samples", str(rows), "--max_steps", str(arguments.max_steps),
-        "--total_batch_size", str(arguments.total_batch_size), "--seed", str(seed), "--save_steps", str(arguments.max_steps),
-        "--knn_evaluation", "false", "--report_to", "none", "--output_dir", str(run_dir), "--overwrite_output_dir",
-    ]
-    started = time.perf_counter()
-    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    if completed.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stderr[-3000:]}")
-    print(f"pre-trained {method} on {rows} rows (fraction {fraction:g}, seed {seed}) in {time.perf_counter() - started:.0f} s",
-          flush=True)
-    return run_dir
-
-
-def evaluate(run_dir: Path, arguments, seed: int, baselines: tuple[str, ...] = ()) -> dict:
-    """kNN, linear probe and fine-tuning of the run's encoder (and, on request, its baselines)."""
-    from hf_ssl.eval import evaluate_model
-
-    return evaluate_model(
-        run_dir, protocols=PROTOCOLS, dataset_name=arguments.eval_dataset_name or arguments.dataset_name,
-        label_settings=arguments.label_settings, linear_epochs=arguments.linear_epochs,
-        finetune_epochs=arguments.finetune_epochs, baselines=baselines, seed=seed,
-    )
-
-
-def summarise(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "runs": len(values)}
-
-
 def collect(arguments) -> dict:
-    number_of_rows = training_size(arguments.dataset_name)
-    measurements: dict[str, dict[str, list[float]]] = {}
-
-    def record(row: str, results: dict) -> None:
-        for key, result in results.items():
-            measurements.setdefault(row, {}).setdefault(key, []).append(result["accuracy"])
-
-    seeds_with_baselines: set[int] = set()
-    for method in arguments.methods:
-        for fraction in arguments.fractions:
-            for seed in arguments.seeds:
-                run_dir = pretrain(method, fraction, seed, arguments, number_of_rows)
-                # The baselines need no pre-training data: measured once per seed, next to the first run.
-                with_baselines = seed not in seeds_with_baselines
-                seeds_with_baselines.add(seed)
-                results = evaluate(run_dir, arguments, seed, BASELINES if with_baselines else ())
-                record(f"{method} @ {fraction:g}", results)
-                if with_baselines:
-                    for baseline, row in BASELINE_ROWS.items():
-                        record(row, {key: {"accuracy": result["baselines"][baseline]} for key, result in results.items()
-                                     if baseline in result.get("baselines", {})
-                                     and key.startswith("finetune") == (baseline == "supervised")})
-    return {
-        "configuration": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(arguments).items()},
-        "pretraining_rows": number_of_rows,
-        "results": {row: {key: summarise(values) for key, values in columns.items()} for row, columns in measurements.items()},
-    }
+    budget = Budget(arguments.max_steps, arguments.total_batch_size, arguments.image_size, arguments.dataset_name,
+                    arguments.finetune_max_steps, arguments.eval_max_samples)
+    runs = [Run(method, arguments.model, seed, fraction) for method in arguments.methods
+            for fraction in arguments.fractions for seed in arguments.seeds]
+    rows = run_study(runs, budget, evaluation_plan(PLAN), arguments.runs_dir,
+                     row_name=lambda run: f"{run.method} @ {run.fraction:g}")
+    rows = {row.replace(f" ({arguments.model})", ""): values for row, values in rows.items()}
+    report = {"configuration": configuration(arguments), "results": rows}
+    report["verdict"] = verdict(report)
+    return report
 
 
-def column_keys(label_settings: list[str]) -> list[str]:
-    return [protocol if setting == "all" else f"{protocol}-{setting}" for setting in label_settings for protocol in PROTOCOLS]
+def change(report: dict, method: str, key: str) -> dict | None:
+    """The change of `key` from the largest to the smallest fraction, and its noise (two standard
+    errors of a difference of seed means)."""
+    fractions = sorted(report["configuration"]["fractions"])
+    small, large = (report["results"].get(f"{method} @ {fraction:g}", {}).get(key) for fraction in (fractions[0], fractions[-1]))
+    if small is None or large is None:
+        return None
+    noise = 2 * ((small["std"] ** 2 / small["runs"]) + (large["std"] ** 2 / large["runs"])) ** 0.5
+    return {"from": large["mean"], "to": small["mean"], "change": small["mean"] - large["mean"], "noise": noise}
+
+
+def verdict(report: dict) -> list[str]:
+    """One line per method (does its linear probe hold as the data shrinks?) and the paper's claim checked."""
+    fractions = sorted(report["configuration"]["fractions"])
+    lines, holds = [], {}
+    for method in report["configuration"]["methods"]:
+        measured = change(report, method, "linear")
+        if measured is None:
+            continue
+        holds[method] = measured["change"] >= -measured["noise"]
+        lines.append(f"{method}: linear probe {100 * measured['from']:.1f} % with {fractions[-1]:g} of the data -> "
+                     f"{100 * measured['to']:.1f} % with {fractions[0]:g} ({100 * measured['change']:+.1f} points, noise "
+                     f"{100 * measured['noise']:.1f}): {'holds' if holds[method] else 'degrades'}")
+    masked = [method for method in holds if method in MASKED_IMAGE_METHODS]
+    if masked and "dino" in holds:
+        agrees = all(holds[method] for method in masked) and not holds["dino"]
+        lines.append(f"The paper's claim (masked image modeling holds, DINO degrades) "
+                     f"{'holds' if agrees else 'does NOT hold'} here: "
+                     + ", ".join(f"{method} {'holds' if holds[method] else 'degrades'}" for method in [*masked, "dino"]) + ".")
+    return lines
 
 
 def markdown(report: dict) -> str:
     configuration = report["configuration"]
-    keys = column_keys(configuration["label_settings"])
+    keys = [key for key in (result_key(p, s) for p, settings in PLAN.items() for s in settings)
+            if any(key in columns for columns in report["results"].values())]
     lines = [
         "# Sample efficiency: pre-training data fraction vs downstream accuracy",
         "",
         f"Generated by `benchmarks/sample_efficiency.py`: {configuration['model']} at {configuration['image_size']} px, "
         f"{configuration['max_steps']} steps of batch {configuration['total_batch_size']} for every run (iterations held "
-        f"fixed), pre-training on fractions of {report['pretraining_rows']} images of `{configuration['dataset_name']}`, "
-        f"seeds {configuration['seeds']}; top-1 accuracy (%) on the test split, mean ± std over seeds.",
+        f"fixed), pre-training on fractions of `{configuration['dataset_name']}`'s training split, seeds "
+        f"{configuration['seeds']}; top-1 accuracy (%) on the test split, mean ± std over seeds.",
         "",
         "| pre-training | " + " | ".join(keys) + " |",
         "|---|" + "---:|" * len(keys),
     ]
     for row, columns in report["results"].items():
-        cells = []
-        for key in keys:
-            value = columns.get(key)
-            cells.append("-" if value is None else f"{100 * value['mean']:.1f} ± {100 * value['std']:.1f}")
+        cells = ["-" if columns.get(key) is None else f"{100 * columns[key]['mean']:.1f} ± {100 * columns[key]['std']:.1f}"
+                 for key in keys]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    lines += ["", "Random init: the same encoder untrained, frozen. Raw pixels: the centred pixels themselves as "
-              "features (same kNN / probe). Supervised: the same architecture trained from random init with the labels "
-              "(the fine-tuning protocol with no pre-training)."]
+    lines += ["", "random init: the same encoder untrained, frozen (its fine-tuning is the supervised model). raw "
+              "pixels: the centred pixels as features (fine-tuning: the linear head on them). supervised: the same "
+              "architecture trained from random init with the column's labels.", "", "## Verdict", ""]
+    lines += [f"- {line}" for line in report["verdict"]]
     return "\n".join(lines) + "\n"
 
 
@@ -175,25 +131,24 @@ def plot(report: dict):
 
     configuration = report["configuration"]
     fractions = configuration["fractions"]
-    figure, axes = plt.subplots(1, len(PROTOCOLS), figsize=(4.2 * len(PROTOCOLS), 3.6), squeeze=False)
-    for axis, protocol in zip(axes[0], PROTOCOLS):
+    figure, axes = plt.subplots(1, len(SHOWN), figsize=(4.2 * len(SHOWN), 3.6), squeeze=False)
+    for axis, key in zip(axes[0], SHOWN):
         for method in configuration["methods"]:
-            rows = [report["results"].get(f"{method} @ {fraction:g}", {}).get(protocol) for fraction in fractions]
-            if all(row is None for row in rows):
+            values = [report["results"].get(f"{method} @ {fraction:g}", {}).get(key) for fraction in fractions]
+            if all(value is None for value in values):
                 continue
-            means = [100 * row["mean"] if row else float("nan") for row in rows]
-            errors = [100 * row["std"] if row else 0.0 for row in rows]
-            axis.errorbar(fractions, means, yerr=errors, marker="o", capsize=3, label=method)
-        for reference, style in (("random init", ":"), ("raw pixels", "-."), ("supervised", "--")):
-            value = report["results"].get(reference, {}).get(protocol)
+            axis.errorbar(fractions, [100 * v["mean"] if v else float("nan") for v in values],
+                          yerr=[100 * v["std"] if v else 0.0 for v in values], marker="o", capsize=3, label=method)
+        for reference, style in zip(BASELINE_ROWS, (":", "-.", "--")):
+            value = report["results"].get(reference, {}).get(key)
             if value is not None:
                 axis.axhline(100 * value["mean"], linestyle=style, color="grey", label=reference)
         axis.set_xscale("log")
         axis.set_xlabel("fraction of pre-training data")
         axis.set_ylabel("top-1 accuracy (%)")
-        axis.set_title({"knn": "k-NN", "linear": "linear probe", "finetune": "fine-tuning"}[protocol])
+        axis.set_title(key)
         axis.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=7)
     figure.suptitle(f"Sample efficiency on {configuration['dataset_name']} ({configuration['max_steps']} steps per run)")
     return figure
 

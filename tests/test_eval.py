@@ -158,7 +158,8 @@ def separable_features(noise: float = 0.3, seed: int = 0):
 
 def test_linear_probe_separable_features_exact_accuracy():
     train, train_labels, test, test_labels = separable_features()
-    assert linear_probe(train, train_labels, test, test_labels) == {"accuracy": 1.0, "top5_accuracy": 1.0}
+    result = linear_probe(train, train_labels, test, test_labels)
+    assert (result["accuracy"], result["top5_accuracy"]) == (1.0, 1.0)
     # 5 test labels swapped to the opposite corner: exactly those 5 of 40 are wrong
     wrong = test_labels.clone()
     wrong[:5] = (wrong[:5] + 2) % 4
@@ -279,7 +280,7 @@ def test_pretrained_mae_beats_random_init_on_bundled_digits(tmp_path):
     script = Path(__file__).resolve().parents[1] / "trainers" / "evaluate.py"
     completed = subprocess.run(
         [sys.executable, str(script), "--model", str(run_dir), "--protocol", "knn", "linear",
-         "--label_settings", "all", "10%", "--linear_epochs", "30", "--baselines", "random_init", "raw_pixels"],
+         "--label_settings", "all", "10%", "--baselines", "random_init", "raw_pixels"],
         capture_output=True, text=True, timeout=180,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -289,7 +290,7 @@ def test_pretrained_mae_beats_random_init_on_bundled_digits(tmp_path):
     class_counts = torch.bincount(torch.as_tensor(load_default_dataset("train")["label"]))
     assert pretrained["linear-10%"]["num_labelled"] == sum(int(n * 0.1 + 0.5) for n in class_counts.tolist())
     assert (run_dir / "eval_cache" / "train-mean.safetensors").is_file()
-    random = evaluate_model(run_dir, ["knn", "linear"], linear_epochs=30, random_init=True)
+    random = evaluate_model(run_dir, ["knn", "linear"], random_init=True)
     print({key: round(value["accuracy"], 3) for key, value in pretrained.items()},
           {key: round(value["accuracy"], 3) for key, value in random.items()})
     assert pretrained["knn"]["accuracy"] > random["knn"]["accuracy"] + 0.05
@@ -298,7 +299,7 @@ def test_pretrained_mae_beats_random_init_on_bundled_digits(tmp_path):
     assert pretrained["knn"]["baselines"]["random_init"] == pytest.approx(random["knn"]["accuracy"])
     # ... and on the centred raw pixels of the same preprocessed images
     from hf_ssl.eval.baselines import raw_pixel_knn
-    from hf_ssl.eval.runner import preprocess
+    from hf_ssl.eval.data import preprocess
 
     train_pixels, train_labels = preprocess(load_default_dataset("train"), processor)
     test_pixels, test_labels = preprocess(load_default_dataset("test"), processor)
@@ -316,7 +317,7 @@ def test_pretrained_mae_beats_random_init_on_bundled_digits(tmp_path):
 
 def test_the_name_training_runs_record_for_bundled_data_is_recognised():
     from hf_ssl.data.default import DEFAULT_DATASET_NAME, SCENES_DATASET_NAME
-    from hf_ssl.eval.runner import dataset_label, is_bundled_dataset
+    from hf_ssl.eval.data import dataset_label, is_bundled_dataset
 
     assert is_bundled_dataset(DEFAULT_DATASET_NAME) and is_bundled_dataset(None) and is_bundled_dataset(SCENES_DATASET_NAME)
     assert not is_bundled_dataset("my-org/labelled")
@@ -326,31 +327,38 @@ def test_the_name_training_runs_record_for_bundled_data_is_recognised():
 def test_every_result_carries_its_three_baselines(tmp_path):
     """Same protocol, labels and split for the encoder and its baselines; supervised = fine-tuned from random init."""
     from hf_ssl.eval import evaluate_model
-    from hf_ssl.eval.runner import format_comparison
+    from hf_ssl.eval.data import DataSelection
+    from hf_ssl.eval.finetune import FinetuneSettings
+    from hf_ssl.eval.report import format_report
     from run_folders import image_processor
 
     vit = tiny_vit()
     vit.save_pretrained(tmp_path)
     image_processor(32).save_pretrained(tmp_path)
-    results = evaluate_model(tmp_path, ["knn", "linear", "finetune"], max_samples=60, linear_epochs=2, finetune_epochs=1,
+    results = evaluate_model(tmp_path, ["knn", "linear", "finetune"], data=DataSelection(max_samples=60),
+                             settings={"finetune": FinetuneSettings(max_steps=4)},
                              baselines=("random_init", "raw_pixels", "supervised"))
-    for protocol in ("knn", "linear"):
+    for protocol in ("knn", "linear", "finetune"):
         assert set(results[protocol]["baselines"]) == {"random_init", "raw_pixels", "supervised"}
-    # fine-tuning has no raw-pixel counterpart, and its random-init baseline IS the supervised model
-    assert set(results["finetune"]["baselines"]) == {"random_init", "supervised"}
+    # fine-tuning's random-init baseline IS the supervised model; its raw-pixel counterpart is the
+    # head alone on the pixels, i.e. the linear probe's raw-pixel baseline
     assert results["finetune"]["baselines"]["random_init"] == results["finetune"]["baselines"]["supervised"]
     assert results["knn"]["baselines"]["supervised"] == results["finetune"]["baselines"]["supervised"]
-    text = format_comparison(results["knn"])
+    assert results["finetune"]["baselines"]["raw_pixels"] == results["linear"]["baselines"]["raw_pixels"]
+    text = format_report(results)
     assert "raw pixels" in text and "supervised" in text and "random init" in text
     with pytest.raises(ValueError, match="baselines must be among"):
         evaluate_model(tmp_path, ["knn"], baselines=("imagenet",))
 
 
-def test_the_comparison_says_which_label_free_baselines_the_encoder_does_not_beat():
-    from hf_ssl.eval.runner import format_comparison
+def test_the_verdict_says_which_label_free_baselines_the_encoder_does_not_beat():
+    from hf_ssl.eval.report import verdict
 
-    result = {"dataset": "d", "split": "test", "k": 20, "accuracy": 0.6,
-              "baselines": {"random_init": 0.5, "raw_pixels": 0.9, "supervised": 0.95}}
-    assert format_comparison(result).splitlines()[-1] == "  The pre-trained encoder does NOT beat: raw pixels."
-    result["baselines"]["raw_pixels"] = 0.55  # supervised stays above: it is a reference, not a bar
-    assert "beats every baseline without labels (same encoder, random init, raw pixels)" in format_comparison(result)
+    results = {"knn": {"dataset": "d", "split": "test", "k": 20, "accuracy": 0.6, "label_setting": "all",
+                       "baselines": {"random_init": 0.5, "raw_pixels": 0.9, "supervised": 0.95}}}
+    assert verdict(results) == "Verdict: the pre-trained encoder does NOT beat raw pixels on k-NN (0.6000 vs 0.9000)."
+    results["knn"]["baselines"]["raw_pixels"] = 0.55  # supervised stays above: it is a reference, not a bar
+    assert verdict(results) == "Verdict: the pre-trained encoder beats random init, raw pixels on every protocol (k-NN)."
+    results["linear-10%"] = {"accuracy": 0.7, "label_setting": "10%",
+                             "baselines": {"random_init": 0.2, "pretrained:org/imagenet-vit": 0.8}}
+    assert verdict(results).endswith("does NOT beat org/imagenet-vit on Linear probe (10% labels) (0.7000 vs 0.8000).")

@@ -5,7 +5,7 @@ import torch
 from transformers import BeitModel, SwinConfig, SwinModel, ViTConfig, ViTModel
 from transformers.models.beit.modeling_beit import BeitDropPath
 
-from hf_ssl.cli.evaluate import parse_arguments, resolve_finetune_settings
+from hf_ssl.cli.evaluate import parse_arguments, protocol_settings
 from hf_ssl.eval.finetune import (
     FINETUNE_PRESETS,
     BackboneClassifier,
@@ -53,10 +53,10 @@ def test_settings_from_a_preset_with_overrides():
 def test_cli_flags_override_the_preset():
     arguments = parse_arguments(["--model", "x", "--finetune_preset", "beit-base", "--finetune_batch_size", "16",
                                  "--layer_decay", "1", "--finetune_drop_path", "0.2"])
-    settings = resolve_finetune_settings(arguments)
+    settings = protocol_settings(arguments)["finetune"]
     assert (settings.batch_size, settings.layer_decay, settings.drop_path_rate, settings.epochs) == (16, 1.0, 0.2, 100)
     assert settings.learning_rate == pytest.approx(4e-3 * 16 / 1024)
-    default = resolve_finetune_settings(parse_arguments(["--model", "x"]))
+    default = protocol_settings(parse_arguments(["--model", "x"]))["finetune"]
     assert default == FinetuneSettings()
 
 

@@ -212,3 +212,36 @@ def test_run_folder_card_renders_with_the_methods_figures(method, tmp_path):
     assert (tmp_path / "loss_curve.png").is_file()
     for figure in recipe.figures():
         assert (tmp_path / figure.file_name).is_file() and f"]({figure.file_name})" in card.text
+
+
+EVALUATED = [(method, "vit-micro" if "vit" in get_recipe(method).supported_backbones or "any" in
+              get_recipe(method).supported_backbones else "swin-micro") for method in METHODS]
+EVALUATED += [(method, "timm/resnet10t") for method in METHODS if "any" in get_recipe(method).supported_backbones][:2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, backbone", EVALUATED)
+def test_run_folder_evaluates_with_every_protocol_and_baseline(method, backbone, tmp_path):
+    """What the end of a run and ``hf-ssl evaluate`` do with the folder: every labelled protocol next
+    to every baseline (a timm backbone's fine-tuning once crashed the end-of-run report)."""
+    from hf_ssl.eval import evaluate_model
+    from hf_ssl.eval.data import DataSelection
+    from hf_ssl.eval.finetune import FinetuneSettings
+    from hf_ssl.eval.protocol import available_protocols, get_protocol
+
+    recipe = get_recipe(method)
+    context = tiny_context(method)
+    context.backbone = hf_ssl.resolve_backbone(backbone, IMAGE_SIZE)
+    torch.manual_seed(0)
+    model = recipe.build_model(context)
+    if recipe.prepares_model:
+        recipe.prepare_model(model, [torch.randn(16, 3, IMAGE_SIZE, IMAGE_SIZE)])
+    save_run_folder(model, tmp_path, default_image_processor(IMAGE_SIZE), {"method": method, "model": backbone})
+    protocols = [name for name in available_protocols() if not get_protocol(name).image_text]
+    results = evaluate_model(tmp_path, protocols, data=DataSelection(max_samples=40), label_settings=("all", "10%"),
+                             baselines=("random_init", "raw_pixels", "supervised"),
+                             settings={"finetune": FinetuneSettings(max_steps=2, batch_size=8)})
+    assert set(results) == {f"{protocol}{suffix}" for protocol in protocols for suffix in ("", "-10%")}
+    for result in results.values():
+        assert 0 <= result["accuracy"] <= 1
+        assert set(result["baselines"]) == {"random_init", "raw_pixels", "supervised"}

@@ -1,13 +1,13 @@
 """Named backbone sizes shared by every method (``--model vit-small``), and the small-image rule.
 
 A preset is a dict of HF config fields; `preset_config` turns it into the `ViTConfig` /
-`SwinConfig` of a given input size, so that the exported encoder is a plain transformers
-`ViTModel` / `SwinModel` of that size.
+`SwinConfig` / `ResNetConfig` of a given input size, so that the exported encoder is a plain
+transformers `ViTModel` / `SwinModel` / `ResNetModel` of that size.
 """
 
 from __future__ import annotations
 
-from transformers import PreTrainedConfig, SwinConfig, ViTConfig
+from transformers import PreTrainedConfig, ResNetConfig, SwinConfig, ViTConfig
 
 VIT_PRESETS: dict[str, dict] = {
     # A ViT small enough to pre-train on 2 CPU cores in minutes (the bundled default run, tests).
@@ -25,6 +25,19 @@ SWIN_PRESETS: dict[str, dict] = {
     "swin-base": dict(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32]),
 }
 
+RESNET_PRESETS: dict[str, dict] = {
+    # A conv net small enough to pre-train on 2 CPU cores in minutes: one basic block per stage,
+    # 32-256 channels (1.2 M parameters). Supervised from random init it reaches 0.93-0.96 on the
+    # bundled 48-px scenes, where vit-micro with 8-px patches reaches 0.71 (see README, "Which method").
+    "resnet-micro": dict(embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1], layer_type="basic",
+                         downsample_in_first_stage=False),
+    "resnet-18": dict(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type="basic",
+                      downsample_in_first_stage=False),
+    "resnet-50": dict(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3], layer_type="bottleneck",
+                      downsample_in_first_stage=False),
+}
+_PRESETS = {"vit": VIT_PRESETS, "swin": SWIN_PRESETS, "resnet": RESNET_PRESETS}
+
 # Below this side the published 16-px ViT patches leave a grid too coarse to mask (2x2 at 32 px).
 SMALL_IMAGE_SIZE = 128
 LARGEST_SWIN_WINDOW = 7
@@ -34,11 +47,11 @@ VIT_LAYER_NORM_EPS = 1e-6
 
 
 def available_presets() -> list[str]:
-    return sorted(VIT_PRESETS) + sorted(SWIN_PRESETS)
+    return [name for presets in _PRESETS.values() for name in sorted(presets)]
 
 
 def is_preset(name: str) -> bool:
-    return name in VIT_PRESETS or name in SWIN_PRESETS
+    return any(name in presets for presets in _PRESETS.values())
 
 
 def backbone_preset(name: str) -> tuple[str, dict]:
@@ -47,10 +60,9 @@ def backbone_preset(name: str) -> tuple[str, dict]:
     Raises:
         ValueError: the name is not a known preset; the message lists the known ones.
     """
-    if name in VIT_PRESETS:
-        return "vit", dict(VIT_PRESETS[name])
-    if name in SWIN_PRESETS:
-        return "swin", {key: list(value) if isinstance(value, list) else value for key, value in SWIN_PRESETS[name].items()}
+    for family, presets in _PRESETS.items():
+        if name in presets:
+            return family, {key: list(value) if isinstance(value, list) else value for key, value in presets[name].items()}
     raise ValueError(f"Unknown model preset {name!r}; known presets: {', '.join(available_presets())}")
 
 
@@ -87,8 +99,11 @@ def swin_window_size(image_size: int, patch_size: int, num_stages: int, largest:
 
 
 def preset_config(name: str, image_size: int) -> PreTrainedConfig:
-    """The transformers config of preset `name` at `image_size` (ViT patch from `vit_patch_size`)."""
+    """The transformers config of preset `name` at `image_size` (ViT patch from `vit_patch_size`; a
+    ResNet's global pooling takes any size)."""
     family, fields = backbone_preset(name)
+    if family == "resnet":
+        return ResNetConfig(**fields)
     if family == "vit":
         return ViTConfig(
             image_size=image_size,
@@ -110,6 +125,7 @@ def preset_config(name: str, image_size: int) -> PreTrainedConfig:
 
 
 __all__ = [
+    "RESNET_PRESETS",
     "SMALL_IMAGE_SIZE",
     "SWIN_PRESETS",
     "VIT_LAYER_NORM_EPS",

@@ -316,7 +316,7 @@ def run(argv: list[str] | None = None) -> int:
         save_run_folder(unwrapped, output_dir, image_processor, training_arguments)
         recipe.save_extra_files(unwrapped, context, output_dir)
         if arguments.knn_evaluation:
-            from hf_ssl.eval.runner import evaluate_run_after_training
+            from hf_ssl.eval.report import evaluate_run_after_training
 
             print(evaluate_run_after_training(output_dir, dataset_name=arguments.dataset_name))
         # ----- model card (README.md, loss curve, figures): the folder is Hub-ready

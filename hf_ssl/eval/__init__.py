@@ -7,14 +7,13 @@ Metrics are computed with `TopKAccuracy`, an `evaluate.Metric` shipped here beca
 from .features import cached_features, extract_features, pool_hidden_states
 from .finetune import BackboneClassifier, finetune
 from .knn import knn_class_scores, knn_classify
-from .linear_probe import linear_probe, train_linear_classifier
+from .linear_probe import fit_logistic_regression, linear_probe
 from .low_label import low_label_indices, parse_label_setting
 from .metrics import TopKAccuracy, classification_metrics
-from .runner import BASELINES, PROTOCOLS, evaluate_model
+from .runner import BASELINES, evaluate_model
 
 __all__ = [
     "BASELINES",
-    "PROTOCOLS",
     "BackboneClassifier",
     "TopKAccuracy",
     "cached_features",
@@ -22,11 +21,11 @@ __all__ = [
     "evaluate_model",
     "extract_features",
     "finetune",
+    "fit_logistic_regression",
     "knn_class_scores",
     "knn_classify",
     "linear_probe",
     "low_label_indices",
     "parse_label_setting",
     "pool_hidden_states",
-    "train_linear_classifier",
 ]

@@ -1,12 +1,20 @@
-"""End-to-end fine-tuning of a pre-trained encoder with a linear classification head.
+"""End-to-end fine-tuning of an encoder with a linear classification head, trained to convergence.
 
 The classifier follows SplitMask's downstream recipe (El-Nouby et al. 2021, arXiv:2112.10740):
-logits = W · LayerNorm(mean of the encoder's patch tokens). Optional layer-wise learning-rate
-decay (BEiT, Bao et al. 2021, arXiv:2106.08254): block i of L gets ``lr * decay ** (L + 1 - i)``,
-the patch embedding ``lr * decay ** (L + 1)``, the head the full ``lr``. Stochastic depth
-(`with_drop_path`), label smoothing and a cosine to a final learning rate complete the published
-fine-tuning recipes, collected as named presets (`FINETUNE_PRESETS`, ``hf-ssl evaluate
---finetune_preset``). Their mixup, cutmix, RandAugment and random erasing are not implemented.
+logits = W · LayerNorm(mean of the encoder's patch tokens, or a conv net's pooled map). Optional
+layer-wise learning-rate decay for ViT and Swin encoders (BEiT, Bao et al. 2021, arXiv:2106.08254):
+block i of L gets ``lr * decay ** (L + 1 - i)``, the patch embedding ``lr * decay ** (L + 1)``, the
+head the full ``lr``. Stochastic depth (`with_drop_path`), label smoothing and a cosine to a final
+learning rate complete the published fine-tuning recipes, collected as named presets
+(`FINETUNE_PRESETS`, ``hf-ssl evaluate --finetune_preset``). Their mixup, cutmix, RandAugment and
+random erasing are not implemented.
+
+Convergence, not a fixed short schedule: a stratified fifth of the labelled images is held out
+(never the test split), the model is checked on it `FinetuneSettings.evaluations` times over the
+step budget, training stops after `FinetuneSettings.patience` checks without improvement, and the
+weights of the best check are the ones tested. Images are augmented in the batch as suits their
+size (`augment_batch`). A budget too short to converge makes every encoder look alike, and a
+supervised baseline at chance makes any pre-training look like a win.
 """
 
 from __future__ import annotations
@@ -15,7 +23,8 @@ import copy
 import dataclasses
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal, TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +32,16 @@ from torch import nn
 from transformers import BeitConfig, BeitModel, SwinModel, ViTModel
 
 from hf_ssl.backbones.modules import feature_dimension
+from hf_ssl.backbones.presets import SMALL_IMAGE_SIZE
 
 from .features import Pooling, _encoder_of, encode_and_pool
+from .low_label import stratified_validation_split
 from .metrics import classification_metrics
+from .protocol import EvaluationProtocol, register_protocol
+
+if TYPE_CHECKING:
+    from .candidates import Candidate
+    from .data import LabelledData
 
 
 class BackboneClassifier(nn.Module):
@@ -52,9 +68,17 @@ class BackboneClassifier(nn.Module):
         return self.head(self.norm(encode_and_pool(self.backbone, pixel_values, self.pooling)))  # (B, C)
 
 
-def num_encoder_blocks(config) -> int:
-    """L: transformer blocks of a ViT (`num_hidden_layers`) or a Swin (sum of `depths`)."""
-    return int(sum(config.depths)) if hasattr(config, "depths") else int(config.num_hidden_layers)
+def num_encoder_blocks(config) -> int | None:
+    """L: transformer blocks of a ViT-like encoder (`num_hidden_layers`) or a Swin (sum of `depths`);
+    None for other encoders (conv nets, timm modules), which fine-tune without layer-wise decay."""
+    if _is_swin(config):
+        return int(sum(config.depths))
+    layers = getattr(config, "num_hidden_layers", None)
+    return int(layers) if isinstance(layers, int) and not hasattr(config, "hidden_sizes") else None
+
+
+def _is_swin(config) -> bool:
+    return getattr(config, "model_type", None) in ("swin", "swinv2")
 
 
 def block_index(parameter_name: str, config) -> int:
@@ -63,10 +87,10 @@ def block_index(parameter_name: str, config) -> int:
     if parameter_name.startswith("embeddings."):
         return 0
     vit_block = re.match(r"layers\.(\d+)\.", parameter_name)
-    if vit_block and not hasattr(config, "depths"):
+    if vit_block and not _is_swin(config):
         return int(vit_block.group(1)) + 1
     swin_stage = re.match(r"encoder\.layers\.(\d+)\.(blocks\.(\d+)|downsample)\.", parameter_name)
-    if swin_stage and hasattr(config, "depths"):
+    if swin_stage and _is_swin(config):
         stage = int(swin_stage.group(1))
         blocks_before = int(sum(config.depths[:stage]))
         if swin_stage.group(3) is not None:
@@ -80,7 +104,7 @@ def no_weight_decay_names(config) -> set[str]:
     the CLS token and absolute positions (BEiT / MAE / SimMIM-ViT ``no_weight_decay()``), and for
     Swin also the relative position tables (SimMIM's ``no_weight_decay_keywords()``)."""
     names = {"cls_token", "position_embeddings"}
-    if hasattr(config, "depths"):
+    if _is_swin(config):
         names.add("relative_position_bias_table")
     return names
 
@@ -88,15 +112,21 @@ def no_weight_decay_names(config) -> set[str]:
 def parameter_groups(
     model: BackboneClassifier, learning_rate: float, weight_decay: float, layer_decay: float | None
 ) -> list[dict]:
-    """AdamW groups: weight decay on >= 2-D weights except `no_weight_decay_names`, learning rates scaled per depth."""
-    config = model.backbone.config
-    num_blocks = num_encoder_blocks(config)
-    exempt_names = no_weight_decay_names(config)
+    """AdamW groups: weight decay on >= 2-D weights except `no_weight_decay_names`, learning rates
+    scaled per depth (`layer_decay` applies to ViT and Swin encoders only, see `num_encoder_blocks`)."""
+    config = getattr(model.backbone, "config", None)
+    num_blocks = num_encoder_blocks(config) if config is not None else None
+    if num_blocks is None:
+        layer_decay = None
+    exempt_names = no_weight_decay_names(config) if config is not None else {"cls_token", "position_embeddings"}
     groups: dict[tuple[int, bool], dict] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        depth = block_index(name[len("backbone.") :], config) if name.startswith("backbone.") else num_blocks + 1
+        if layer_decay is None:
+            depth = 0
+        else:
+            depth = block_index(name[len("backbone.") :], config) if name.startswith("backbone.") else num_blocks + 1
         scale = 1.0 if layer_decay is None else layer_decay ** (num_blocks + 1 - depth)
         decays = parameter.ndim >= 2 and not exempt_names & set(name.split("."))
         group = groups.setdefault(
@@ -227,28 +257,72 @@ FINETUNE_PRESETS: dict[str, FinetunePreset] = {
 }
 
 
+Augmentation = Literal["auto", "small-image", "crop-flip", "none"]
+AUGMENTATIONS = ("auto", "small-image", "crop-flip", "none")
+
+
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """Every setting of `finetune` (defaults: hf-ssl's quick fine-tuning, not a paper's; see `FINETUNE_PRESETS`).
+    """Every setting of `finetune` (defaults: hf-ssl's, measured on the bundled scenes; see `FINETUNE_PRESETS`
+    for the papers').
 
     Args:
-        epochs, batch_size, learning_rate (peak), weight_decay: AdamW.
-        layer_decay: layer-wise LR decay factor in (0, 1]; None disables it.
+        epochs: passes over the labelled images; None: the step budget of `training_steps`.
+        max_steps: optimizer steps (wins over `epochs`); None: from `epochs` or `training_steps`.
+        batch_size, learning_rate (peak), weight_decay: AdamW.
+        layer_decay: layer-wise LR decay factor in (0, 1] for ViT / Swin encoders; None disables it.
         drop_path_rate: stochastic depth while fine-tuning (`with_drop_path`).
         warmup_fraction: linear warm-up, as a fraction of the steps.
         min_learning_rate_ratio: the cosine ends at this fraction of the peak.
         label_smoothing: cross-entropy label smoothing.
+        augmentation: ``"auto"`` (by image size, see `augment_batch`), ``"small-image"``,
+            ``"crop-flip"`` or ``"none"``.
+        evaluations: validation checks spread over the step budget.
+        patience: checks without a better validation accuracy before stopping (0: never stop early);
+            counted from a quarter of the budget (and the end of the warm-up) on.
     """
 
-    epochs: int = 10
-    batch_size: int = 32
+    epochs: int | None = None
+    max_steps: int | None = None
+    batch_size: int = 64
     learning_rate: float = 1e-3
     weight_decay: float = 0.05
-    layer_decay: float | None = 0.75
-    drop_path_rate: float = 0.0
+    layer_decay: float | None = field(default=0.75, metadata={
+        "aliases": ("--layer_decay",), "help": "layer-wise LR decay of ViT / Swin encoders (BEiT / MAE ViT-B: 0.65); 1 disables it"})
+    drop_path_rate: float = field(default=0.0, metadata={"aliases": ("--finetune_drop_path",),
+                                                         "help": "stochastic depth while fine-tuning (papers: 0.1)"})
     warmup_fraction: float = 0.1
     min_learning_rate_ratio: float = 0.0
     label_smoothing: float = 0.0
+    augmentation: Augmentation = field(default="auto", metadata={
+        "help": "small-image (zoom + shift), crop-flip (random resized crop + flip), none; auto picks by image size"})
+    evaluations: int = field(default=20, metadata={"help": "validation checks over the step budget"})
+    patience: int = field(default=5, metadata={"help": "checks without a better validation accuracy before stopping; 0 never stops early"})
+
+    def __post_init__(self):
+        for name in ("epochs", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"fine-tuning {name} must be >= 1, got {value}")
+        if self.batch_size < 1 or self.evaluations < 1 or self.patience < 0:
+            raise ValueError(f"fine-tuning batch_size and evaluations must be >= 1 and patience >= 0, got "
+                             f"{self.batch_size}, {self.evaluations}, {self.patience}")
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1] or None, got {self.layer_decay}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if not 0.0 <= self.min_learning_rate_ratio <= 1.0 or not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"min_learning_rate_ratio must be in [0, 1] and label_smoothing in [0, 1), got "
+                             f"{self.min_learning_rate_ratio} and {self.label_smoothing}")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
+
+    def for_random_init(self) -> FinetuneSettings:
+        """The same protocol for an untrained encoder (the supervised baseline): no layer-wise decay,
+        which protects pre-trained lower layers and would only slow random ones down."""
+        return dataclasses.replace(self, layer_decay=None)
 
 
 def finetune_settings(preset: str | None = None, **overrides) -> FinetuneSettings:
@@ -278,6 +352,76 @@ def finetune_settings(preset: str | None = None, **overrides) -> FinetuneSetting
     return FinetuneSettings(**values)
 
 
+# The step budget when neither epochs nor steps are given: 50 passes over the labelled images, but
+# never fewer than 500 steps (10 % of the scenes is 2 steps per pass) nor more than 5,000.
+BUDGET_EPOCHS, MIN_BUDGET_STEPS, MAX_BUDGET_STEPS = 50, 500, 5000
+
+
+def training_steps(settings: FinetuneSettings, num_images: int) -> int:
+    """Optimizer steps of a fine-tuning run on `num_images` labelled training images."""
+    if settings.max_steps is not None:
+        return settings.max_steps
+    steps_per_epoch = math.ceil(num_images / settings.batch_size)
+    if settings.epochs is not None:
+        return settings.epochs * steps_per_epoch
+    return min(MAX_BUDGET_STEPS, max(MIN_BUDGET_STEPS, BUDGET_EPOCHS * steps_per_epoch))
+
+
+def augment_batch(pixel_values: torch.Tensor, augmentation: Augmentation, generator: torch.Generator) -> torch.Tensor:
+    """Random geometric views of a batch, drawn per image, in one `grid_sample` call.
+
+    - ``"small-image"`` (``"auto"`` below `SMALL_IMAGE_SIZE`): zoom 0.8-1.25x and a shift of up to
+      1/8 of the side; no flip (digits, text and many scans are not mirror-symmetric). The space
+      uncovered by a zoom-out takes the colour of the image's border.
+    - ``"crop-flip"`` (``"auto"`` from `SMALL_IMAGE_SIZE` up): a random resized crop (8-100 % of the
+      area, aspect 3/4-4/3, as the published fine-tuning recipes) and a horizontal flip half the time.
+    - ``"none"``: the batch unchanged.
+
+    Args:
+        pixel_values: (B, C, H, W) normalised images.
+
+    Returns:
+        (B, C, H, W).
+    """
+    if augmentation == "auto":
+        augmentation = "small-image" if pixel_values.shape[-1] < SMALL_IMAGE_SIZE else "crop-flip"
+    if augmentation == "none":
+        return pixel_values
+    batch = pixel_values.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.rand(batch, generator=generator) * (high - low) + low  # (B,)
+
+    if augmentation == "small-image":
+        scale_x = scale_y = uniform(0.8, 1.25)  # sampling-grid scale: > 1 zooms out
+        shift_x, shift_y = uniform(-0.25, 0.25), uniform(-0.25, 0.25)  # in [-1, 1] grid units: 1/8 of the side
+        flip = torch.ones(batch)
+    else:
+        area = uniform(0.08, 1.0)
+        aspect = torch.exp(uniform(math.log(3 / 4), math.log(4 / 3)))
+        scale_x, scale_y = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)
+        shift_x, shift_y = (1 - scale_x) * uniform(-1.0, 1.0), (1 - scale_y) * uniform(-1.0, 1.0)
+        flip = torch.where(torch.rand(batch, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(batch, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = scale_x * flip, scale_y
+    theta[:, 0, 2], theta[:, 1, 2] = shift_x, shift_y
+    theta = theta.to(device=pixel_values.device, dtype=pixel_values.dtype)
+    grid = F.affine_grid(theta, list(pixel_values.shape), align_corners=False)
+    border = torch.cat([pixel_values[..., 0, :], pixel_values[..., -1, :], pixel_values[..., 0], pixel_values[..., -1]], dim=-1)
+    fill = border.mean(dim=-1, keepdim=True).unsqueeze(-1)  # (B, C, 1, 1)
+    return F.grid_sample(pixel_values - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, pixel_values: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """(N, num_classes) float32 CPU logits in eval mode."""
+    was_training = model.training
+    model.eval()
+    logits = torch.cat([model(batch.to(device)).float().cpu() for batch in pixel_values.split(batch_size)])
+    model.train(was_training)
+    return logits
+
+
 def finetune(
     backbone: nn.Module,
     train_pixel_values: torch.Tensor,
@@ -285,76 +429,123 @@ def finetune(
     test_pixel_values: torch.Tensor,
     test_labels: torch.Tensor,
     num_classes: int | None = None,
-    epochs: int = 10,
-    batch_size: int = 32,
-    learning_rate: float = 1e-3,
-    weight_decay: float = 0.05,
-    layer_decay: float | None = 0.75,
-    warmup_fraction: float = 0.1,
+    settings: FinetuneSettings | None = None,
     pooling: Pooling = "mean",
     seed: int = 0,
-    drop_path_rate: float = 0.0,
-    min_learning_rate_ratio: float = 0.0,
-    label_smoothing: float = 0.0,
-) -> tuple[dict[str, float], BackboneClassifier]:
-    """Fine-tune a copy of `backbone` with a linear head and report test accuracy.
+    **overrides,
+) -> tuple[dict, BackboneClassifier]:
+    """Fine-tune a copy of `backbone` with a linear head until the validation accuracy stops rising,
+    and report the test accuracy of the best validation check.
 
     Args:
-        backbone: ViTModel / BeitModel / SwinModel (or an hf-ssl pre-training model: its
-            `get_backbone()`); it is copied, the caller's module is left untouched.
-        train_pixel_values: (N, C, H, W) preprocessed images; train_labels: (N,).
+        backbone: any encoder `encode_and_pool` handles (ViT, BEiT, Swin, ConvNeXt, ResNet, timm), or an
+            hf-ssl pre-training model (its `get_backbone()`); it is copied, the caller's module is left untouched.
+        train_pixel_values: (N, C, H, W) preprocessed labelled images; train_labels: (N,).
         test_pixel_values: (M, C, H, W); test_labels: (M,).
         num_classes: C; defaults to ``max(labels) + 1``.
-        epochs, batch_size, learning_rate, weight_decay: AdamW with linear warm-up
-            (`warmup_fraction` of the steps) then cosine decay to ``min_learning_rate_ratio * learning_rate``.
-        layer_decay: layer-wise LR decay factor in (0, 1]; None or 1.0 disables it.
+        settings: `FinetuneSettings` (default: hf-ssl's); `overrides` replace single fields of it.
         pooling: ``"mean"`` or ``"cls"``.
-        drop_path_rate: stochastic depth of the last block while fine-tuning (`with_drop_path`).
-        label_smoothing: cross-entropy label smoothing.
 
     Returns:
-        ``(metrics, model)``: ``{"accuracy", "top5_accuracy"}`` on the test set and the tuned classifier.
+        ``(metrics, model)``: ``{"accuracy", "top5_accuracy" (more than 5 classes), "steps" (run),
+        "max_steps" (budget), "best_step", "validated", "validation_accuracy"}`` and the classifier
+        with the tested weights. Without two labelled images per class nothing is held out: the
+        full budget runs and the last weights are tested (``"validated": False``).
     """
-    if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
-        raise ValueError(f"layer_decay must be in (0, 1] or None, got {layer_decay}")
-    if not 0.0 <= warmup_fraction < 1.0:
-        raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
-    if not 0.0 <= drop_path_rate < 1.0:
-        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
-    if not 0.0 <= min_learning_rate_ratio <= 1.0 or not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"min_learning_rate_ratio must be in [0, 1] and label_smoothing in [0, 1), got "
-                         f"{min_learning_rate_ratio} and {label_smoothing}")
+    settings = dataclasses.replace(settings or FinetuneSettings(), **overrides)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     train_labels = torch.as_tensor(train_labels, dtype=torch.long)
     test_labels = torch.as_tensor(test_labels, dtype=torch.long)
     if num_classes is None:
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    encoder = with_drop_path(copy.deepcopy(_encoder_of(backbone)), drop_path_rate)
+    split = stratified_validation_split(train_labels, seed=seed)
+    fit_index, validation_index = split if split is not None else (torch.arange(len(train_labels)), None)
+    encoder = with_drop_path(copy.deepcopy(_encoder_of(backbone)), settings.drop_path_rate)
     model = BackboneClassifier(encoder, num_classes, pooling)
     device = next(model.backbone.parameters()).device
     model.to(device)
-    optimizer = torch.optim.AdamW(parameter_groups(model, learning_rate, weight_decay, layer_decay))
-    total_steps = epochs * math.ceil(len(train_labels) / batch_size)
-    warmup_steps = int(warmup_fraction * total_steps)
+    optimizer = torch.optim.AdamW(parameter_groups(model, settings.learning_rate, settings.weight_decay, settings.layer_decay))
+    total_steps = training_steps(settings, len(fit_index))
+    warmup_steps = int(settings.warmup_fraction * total_steps)
+    check_every = max(1, total_steps // settings.evaluations)
+    earliest_stop = max(warmup_steps, total_steps // 4)  # a plateau during warm-up is not convergence
 
     def schedule(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return min_learning_rate_ratio + (1.0 - min_learning_rate_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        ratio = settings.min_learning_rate_ratio
+        return ratio + (1.0 - ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    best = {"accuracy": -1.0, "step": 0, "state": None}
+    checks_without_gain, step = 0, 0
     model.train()
-    for _ in range(epochs):
-        for batch_index in torch.randperm(len(train_labels), generator=generator).split(batch_size):
-            logits = model(train_pixel_values[batch_index].to(device))  # (b, C)
-            loss = F.cross_entropy(logits, train_labels[batch_index].to(device), label_smoothing=label_smoothing)
+    while step < total_steps:
+        for batch_index in fit_index[torch.randperm(len(fit_index), generator=generator)].split(settings.batch_size):
+            pixels = augment_batch(train_pixel_values[batch_index].to(device), settings.augmentation, generator)
+            loss = F.cross_entropy(model(pixels), train_labels[batch_index].to(device), label_smoothing=settings.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-    model.eval()
-    with torch.no_grad():
-        logits = torch.cat([model(batch.to(device)).float().cpu() for batch in test_pixel_values.split(batch_size * 4)])
-    return classification_metrics(logits, test_labels), model
+            step += 1
+            if validation_index is not None and (step % check_every == 0 or step == total_steps):
+                predictions = _predict(model, train_pixel_values[validation_index], settings.batch_size * 4, device)
+                accuracy = float((predictions.argmax(1) == train_labels[validation_index]).float().mean())
+                if accuracy > best["accuracy"]:
+                    best = {"accuracy": accuracy, "step": step,
+                            "state": {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}}
+                    checks_without_gain = 0
+                elif step >= earliest_stop:
+                    checks_without_gain += 1
+            if step == total_steps or (settings.patience and checks_without_gain >= settings.patience):
+                break
+        if settings.patience and checks_without_gain >= settings.patience:
+            break
+    steps_run = step
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    logits = _predict(model, test_pixel_values, settings.batch_size * 4, device)
+    metrics = classification_metrics(logits, test_labels)
+    return {
+        **metrics, "steps": steps_run, "max_steps": total_steps, "best_step": best["step"] if split else steps_run,
+        "validated": split is not None, **({"validation_accuracy": best["accuracy"]} if split else {}),
+    }, model
+
+
+class FinetuneProtocol(EvaluationProtocol):
+    name = "finetune"
+    title = "Fine-tuning"
+    description = "the whole encoder and a linear head trained on the labels, early-stopped on a validation split"
+    settings_class = FinetuneSettings
+    trains_encoder = True
+
+    def add_arguments(self, parser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument("--finetune_preset", default=None, choices=sorted(FINETUNE_PRESETS),
+                            help="a published fine-tuning recipe; the --finetune_* flags override its values")
+
+    def settings(self, preset: str | None = None, **values) -> FinetuneSettings:
+        return finetune_settings(preset, **values)
+
+    def evaluate(self, candidate: Candidate, data: LabelledData, subset: torch.Tensor, settings: FinetuneSettings,
+                 seed: int) -> dict:
+        """Raw pixels have no encoder to tune: their counterpart is the linear head alone, i.e. the
+        validated linear probe on the pixels with the same labels."""
+        if candidate.encoder is None:
+            from .linear_probe import linear_probe
+
+            train, test = candidate.features(data)
+            return linear_probe(train[subset], data.train_labels[subset], test, data.test_labels,
+                                num_classes=data.num_classes, seed=seed)
+        if candidate.name == "random_init":
+            settings = settings.for_random_init()
+        metrics, _ = finetune(candidate.encoder, data.train_pixels[subset], data.train_labels[subset], data.test_pixels,
+                              data.test_labels, num_classes=data.num_classes, settings=settings,
+                              pooling=candidate.pooling, seed=seed)
+        return metrics
+
+
+FINETUNE = register_protocol(FinetuneProtocol())

@@ -8,10 +8,19 @@ wins. Defaults k=20, T=0.07 as in the paper.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 
 from .metrics import classification_metrics
+from .protocol import EvaluationProtocol, register_protocol
+
+if TYPE_CHECKING:
+    from .candidates import Candidate
+    from .data import LabelledData
 
 
 @torch.no_grad()
@@ -91,3 +100,27 @@ def knn_classify(
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     scores = knn_class_scores(train_features, train_labels, test_features, k, temperature, num_classes)
     return classification_metrics(scores, test_labels)
+
+
+@dataclass(frozen=True)
+class KnnSettings:
+    """DINO's kNN protocol: `k` neighbours, votes weighted by exp(similarity / `temperature`)."""
+
+    k: int = field(default=20, metadata={"help": "neighbours (DINO: 20)"})
+    temperature: float = field(default=0.07, metadata={"help": "vote temperature (DINO: 0.07)"})
+
+
+class KnnProtocol(EvaluationProtocol):
+    name = "knn"
+    title = "k-NN"
+    description = "weighted k-nearest neighbours on frozen features (DINO's protocol)"
+    settings_class = KnnSettings
+
+    def evaluate(self, candidate: Candidate, data: LabelledData, subset: torch.Tensor, settings: KnnSettings,
+                 seed: int) -> dict:
+        train, test = candidate.features(data)
+        return knn_classify(train[subset], data.train_labels[subset], test, data.test_labels, k=settings.k,
+                            temperature=settings.temperature, num_classes=data.num_classes)
+
+
+KNN = register_protocol(KnnProtocol())

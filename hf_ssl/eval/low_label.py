@@ -66,3 +66,29 @@ def parse_label_setting(setting: str) -> dict:
     if setting.endswith("-per-class"):
         return {"labels_per_class": int(setting[: -len("-per-class")])}
     raise ValueError(f"label setting must be 'all', '<p>%' (e.g. '1%', '10%') or '<n>-per-class', got {setting!r}")
+
+
+# The held-out part of a labelled training split that probes and fine-tuning choose their settings on.
+VALIDATION_FRACTION = 0.2
+
+
+def stratified_validation_split(labels: torch.Tensor, fraction: float = VALIDATION_FRACTION,
+                                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(train_indices, validation_indices)``: `fraction` of each class held out (at least one image
+    of every class with two or more); None when some class has fewer than two images.
+
+    Args:
+        labels: (N,) integer class labels.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    generator = torch.Generator().manual_seed(seed)
+    train, validation = [], []
+    for label in labels.unique(sorted=True):
+        members = (labels == label).nonzero().squeeze(1)  # (n_c,)
+        if len(members) < 2:
+            return None
+        members = members[torch.randperm(len(members), generator=generator)]
+        held_out = min(len(members) - 1, max(1, math.floor(fraction * len(members) + 0.5)))
+        validation.append(members[:held_out])
+        train.append(members[held_out:])
+    return torch.cat(train).sort().values, torch.cat(validation).sort().values

@@ -14,6 +14,7 @@ from torch import nn
 
 from hf_ssl.backbones import default_image_processor
 
+from .data import load_labelled_split, preprocess
 from .features import extract_features
 from .knn import knn_classify
 
@@ -41,8 +42,6 @@ class OnlineKNN:
         k: int = 20,
         temperature: float = 0.07,
     ):
-        from .runner import load_labelled_split, preprocess
-
         processor = default_image_processor(image_size, image_mean, image_std)
         train = load_labelled_split(dataset_name, "train", image_column, label_column, max_samples)
         test = load_labelled_split(dataset_name, "test", image_column, label_column, max_samples)

@@ -12,8 +12,15 @@ item count against the query (a model that maps everything to one point scores 0
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
+
+from hf_ssl.text.tokenizer import caption_texts
+
+from .data import DataSelection, load_labelled_split
+from .protocol import EvaluationProtocol, register_protocol
+from .zero_shot import embed_images, embed_texts, load_image_text_model
 
 DEFAULT_RECALL_KS = (1, 5, 10)
 
@@ -91,4 +98,40 @@ def caption_positives(captions_per_image: Sequence[Sequence[str]]) -> tuple[list
     return list(index), positives
 
 
-__all__ = ["DEFAULT_RECALL_KS", "caption_positives", "retrieval_recall"]
+@dataclass(frozen=True)
+class RetrievalSettings:
+    """Where the captions are, and the k of recall@k."""
+
+    caption_column: str = field(default="caption", metadata={"aliases": ("--caption_column",),
+                                                             "help": "the test split's caption column"})
+    recall_ks: tuple[int, ...] = field(default=DEFAULT_RECALL_KS, metadata={"help": "k of recall@k"})
+
+
+class RetrievalProtocol(EvaluationProtocol):
+    name = "retrieval"
+    title = "Retrieval"
+    description = "image-to-text and text-to-image recall@k on the test split's captions (image-text models)"
+    settings_class = RetrievalSettings
+    image_text = True
+
+    def evaluate_folder(self, model_path: str, selection: DataSelection, settings: RetrievalSettings, random_init: bool,
+                        seed: int) -> dict:
+        model, tokenizer, image_processor = load_image_text_model(model_path, random_init, seed)
+        split = load_labelled_split(selection.dataset_name, selection.test_split, selection.image_column,
+                                    settings.caption_column, selection.max_samples)
+        captions = [caption_texts(cell) for cell in split[settings.caption_column]]
+        kept = [index for index, texts in enumerate(captions) if texts]
+        if not kept:
+            raise ValueError(f"column {settings.caption_column!r} of split {selection.test_split!r} holds no caption text")
+        texts, positives = caption_positives([captions[index] for index in kept])
+        image_embeddings = embed_images(model, image_processor, split.select(kept)[selection.image_column])
+        metrics = retrieval_recall(image_embeddings, embed_texts(model, tokenizer, texts), positives, settings.recall_ks)
+        return {**metrics, "task_type": "image-text-retrieval", "num_images": len(kept), "num_texts": len(texts)}
+
+    def details(self, settings: RetrievalSettings) -> dict:
+        return {}
+
+
+RETRIEVAL = register_protocol(RetrievalProtocol())
+
+__all__ = ["DEFAULT_RECALL_KS", "RetrievalSettings", "caption_positives", "retrieval_recall"]

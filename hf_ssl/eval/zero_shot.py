@@ -1,5 +1,4 @@
-"""Zero-shot image classification with an image-text dual encoder, and the image-text protocols'
-entry point (``hf-ssl evaluate --protocol zero_shot retrieval``).
+"""Zero-shot image classification with an image-text dual encoder (``hf-ssl evaluate --protocol zero_shot``).
 
 CLIP (Radford et al. 2021, arXiv:2103.00020, sections 3.1.2-3.1.4): every class name is written
 into prompt templates ("a photo of a {}."); the text embeddings of one class's prompts are
@@ -15,16 +14,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
-from hf_ssl.text.tokenizer import caption_texts
 
+from .data import DataSelection, image_processor_for, load_labelled_split
 from .metrics import classification_metrics
-from .retrieval import DEFAULT_RECALL_KS, caption_positives, retrieval_recall
+from .protocol import EvaluationProtocol, register_protocol
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +105,6 @@ def load_image_text_model(model_path: str | os.PathLike, random_init: bool = Fal
     """
     from hf_ssl.hub.loading import load_pretrained
 
-    from .runner import _image_processor_for
-
     model = load_pretrained(model_path)
     if not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):
         raise ValueError(f"{model_path} holds a {type(model).__name__}, not an image-text model: the zero_shot and "
@@ -118,7 +116,7 @@ def load_image_text_model(model_path: str | os.PathLike, random_init: bool = Fal
     if random_init:
         torch.manual_seed(seed)
         model = AutoModel.from_config(model.config)
-    return model.eval(), tokenizer, _image_processor_for(model_path)
+    return model.eval(), tokenizer, image_processor_for(model_path)
 
 
 def _class_indices(values: list, class_names: list[str] | None, feature) -> tuple[torch.Tensor, list[str]]:
@@ -139,58 +137,42 @@ def _class_indices(values: list, class_names: list[str] | None, feature) -> tupl
     return labels, names
 
 
-def evaluate_image_text(
-    model_path: str | os.PathLike,
-    protocols: Sequence[str],
-    dataset_name: str | None = None,
-    test_split: str = "test",
-    image_column: str = "image",
-    label_column: str = "label",
-    caption_column: str = "caption",
-    labels: Sequence[str] | None = None,
-    templates: Sequence[str] | None = None,
-    max_samples: int | None = None,
-    random_init: bool = False,
-    seed: int = 0,
-    recall_ks: Sequence[int] = DEFAULT_RECALL_KS,
-) -> dict[str, dict]:
-    """Run ``"zero_shot"`` and/or ``"retrieval"`` on `test_split` (the bundled digits by default).
+@dataclass(frozen=True)
+class ZeroShotSettings:
+    """Class names and prompt templates of zero-shot classification."""
 
-    Args:
-        labels: class names in class-index order (default: the label column's ClassLabel names).
-        templates: prompt templates with ``{}`` (default CLIP's "a photo of a {}."), ensembled.
+    labels: tuple[str, ...] | None = field(default=None, metadata={
+        "aliases": ("--labels",), "help": "class names in class-index order (default: the label column's)"})
+    templates: tuple[str, ...] = field(default=DEFAULT_TEMPLATES, metadata={
+        "aliases": ("--templates",), "help": "prompt templates with {} for the label, ensembled"})
 
-    Returns:
-        ``{"zero_shot": {"accuracy", "top5_accuracy", ...}, "retrieval": {"image_to_text_recall@1", ...}}``.
-    """
-    from .runner import BUNDLED_DATASET_LABEL, is_bundled_dataset, load_labelled_split
 
-    model, tokenizer, image_processor = load_image_text_model(model_path, random_init, seed)
-    templates = list(templates or DEFAULT_TEMPLATES)
-    dataset_label = BUNDLED_DATASET_LABEL if is_bundled_dataset(dataset_name) else str(dataset_name)
-    common = {"dataset": dataset_label, "split": test_split, "random_init": random_init}
-    results: dict[str, dict] = {}
-    if "zero_shot" in protocols:
-        split = load_labelled_split(dataset_name, test_split, image_column, label_column, max_samples)
-        label_ids, class_names = _class_indices(split[label_column], list(labels) if labels else None,
-                                                split.features.get(label_column))
+class ZeroShotProtocol(EvaluationProtocol):
+    name = "zero_shot"
+    title = "Zero-shot"
+    description = "classification from the class names' prompt embeddings (image-text models)"
+    settings_class = ZeroShotSettings
+    image_text = True
+
+    def evaluate_folder(self, model_path: str, selection: DataSelection, settings: ZeroShotSettings, random_init: bool,
+                        seed: int) -> dict:
+        model, tokenizer, image_processor = load_image_text_model(model_path, random_init, seed)
+        split = load_labelled_split(selection.dataset_name, selection.test_split, selection.image_column,
+                                    selection.label_column, selection.max_samples)
+        label_ids, class_names = _class_indices(split[selection.label_column], list(settings.labels or []) or None,
+                                                split.features.get(selection.label_column))
+        templates = list(settings.templates)
         logger.info("zero-shot over %d classes x %d templates", len(class_names), len(templates))
-        image_embeddings = embed_images(model, image_processor, split[image_column])
+        image_embeddings = embed_images(model, image_processor, split[selection.image_column])
         metrics = zero_shot_classify(model, tokenizer, image_embeddings, label_ids, class_names, templates)
-        results["zero_shot"] = {**metrics, **common, "task_type": "zero-shot-image-classification", "label_setting": "none",
-                                "num_labelled": 0, "class_names": class_names, "templates": templates}
-    if "retrieval" in protocols:
-        split = load_labelled_split(dataset_name, test_split, image_column, caption_column, max_samples)
-        captions = [caption_texts(cell) for cell in split[caption_column]]
-        kept = [index for index, texts in enumerate(captions) if texts]
-        if not kept:
-            raise ValueError(f"column {caption_column!r} of split {test_split!r} holds no caption text")
-        texts, positives = caption_positives([captions[index] for index in kept])
-        image_embeddings = embed_images(model, image_processor, split.select(kept)[image_column])
-        metrics = retrieval_recall(image_embeddings, embed_texts(model, tokenizer, texts), positives, recall_ks)
-        results["retrieval"] = {**metrics, **common, "task_type": "image-text-retrieval", "num_images": len(kept),
-                                "num_texts": len(texts)}
-    return results
+        return {**metrics, "task_type": "zero-shot-image-classification", "label_setting": "none", "num_labelled": 0,
+                "class_names": class_names, "templates": templates}
+
+    def details(self, settings: ZeroShotSettings) -> dict:
+        return {}
+
+
+ZERO_SHOT = register_protocol(ZeroShotProtocol())
 
 
 def is_image_text_folder(path: str | os.PathLike) -> bool:
@@ -203,7 +185,7 @@ __all__ = [
     "class_embeddings",
     "embed_images",
     "embed_texts",
-    "evaluate_image_text",
+    "ZeroShotSettings",
     "is_image_text_folder",
     "load_image_text_model",
     "zero_shot_classify",

@@ -27,8 +27,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LICENSE = "apache-2.0"
 PIPELINE_TAG = "image-feature-extraction"
-PROTOCOL_NAMES = {"knn": "k-NN", "linear": "Linear probe", "finetune": "Fine-tuning", "zero_shot": "Zero-shot",
-                  "retrieval": "Retrieval"}
 
 
 def template_path(name: str) -> Path:
@@ -89,14 +87,14 @@ def describe_backbone(config: dict) -> tuple[str, str]:
 
 
 def _dataset_description(dataset_name: str | None) -> str:
-    from hf_ssl.eval.runner import dataset_label, is_bundled_dataset
+    from hf_ssl.eval.data import dataset_label, is_bundled_dataset
 
     return dataset_label(dataset_name) if is_bundled_dataset(dataset_name) else f"`{dataset_name}`"
 
 
 def _hub_dataset_ids(dataset_name: str | None) -> list[str] | None:
     """Dataset ids for the card's ``datasets`` metadata: Hub ids only (not local paths or bundled data)."""
-    from hf_ssl.eval.runner import is_bundled_dataset
+    from hf_ssl.eval.data import is_bundled_dataset
 
     if is_bundled_dataset(dataset_name) or Path(str(dataset_name)).exists():
         return None
@@ -114,6 +112,13 @@ def _dataset_type(dataset: str) -> str:
     return dataset if " " not in dataset else "-".join(dataset.lower().split())
 
 
+def protocol_title(name: str) -> str:
+    """How a card names a protocol ("Linear probe"); an unregistered name (an older result) as is."""
+    from hf_ssl.eval.protocol import available_protocols, get_protocol
+
+    return get_protocol(name).title if name in available_protocols() else name
+
+
 def eval_results_for_card(eval_results: dict, model_name: str) -> list[EvalResult]:
     """model-index entries (one per protocol and metric) from an ``eval_results.json`` dict."""
     entries = []
@@ -121,7 +126,7 @@ def eval_results_for_card(eval_results: dict, model_name: str) -> list[EvalResul
         protocol = key.split("-", 1)[0]
         label_setting = result.get("label_setting", "all")
         labels = "" if label_setting in ("all", "none") else f", {label_setting} labels"  # none: zero-shot
-        task_name = f"{PROTOCOL_NAMES.get(protocol, protocol)}{labels}"
+        task_name = f"{protocol_title(protocol)}{labels}"
         dataset = str(result.get("dataset", "unknown"))
         # Classification results carry accuracy / top5_accuracy; other protocols (retrieval) name
         # their metrics "<name>@<k>" and their task in "task_type".
@@ -167,7 +172,7 @@ def _eval_rows(eval_results: dict) -> list[dict]:
         top5 = result.get("top5_accuracy")
         rows.append(
             {
-                "protocol": PROTOCOL_NAMES.get(protocol, protocol),
+                "protocol": protocol_title(protocol),
                 "labels": result.get("label_setting", "all"),
                 "dataset": result.get("dataset", "unknown"),
                 "split": result.get("split", "test"),
@@ -185,7 +190,7 @@ def sample_images(training_args: dict, image_processor, count: int = 4):
     without labels has no other split to offer)."""
     from hf_ssl.data import decode_image, load_image_dataset
     from hf_ssl.data.images import UndecodableImageError
-    from hf_ssl.eval.runner import is_bundled_dataset, load_labelled_split
+    from hf_ssl.eval.data import is_bundled_dataset, load_labelled_split
 
     dataset_name = training_args.get("dataset_name")
     if is_bundled_dataset(dataset_name):

@@ -1,0 +1,224 @@
+"""What the quality benchmark and the sample-efficiency study share: pre-training runs in fresh
+processes (as a user runs them), their evaluation with hf-ssl's protocols, the baselines measured
+once per backbone and seed, and a results file that a rerun resumes from.
+
+A run is (method, backbone, fraction of the pre-training data, seed). Every run of a study gets
+the same budget (steps x batch), the recipes' own defaults for everything else, and the same
+evaluation plan; the baselines (random init, raw pixels, supervised) need no pre-training and are
+measured once per (backbone, seed) on the same labelled split and label subsets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE_ROWS = ("random init", "raw pixels", "supervised")
+# What every encoder of a study is measured with: {protocol: label settings}.
+PLAN = {"knn": ["all"], "linear": ["all", "10%", "1%", "1-per-class"], "finetune": ["10%", "1-per-class"]}
+
+
+@dataclass(frozen=True)
+class Run:
+    method: str
+    backbone: str
+    seed: int
+    fraction: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-{self.backbone}-fraction{self.fraction:g}-seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every run of a study shares."""
+
+    max_steps: int
+    total_batch_size: int
+    image_size: int
+    dataset_name: str
+    finetune_max_steps: int | None = None  # None: the protocol's own budget (CI sizes cap it)
+    eval_max_samples: int | None = None  # None: every labelled image (CI sizes cap it)
+
+    def data(self):
+        from hf_ssl.eval.data import DataSelection
+
+        return DataSelection(self.dataset_name, max_samples=self.eval_max_samples)
+
+    def protocol_settings(self) -> dict:
+        from hf_ssl.eval.finetune import FinetuneSettings
+
+        return {"finetune": FinetuneSettings(max_steps=self.finetune_max_steps)} if self.finetune_max_steps else {}
+
+
+def evaluation_plan(plan: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """``[(protocol, label setting), ...]`` from ``{protocol: [settings]}``."""
+    return [(protocol, setting) for protocol, settings in plan.items() for setting in settings]
+
+
+def result_key(protocol: str, setting: str) -> str:
+    return protocol if setting == "all" else f"{protocol}-{setting}"
+
+
+class ResultsFile:
+    """``{entry key: {result key: accuracy}}`` in a JSON file, written after every entry so that an
+    interrupted study resumes where it stopped. Entries are keyed by the run (or the baselines of a
+    backbone and seed) and by the budget and plan they were measured with, so studies that share a
+    run (the quality benchmark's 100 % runs are the sample-efficiency study's) measure it once."""
+
+    def __init__(self, path: Path, budget: Budget, plan: list[tuple[str, str]]):
+        self.path = path
+        self.signature = hashlib.sha256(json.dumps([asdict(budget), plan], sort_keys=True).encode()).hexdigest()[:12]
+        self.entries = json.loads(path.read_text()) if path.is_file() else {}
+
+    def key(self, name: str) -> str:
+        return f"{name}|{self.signature}"
+
+    def get(self, name: str) -> dict | None:
+        return self.entries.get(self.key(name))
+
+    def put(self, name: str, values: dict) -> None:
+        self.entries[self.key(name)] = values
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
+        temporary.replace(self.path)
+
+
+def training_size(dataset_name: str) -> int:
+    from hf_ssl.data import load_image_dataset
+
+    return len(load_image_dataset(dataset_name, split="train"))
+
+
+def pretrain(run: Run, budget: Budget, runs_dir: Path, number_of_rows: int) -> Path:
+    """One pre-training run in a fresh process; returns its run folder."""
+    rows = max(budget.total_batch_size, math.ceil(run.fraction * number_of_rows))
+    run_dir = runs_dir / run.name
+    command = [
+        sys.executable, "-m", "hf_ssl.cli.pretrain", "--method", run.method, "--model", run.backbone,
+        "--image_size", str(budget.image_size), "--dataset_name", budget.dataset_name,
+        "--max_train_samples", str(rows), "--max_steps", str(budget.max_steps),
+        "--total_batch_size", str(budget.total_batch_size), "--seed", str(run.seed), "--save_steps", str(budget.max_steps),
+        "--knn_evaluation", "false", "--report_to", "none", "--output_dir", str(run_dir), "--overwrite_output_dir",
+    ]
+    started = time.perf_counter()
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stderr[-3000:]}")
+    print(f"pre-trained {run.name} on {rows} rows in {time.perf_counter() - started:.0f} s", flush=True)
+    return run_dir
+
+
+def _accuracies(results: dict, with_baselines: bool) -> dict:
+    """``{result key: accuracy}`` (and ``{baseline: {result key: accuracy}}``) from evaluate_model's output."""
+    own = {key: result["accuracy"] for key, result in results.items() if "accuracy" in result}
+    if not with_baselines:
+        return own
+    baselines: dict[str, dict] = {}
+    for key, result in results.items():
+        for name, value in result.get("baselines", {}).items():
+            baselines.setdefault(name, {})[key] = value
+    return {"own": own, "baselines": baselines}
+
+
+def evaluate(run_dir: Path, plan: list[tuple[str, str]], budget: Budget, seed: int, extra_protocols=()) -> dict:
+    """The run's encoder through every (protocol, label setting) of `plan` (no baselines)."""
+    from hf_ssl.eval import evaluate_model
+
+    results = {}
+    for setting in dict.fromkeys(setting for _, setting in plan):
+        protocols = [protocol for protocol, wanted in plan if wanted == setting]
+        results.update(evaluate_model(run_dir, protocols, data=budget.data(), label_settings=(setting,),
+                                      settings=budget.protocol_settings(), seed=seed))
+    if extra_protocols:
+        results.update(evaluate_model(run_dir, extra_protocols, data=budget.data(), seed=seed))
+    return _accuracies(results, with_baselines=False)
+
+
+def evaluate_baselines(run_dir: Path, plan: list[tuple[str, str]], budget: Budget, seed: int) -> dict[str, dict]:
+    """``{"random init": {...}, "raw pixels": {...}, "supervised": {...}}`` for the backbone of
+    `run_dir`: the frozen protocols on the untrained encoder and on the pixels, and the supervised
+    model (fine-tuned from random init) with each label setting of the plan."""
+    from hf_ssl.eval import evaluate_model
+
+    settings = list(dict.fromkeys(setting for _, setting in plan))
+    frozen = [protocol for protocol in dict.fromkeys(protocol for protocol, _ in plan) if protocol != "finetune"]
+    results = evaluate_model(run_dir, frozen, data=budget.data(), label_settings=settings,
+                             random_init=True, baselines=("raw_pixels", "supervised"), settings=budget.protocol_settings(),
+                             seed=seed)
+    measured = _accuracies(results, with_baselines=True)
+    wanted = {result_key(protocol, setting) for protocol, setting in plan}
+    rows = {"random init": {key: value for key, value in measured["own"].items() if key in wanted},
+            "raw pixels": {key: value for key, value in measured["baselines"].get("raw_pixels", {}).items() if key in wanted},
+            "supervised": {}}
+    finetuned = {setting for protocol, setting in plan if protocol == "finetune"}
+    for key, value in measured["baselines"].get("supervised", {}).items():
+        setting = key.split("-", 1)[1] if "-" in key else "all"
+        if setting in finetuned:
+            # fine-tuning from random init IS the supervised model; the pixels' counterpart is the linear head alone
+            rows["supervised"][result_key("finetune", setting)] = rows["random init"][result_key("finetune", setting)] = value
+            linear = rows["raw pixels"].get(result_key("linear", setting))
+            if linear is not None:
+                rows["raw pixels"][result_key("finetune", setting)] = linear
+    return rows
+
+
+def summarise(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "runs": len(values)}
+
+
+def gather(entries: dict[str, dict]) -> dict[str, dict]:
+    """``{row: {result key: summary over seeds}}`` from ``{row|seed: {result key: accuracy}}`` entries."""
+    collected: dict[str, dict[str, list[float]]] = {}
+    for key, values in entries.items():
+        row = key.rsplit("|seed", 1)[0]
+        for result, value in values.items():
+            collected.setdefault(row, {}).setdefault(result, []).append(value)
+    return {row: {result: summarise(values) for result, values in columns.items()} for row, columns in collected.items()}
+
+
+def run_study(runs: list[Run], budget: Budget, plan: list[tuple[str, str]], runs_dir: Path, row_name,
+              extra_protocols=lambda method: ()) -> dict[str, dict]:
+    """Pre-train and evaluate every run not yet in ``<runs_dir>/results.json``, with the baselines of
+    each (backbone, seed) next to the first run that has them; returns `gather`'s rows.
+
+    Args:
+        row_name: ``Run -> str``, the table row a run belongs to (its seeds are averaged).
+        extra_protocols: ``method -> protocols`` evaluated with every label (e.g. zero-shot).
+    """
+    results = ResultsFile(runs_dir / "results.json", budget, plan)
+    number_of_rows = training_size(budget.dataset_name)
+    by_row: dict[str, dict] = {}
+    for run in runs:
+        baseline_name = f"baselines|{run.backbone}|seed{run.seed}"
+        if results.get(run.name) is None or results.get(baseline_name) is None:
+            run_dir = pretrain(run, budget, runs_dir, number_of_rows)
+            started = time.perf_counter()
+            if results.get(run.name) is None:
+                results.put(run.name, evaluate(run_dir, plan, budget, run.seed, extra_protocols(run.method)))
+            if results.get(baseline_name) is None:
+                results.put(baseline_name, evaluate_baselines(run_dir, plan, budget, run.seed))
+            print(f"evaluated {run.name} in {time.perf_counter() - started:.0f} s", flush=True)
+        by_row[f"{row_name(run)}|seed{run.seed}"] = results.get(run.name)
+        for row, values in results.get(baseline_name).items():
+            by_row[f"{row} ({run.backbone})|seed{run.seed}"] = values
+    return gather(by_row)
+
+
+def configuration(arguments) -> dict:
+    return {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(arguments).items()}
+
+
+__all__ = ["BASELINE_ROWS", "PLAN", "Budget", "ResultsFile", "Run", "configuration", "evaluation_plan", "result_key",
+           "run_study"]

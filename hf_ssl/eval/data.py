@@ -1,0 +1,133 @@
+"""The labelled images an evaluation reads: the bundled data or any `datasets` dataset with an image
+and a label column, preprocessed once with the checkpoint's own image processor."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+from transformers import AutoImageProcessor
+
+from hf_ssl.data.default import BUNDLED_DATASET_LABELS, bundled_variant
+
+
+def is_bundled_dataset(dataset_name: str | None) -> bool:
+    """True when `dataset_name` means bundled data (None / "digits" / "digit-scenes")."""
+    return bundled_variant(dataset_name) is not None
+
+
+def dataset_label(dataset_name: str | None) -> str:
+    """How results and cards name a dataset: a description for bundled data, else its name."""
+    variant = bundled_variant(dataset_name)
+    return BUNDLED_DATASET_LABELS[variant] if variant is not None else str(dataset_name)
+
+
+def load_labelled_split(
+    dataset_name: str | None, split: str, image_column: str = "image", label_column: str = "label",
+    max_samples: int | None = None,
+) -> datasets.Dataset:
+    """One split with `image_column` / `label_column`; the bundled digits when `dataset_name` is None."""
+    if is_bundled_dataset(dataset_name):
+        from hf_ssl.data import load_default_dataset
+
+        dataset = load_default_dataset(split, variant=bundled_variant(dataset_name))
+    elif Path(str(dataset_name)).is_dir() and (Path(dataset_name) / "dataset_info.json").is_file():
+        dataset = datasets.load_from_disk(dataset_name)
+        dataset = dataset[split] if isinstance(dataset, datasets.DatasetDict) else dataset
+    else:
+        dataset = datasets.load_dataset(dataset_name, split=split)
+    for column in (image_column, label_column):
+        if column not in dataset.column_names:
+            raise ValueError(f"{dataset_name or 'the default dataset'} split {split!r} has no column {column!r}; "
+                             f"columns: {dataset.column_names}")
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    return dataset
+
+
+def preprocess(dataset: datasets.Dataset, image_processor, image_column: str = "image",
+               label_column: str = "label", batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pixel_values (N, C, H, W), labels (N,))`` with the checkpoint's image processor."""
+    pixels = []
+    for start in range(0, len(dataset), batch_size):
+        images = [image.convert("RGB") for image in dataset[start : start + batch_size][image_column]]
+        pixels.append(image_processor(images=images, return_tensors="pt")["pixel_values"])
+    return torch.cat(pixels), torch.as_tensor(dataset[label_column], dtype=torch.long)
+
+
+def image_processor_for(model_path: str | os.PathLike):
+    """The image processor saved with a run folder (or its ``backbone/``), a backbone folder or a Hub repo."""
+    local = Path(model_path)
+    for candidate in (local, local / "backbone"):
+        if candidate.is_dir() and (candidate / "preprocessor_config.json").is_file():
+            return AutoImageProcessor.from_pretrained(str(candidate))
+    return AutoImageProcessor.from_pretrained(str(model_path))
+
+
+@dataclass(frozen=True)
+class DataSelection:
+    """Which labelled images an evaluation reads.
+
+    Args:
+        dataset_name: bundled data (None, "digits", "digit-scenes"), a Hub id, a local
+            ``save_to_disk`` folder or a packaged builder name.
+        train_split, test_split: the labelled split protocols learn from, and the one they report on.
+        image_column, label_column: columns of both splits.
+        max_samples: cap on images per split (quick checks).
+    """
+
+    dataset_name: str | None = None
+    train_split: str = "train"
+    test_split: str = "test"
+    image_column: str = "image"
+    label_column: str = "label"
+    max_samples: int | None = None
+
+    @property
+    def label(self) -> str:
+        return dataset_label(self.dataset_name)
+
+
+@dataclass
+class LabelledData:
+    """Preprocessed labelled images, shared by every protocol and candidate of one evaluation.
+
+    Args:
+        train_pixels: (N, C, H, W); train_labels: (N,); test_pixels: (M, C, H, W); test_labels: (M,).
+        num_classes: C.
+        selection: where they come from.
+        key: identifies the images and their preprocessing (feature caches compare it).
+    """
+
+    train_pixels: torch.Tensor
+    train_labels: torch.Tensor
+    test_pixels: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int
+    selection: DataSelection
+    key: str
+
+    @classmethod
+    def load(cls, selection: DataSelection, image_processor) -> LabelledData:
+        columns = (selection.image_column, selection.label_column)
+        train = load_labelled_split(selection.dataset_name, selection.train_split, *columns, selection.max_samples)
+        test = load_labelled_split(selection.dataset_name, selection.test_split, *columns, selection.max_samples)
+        train_pixels, train_labels = preprocess(train, image_processor, *columns)
+        test_pixels, test_labels = preprocess(test, image_processor, *columns)
+        return cls(train_pixels, train_labels, test_pixels, test_labels,
+                   num_classes=int(max(train_labels.max(), test_labels.max())) + 1, selection=selection,
+                   key=f"{selection.label}|{selection.max_samples}|{image_processor.to_json_string()}")
+
+
+__all__ = [
+    "DataSelection",
+    "LabelledData",
+    "dataset_label",
+    "image_processor_for",
+    "is_bundled_dataset",
+    "load_labelled_split",
+    "preprocess",
+]
