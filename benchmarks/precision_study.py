@@ -41,13 +41,13 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--precisions", nargs="+", default=["no", "bf16"], choices=sorted(PRECISION_NAMES),
                         help="--mixed_precision values to compare; the first is the reference")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    # The bundled run's configuration (recipes/digits_default.yaml).
+    # SplitMask on the plain digits (the bundled default run before the scenes became the default).
     parser.add_argument("--max_steps", type=int, default=1200)
     parser.add_argument("--total_batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=5e-4)
     parser.add_argument("--model", default="vit-micro")
     parser.add_argument("--image_size", type=int, default=32)
-    parser.add_argument("--dataset_name", default=None, help="pre-training and kNN data (default: the bundled digits)")
+    parser.add_argument("--dataset_name", default="digits", help="pre-training and kNN data (default: the bundled digits)")
     parser.add_argument("--logging_steps", type=int, default=10)
     parser.add_argument("--output_dir", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--runs_dir", type=Path, default=REPO / "runs" / "precision_study")
@@ -71,7 +71,7 @@ def pretrain(method: str, precision: str, seed: int, arguments) -> tuple[Path, f
         "--image_size", str(arguments.image_size), "--max_steps", str(arguments.max_steps),
         "--total_batch_size", str(arguments.total_batch_size), "--learning_rate", str(arguments.learning_rate),
         "--seed", str(seed), "--mixed_precision", precision, "--logging_steps", str(arguments.logging_steps),
-        "--save_steps", str(arguments.max_steps), "--knn_evaluation", "false", "--report_to", "none",
+        "--save_steps", str(arguments.max_steps), "--report_protocols", "none", "--report_to", "none",
         "--output_dir", str(run_dir), "--overwrite_output_dir",
     ]
     if arguments.dataset_name is not None:

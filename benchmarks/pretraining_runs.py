@@ -109,7 +109,7 @@ def pretrain(run: Run, budget: Budget, runs_dir: Path, number_of_rows: int) -> P
         "--image_size", str(budget.image_size), "--dataset_name", budget.dataset_name,
         "--max_train_samples", str(rows), "--max_steps", str(budget.max_steps),
         "--total_batch_size", str(budget.total_batch_size), "--seed", str(run.seed), "--save_steps", str(budget.max_steps),
-        "--knn_evaluation", "false", "--report_to", "none", "--output_dir", str(run_dir), "--overwrite_output_dir",
+        "--report_protocols", "none", "--report_to", "none", "--output_dir", str(run_dir), "--overwrite_output_dir",
     ]
     started = time.perf_counter()
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True)

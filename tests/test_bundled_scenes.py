@@ -134,7 +134,8 @@ def test_pre_training_on_the_scenes_defaults_to_their_48_px_and_evaluates_on_the
 
     resolved = resolve_arguments(PretrainingArguments(dataset_name="digit-scenes"))
     assert resolved.image_size == 48 and resolved.eval_dataset_name == "digit-scenes"
-    assert resolved.output_dir.endswith("splitmask-vit-micro-digit-scenes")  # not the default run's folder
+    assert resolved.output_dir == resolve_arguments(PretrainingArguments()).output_dir  # the scenes ARE the default run
     assert resolve_arguments(PretrainingArguments(dataset_name="digit-scenes", image_size=32)).image_size == 32
-    plain = resolve_arguments(PretrainingArguments())
-    assert (plain.image_size, plain.eval_dataset_name) == (32, None)
+    plain = resolve_arguments(PretrainingArguments(dataset_name="digits"))
+    assert (plain.image_size, plain.eval_dataset_name) == (32, "digits")
+    assert plain.output_dir.endswith("-digits")  # not the default run's folder

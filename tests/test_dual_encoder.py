@@ -576,7 +576,7 @@ def test_short_training_on_bundled_captions_classifies_held_out_digits_zero_shot
 
     output_dir = tmp_path / "run"
     code = pretrain.main(["--method", "dual_encoder", "--max_steps", str(TRAINING_STEPS), "--text_model", "text-micro",
-                          "--output_dir", str(output_dir), "--report_to", "none", "--knn_evaluation", "false",
+                          "--output_dir", str(output_dir), "--report_to", "none", "--report_protocols", "none",
                           "--save_steps", "100000"])  # 1 worker: the training process then runs 1 thread, no spin-waits
     assert code == 0
     trained = evaluate_model(output_dir, protocols=("zero_shot",))["zero_shot"]

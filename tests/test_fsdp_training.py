@@ -38,7 +38,7 @@ def _launch(output_dir: Path, method: str, launch: list[str], *extra: str, expec
         "--mixed_precision", precision, "--dynamo_backend", "no", str(SCRIPT),
         "--method", method, "--model", "vit-micro", "--image_size", "32", "--max_steps", str(MAX_STEPS),
         "--total_batch_size", "16", "--logging_steps", "1", "--save_steps", "2", "--dataloader_num_workers", "1",
-        "--tokenizer_fit_batches", "2", "--report_to", "none", "--knn_evaluation", "false", "--output_dir", str(output_dir),
+        "--tokenizer_fit_batches", "2", "--report_to", "none", "--report_protocols", "none", "--output_dir", str(output_dir),
         # fp32 unless asked: most comparisons are of sharding, not of bf16 rounding (auto picks bf16 on
         # AVX512-BF16 hosts)
         "--mixed_precision", precision,

@@ -195,7 +195,7 @@ def test_two_process_accelerate_launch_splits_data_and_keeps_weights_identical(t
         str(launcher), str(SCRIPT),
         "--method", "splitmask-eval-views", "--model", "vit-micro", "--image_size", "32", "--max_steps", "10",
         "--total_batch_size", "32", "--logging_steps", "5", "--save_steps", "5", "--dataloader_num_workers", "1",
-        "--tokenizer_fit_batches", "2", "--report_to", "none", "--knn_evaluation", "false", "--output_dir", str(output_dir),
+        "--tokenizer_fit_batches", "2", "--report_to", "none", "--report_protocols", "none", "--output_dir", str(output_dir),
     ]
     result = subprocess.run(
         command, cwd=ROOT, env=dict(_environment(), RECORD_DIR=str(record_dir)), capture_output=True, text=True, timeout=400

@@ -101,12 +101,17 @@ def test_yaml_config_with_command_line_override(tmp_path):
 
 def test_no_arguments_resolve_to_the_bundled_default_run():
     arguments = resolve_arguments(parse_arguments([])[0])
-    assert arguments.method == "splitmask"
-    assert (arguments.model, arguments.image_size, arguments.max_steps) == ("vit-micro", 32, 1200)
-    assert arguments.knn_evaluation is True and arguments.dataset_name is None
+    assert arguments.method == "simclr"
+    assert (arguments.model, arguments.image_size, arguments.max_steps) == ("resnet-micro", 48, 2000)
+    assert arguments.report_protocols == ["knn", "linear", "finetune"] and arguments.dataset_name is None
     validate_arguments(arguments)
+    # a method that masks ViT patches gets the small-image ViT; the plain digits are drawn at 32 px
+    masked = resolve_arguments(parse_arguments(["--method", "splitmask", "--dataset_name", "digits"])[0])
+    assert (masked.model, masked.image_size, masked.output_dir) == ("vit-micro", 32, "runs/splitmask-vit-micro-digits")
     other = resolve_arguments(parse_arguments(["--dataset_name", "my-org/images", "--max_steps", "10"])[0])
-    assert other.knn_evaluation is False and other.total_batch_size == 256
+    assert other.report_protocols == [] and other.total_batch_size == 256
+    with pytest.raises(ConfigurationError, match="--report_protocols zero_shot: choose from knn, linear, finetune"):
+        validate_arguments(resolve_arguments(parse_arguments(["--report_protocols", "zero_shot"])[0]))
 
 
 @pytest.mark.parametrize(
@@ -117,7 +122,7 @@ def test_no_arguments_resolve_to_the_bundled_default_run():
         (["--model", "timm/no_such_net"], 1, "timm has no model 'no_such_net'"),
         (["--model", "/no/such/folder"], 1, "no transformers config could be read"),
         (["--method", "mae", "--model", "swin-micro"], 1, "--method mae needs a vit backbone"),
-        (["--image_size", "30"], 1, r"--image_size 30: .*patch_size .*image_size \(30\)"),
+        (["--method", "splitmask", "--image_size", "30"], 1, r"--image_size 30: .*patch_size .*image_size \(30\)"),
         (["--method", "mae", "--image_size", "36"], 1, r"--image_size 36: .*image_size \(36\)"),
         (["--image_size", "0"], 1, "--image_size must be a positive integer"),
         (["--total_batch_size", "63"], 2, r"--total_batch_size 63 must be a positive multiple of processes \(2\)"),
@@ -286,7 +291,7 @@ def test_runs_in_one_process_may_use_different_precisions(tmp_path):
         output_dir = tmp_path / precision
         code = pretrain.main([
             "--method", "simclr", "--model", "vit-micro", "--image_size", "32", "--max_steps", "1",
-            "--total_batch_size", "4", "--dataloader_num_workers", "0", "--knn_evaluation", "false",
+            "--total_batch_size", "4", "--dataloader_num_workers", "0", "--report_protocols", "none",
             "--report_to", "none", "--mixed_precision", precision, "--output_dir", str(output_dir),
         ])
         assert code == 0, precision

@@ -315,10 +315,12 @@ def run(argv: list[str] | None = None) -> int:
         image_processor = default_image_processor(arguments.image_size, context.image_mean, context.image_std)
         save_run_folder(unwrapped, output_dir, image_processor, training_arguments)
         recipe.save_extra_files(unwrapped, context, output_dir)
-        if arguments.knn_evaluation:
+        if arguments.report_protocols:
             from hf_ssl.eval.report import evaluate_run_after_training
 
-            print(evaluate_run_after_training(output_dir, dataset_name=arguments.dataset_name))
+            print(evaluate_run_after_training(output_dir, arguments.report_protocols,
+                                              dataset_name=arguments.eval_dataset_name or arguments.dataset_name,
+                                              seed=arguments.seed))
         # ----- model card (README.md, loss curve, figures): the folder is Hub-ready
         try:
             write_model_card(output_dir, repo_id=arguments.hub_model_id)

@@ -40,10 +40,12 @@ import datasets
 import numpy as np
 from PIL import Image, ImageDraw
 
-DEFAULT_DATASET_NAME = "digits"
-DEFAULT_IMAGE_SIZE = 32
+DIGITS_DATASET_NAME = "digits"
+DIGITS_IMAGE_SIZE = 32
 SCENES_VARIANT = "scenes"
 SCENES_DATASET_NAME = "digit-scenes"
+# What a run or an evaluation without --dataset_name reads: the scenes, where learning matters.
+DEFAULT_DATASET_NAME = SCENES_DATASET_NAME
 SCENES_IMAGE_SIZE = 48
 SCENES_SEED = 0
 DEFAULT_VARIANTS = ("digits", SCENES_VARIANT)
@@ -183,7 +185,7 @@ def load_default_dataset(
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
     if variant == "digits":
-        images, labels = _digit_images(image_size or DEFAULT_IMAGE_SIZE)
+        images, labels = _digit_images(image_size or DIGITS_IMAGE_SIZE)
     else:
         images, labels = _scene_images(image_size or SCENES_IMAGE_SIZE)
     train, test = split_indices(len(images))
@@ -199,7 +201,7 @@ def load_default_dataset(
 
 
 # The names a run or an evaluation uses for the bundled data (``--dataset_name``), by variant.
-BUNDLED_DATASET_NAMES = {DEFAULT_DATASET_NAME: "digits", SCENES_DATASET_NAME: SCENES_VARIANT}
+BUNDLED_DATASET_NAMES = {DIGITS_DATASET_NAME: "digits", SCENES_DATASET_NAME: SCENES_VARIANT}
 BUNDLED_DATASET_LABELS = {
     "digits": "hf-ssl bundled digits (scikit-learn)",
     SCENES_VARIANT: "hf-ssl bundled digit scenes (off-centre digits among distractors, from scikit-learn's digits)",
@@ -207,7 +209,13 @@ BUNDLED_DATASET_LABELS = {
 
 
 def bundled_variant(dataset_name: str | None) -> str | None:
-    """The bundled variant a dataset name means (None and "digits" -> "digits"); None for any other data."""
+    """The bundled variant a dataset name means (no name: `DEFAULT_DATASET_NAME`'s, the scenes); None
+    for any other data."""
     if dataset_name in (None, "", "default", "bundled"):
-        return "digits"
+        dataset_name = DEFAULT_DATASET_NAME
     return BUNDLED_DATASET_NAMES.get(dataset_name)
+
+
+def bundled_image_size(variant: str) -> int:
+    """The side a bundled variant is drawn at (digits 32 px, scenes 48 px)."""
+    return SCENES_IMAGE_SIZE if variant == SCENES_VARIANT else DIGITS_IMAGE_SIZE
