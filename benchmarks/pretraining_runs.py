@@ -217,7 +217,15 @@ def run_study(runs: list[Run], budget: Budget, plan: list[tuple[str, str]], runs
 
 
 def configuration(arguments) -> dict:
-    return {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(arguments).items()}
+    """The study's arguments, the commit measured and the host (CPU model, cores), for the results file."""
+    import os
+    import platform
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else platform.processor()
+    return {**{key: (str(value) if isinstance(value, Path) else value) for key, value in vars(arguments).items()},
+            "commit": commit or None, "host": f"{cpu}, {len(os.sched_getaffinity(0))} cores"}
 
 
 __all__ = ["BASELINE_ROWS", "PLAN", "Budget", "ResultsFile", "Run", "configuration", "evaluation_plan", "result_key",

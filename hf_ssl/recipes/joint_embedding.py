@@ -45,7 +45,8 @@ MOCO_V3_VIT_ADAMW = OptimizerDefaults(
 
 # The published crops keep 8-100 % (20-100 % for SimSiam) of a 224-px photo. On 32-px digits an 8 %
 # crop is a 9-px fragment of one stroke; measured on the bundled digits (see each recipe's
-# tests/test_joint_embedding.py), a 25-100 % crop is what lets every method beat random init.
+# tests/test_joint_embedding.py), a 25-100 % crop is what lets every method beat random init. A
+# recipe may measure its own (`JointEmbeddingRecipe.small_image_crop_scale`).
 SMALL_IMAGE_CROP_SCALE = (0.25, 1.0)
 
 
@@ -56,12 +57,14 @@ class JointEmbeddingRecipe(Recipe):
         config_class, model_class: the method's config and model.
         augmentation: the two-view pipeline name (``"simclr"``, ``"byol"``, ``"simsiam"``).
         small_image_fields: config fields used below `SMALL_IMAGE_SIZE` (smaller heads).
+        small_image_crop_scale: the crops' area range below `SMALL_IMAGE_SIZE`.
     """
 
     config_class: type
     model_class: type
     augmentation: str = "byol"
     small_image_fields: dict = {}
+    small_image_crop_scale: tuple[float, float] = SMALL_IMAGE_CROP_SCALE
     optimizer = MOCO_V3_VIT_ADAMW
     default_model = "vit-small"
     default_image_size = 224
@@ -69,7 +72,7 @@ class JointEmbeddingRecipe(Recipe):
 
     def build_transform(self, context: BuildContext):
         """Two views of each row's image: ``{"pixel_values": (2, 3, H, W)}``."""
-        crop_scale = SMALL_IMAGE_CROP_SCALE if context.image_size < SMALL_IMAGE_SIZE else None
+        crop_scale = self.small_image_crop_scale if context.image_size < SMALL_IMAGE_SIZE else None
         return ImageRowTransform(
             two_view_transform(self.augmentation, context.image_size, context.image_mean, context.image_std,
                                crop_scale=crop_scale)
