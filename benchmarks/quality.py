@@ -80,7 +80,10 @@ def collect(arguments) -> dict:
 
 
 def columns() -> list[str]:
-    return [result_key(protocol, setting) for protocol, settings in PLAN.items() for setting in settings] + ["zero_shot"]
+    """Every result key a row may hold, in reading order (the supervised row also has fine-tuning with
+    every label setting of the frozen protocols: all labels is the reference the protocols are judged by)."""
+    settings = list(dict.fromkeys(setting for settings in PLAN.values() for setting in settings))
+    return [result_key(protocol, setting) for protocol in PLAN for setting in settings] + ["zero_shot"]
 
 
 def _cell(value: dict | None) -> str:

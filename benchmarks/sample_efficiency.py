@@ -99,7 +99,8 @@ def verdict(report: dict) -> list[str]:
 
 def markdown(report: dict) -> str:
     configuration = report["configuration"]
-    keys = [key for key in (result_key(p, s) for p, settings in PLAN.items() for s in settings)
+    settings = list(dict.fromkeys(setting for values in PLAN.values() for setting in values))
+    keys = [key for key in (result_key(protocol, setting) for protocol in PLAN for setting in settings)
             if any(key in columns for columns in report["results"].values())]
     lines = [
         "# Sample efficiency: pre-training data fraction vs downstream accuracy",

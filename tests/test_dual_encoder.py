@@ -575,7 +575,7 @@ def test_short_training_on_bundled_captions_classifies_held_out_digits_zero_shot
     from hf_ssl.eval import evaluate_model
 
     output_dir = tmp_path / "run"
-    code = pretrain.main(["--method", "dual_encoder", "--max_steps", str(TRAINING_STEPS), "--text_model", "text-micro",
+    code = pretrain.main(["--method", "dual_encoder", "--dataset_name", "digits", "--max_steps", str(TRAINING_STEPS), "--text_model", "text-micro",
                           "--output_dir", str(output_dir), "--report_to", "none", "--report_protocols", "none",
                           "--save_steps", "100000"])  # 1 worker: the training process then runs 1 thread, no spin-waits
     assert code == 0

@@ -25,6 +25,7 @@ from hf_ssl.heads import ProjectionHead
 from hf_ssl.joint_embedding import find_patch_embedding, per_view
 from hf_ssl.recipes import BuildContext, ScheduleContext, StepContext, build_model, get_recipe
 from hf_ssl.transforms.two_views import TWO_VIEW_PIPELINES, two_view_transform
+from run_folders import DIGITS_VIT_RUN
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("simclr", "moco_v3", "byol", "simsiam", "barlow_twins", "vicreg")
@@ -382,7 +383,7 @@ SLOW_TEST_STEPS_BY_METHOD = {"barlow_twins": 300, "byol": 600}
 def test_each_method_learns_on_the_bundled_digits(method, tmp_path, capsys):
     output_dir = tmp_path / method
     steps = SLOW_TEST_STEPS_BY_METHOD.get(method, SLOW_TEST_STEPS)
-    code = pretrain.main(["--method", method, "--max_steps", str(steps), "--logging_steps", "10",
+    code = pretrain.main(["--method", method, *DIGITS_VIT_RUN, "--max_steps", str(steps), "--logging_steps", "10",
                           "--save_steps", str(steps), "--report_to", "none", "--output_dir", str(output_dir)])
     assert code == 0
     records = [json.loads(line) for line in (output_dir / "training_log.jsonl").read_text().splitlines()]

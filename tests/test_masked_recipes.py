@@ -12,6 +12,7 @@ import hf_ssl
 from hf_ssl.recipes import BuildContext, ScheduleContext, build_model, get_recipe
 from hf_ssl.recipes.simmim import SimMIMArguments, simmim_learning_rates
 from hf_ssl.transforms.masked import MaskedImageView
+from run_folders import DIGITS_VIT_RUN
 
 MASKED_METHODS = ("beit", "mae", "simmim", "splitmask")
 
@@ -212,7 +213,7 @@ def test_the_published_recipe_still_learns_on_the_bundled_digits(method, tmp_pat
     from hf_ssl.cli import pretrain
 
     steps, output_dir = LEARNING_STEPS[method], tmp_path / method
-    assert pretrain.main(["--method", method, "--max_steps", str(steps), "--save_steps", str(steps), "--logging_steps", "20",
+    assert pretrain.main(["--method", method, *DIGITS_VIT_RUN, "--max_steps", str(steps), "--save_steps", str(steps), "--logging_steps", "20",
                           "--report_to", "none", "--output_dir", str(output_dir)]) == 0
     losses = [json.loads(line)["loss"] for line in (output_dir / "training_log.jsonl").read_text().splitlines()
               if "loss" in json.loads(line)]

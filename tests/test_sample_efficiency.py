@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-PLAN_COLUMNS = {"knn", "linear", "linear-10%", "linear-1%", "linear-1-per-class", "finetune-10%", "finetune-1-per-class"}
+PLAN_COLUMNS = {"knn", "linear", "linear-10%", "linear-1%", "linear-1-per-class", "finetune-10%"}
 
 
 def _run(script: str, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -30,7 +30,7 @@ def test_reduced_studies_write_tables_plots_verdicts_and_every_baseline(tmp_path
         for fraction in ("0.1", "1"):
             assert set(rows[f"{method} @ {fraction}"]) == PLAN_COLUMNS
     assert set(rows["random init"]) == set(rows["raw pixels"]) == PLAN_COLUMNS
-    assert set(rows["supervised"]) == {"finetune-10%", "finetune-1-per-class"}
+    assert set(rows["supervised"]) == {"finetune", "finetune-10%", "finetune-1%", "finetune-1-per-class"}
     assert rows["supervised"]["finetune-10%"] == rows["random init"]["finetune-10%"]  # fine-tuning from random init
     assert all(0 <= value["mean"] <= 1 for columns in rows.values() for value in columns.values())
     assert [line for line in report["verdict"] if line.startswith("splitmask: linear probe")]
