@@ -20,6 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
+from hf_ssl.cli.parsing import CommandParser
 from hf_ssl.eval import BASELINES, evaluate_model
 from hf_ssl.eval.data import DataSelection
 from hf_ssl.eval.protocol import available_protocols, get_protocol, settings_values
@@ -28,8 +29,7 @@ from hf_ssl.eval.runner import check_baselines
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="hf-ssl evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(prog="hf-ssl evaluate", description=__doc__)
     parser.add_argument("--model", required=True, help="run folder, backbone folder or Hub repo id")
     parser.add_argument("--protocol", nargs="+", default=["knn", "linear"], choices=available_protocols(),
                         help="; ".join(f"{name}: {get_protocol(name).description}" for name in available_protocols()))

@@ -14,11 +14,12 @@ import argparse
 import json
 import sys
 
+from hf_ssl.cli.parsing import CommandParser
 from hf_ssl.hub import PushError, push_run_folder
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(prog="hf-ssl push", description=__doc__)
     parser.add_argument("run_dir", help="run folder written by trainers/pretrain.py")
     parser.add_argument("--repo_id", required=True, help="org/name on the Hub")
     parser.add_argument("--private", action="store_true", help="create the repos as private")
