@@ -120,7 +120,7 @@ def test_no_arguments_resolve_to_the_bundled_default_run():
         (["--method", "nope"], 1, "--method 'nope' is not a registered method; available: .*splitmask"),
         (["--model", "vit-huge"], 1, "--model 'vit-huge' is not a preset .*vit-micro"),
         (["--model", "timm/no_such_net"], 1, "timm has no model 'no_such_net'"),
-        (["--model", "/no/such/folder"], 1, "no transformers config could be read"),
+        (["--model", "/no/such/folder"], 1, "--model '/no/such/folder': no such folder$"),
         (["--method", "mae", "--model", "swin-micro"], 1, "--method mae needs a vit backbone"),
         (["--method", "splitmask", "--image_size", "30"], 1, r"--image_size 30: .*patch_size .*image_size \(30\)"),
         (["--method", "mae", "--image_size", "36"], 1, r"--image_size 36: .*image_size \(36\)"),

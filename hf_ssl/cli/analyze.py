@@ -53,6 +53,7 @@ from hf_ssl.analysis.statistics import (
 )
 from hf_ssl.cli.parsing import CommandParser
 from hf_ssl.data.default import DEFAULT_VARIANTS
+from hf_ssl.local_paths import check_local_path
 
 # At most this many images go into the single attention_grid.png (each gets its own folder).
 GRID_IMAGE_LIMIT = 8
@@ -208,6 +209,11 @@ def _write_json(report: dict, path: Path) -> Path:
 
 
 def _check_arguments(arguments) -> None:
+    for flag in ("model", "other_model"):
+        try:
+            check_local_path(getattr(arguments, flag, None) or ".", f"--{flag}")
+        except ValueError as error:
+            raise UsageError(f"analyze {arguments.command}: {error}") from None
     if arguments.num_images < 1:
         raise UsageError(f"analyze {arguments.command}: --num_images must be >= 1, got {arguments.num_images}")
     if arguments.batch_size < 1:
