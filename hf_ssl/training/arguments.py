@@ -317,10 +317,9 @@ def resolve_arguments(arguments: PretrainingArguments) -> PretrainingArguments:
             resolved.model = recipe.default_model
         if resolved.image_size is None:
             resolved.image_size = recipe.image_size_for(resolved.model)
-    if resolved.mixed_precision == "auto":
-        from .runtime import default_mixed_precision, multi_process_cpu_run
+    from .runtime import choose_mixed_precision, multi_process_cpu_run
 
-        resolved.mixed_precision = default_mixed_precision(use_cpu=multi_process_cpu_run())
+    resolved.mixed_precision, _ = choose_mixed_precision(arguments.mixed_precision, use_cpu=multi_process_cpu_run())
     if resolved.report_protocols is None:
         resolved.report_protocols = list(REPORT_PROTOCOLS) if arguments.uses_bundled_dataset or arguments.eval_dataset_name else []
     resolved.report_protocols = [name for name in resolved.report_protocols if name != "none"]

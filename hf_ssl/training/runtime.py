@@ -96,6 +96,50 @@ def default_mixed_precision(use_cpu: bool = False) -> str:
     return "bf16" if cpu_has_native_bf16() else "no"
 
 
+# `accelerate launch` exports the precision it was given (flag or config file) to every process;
+# when neither sets one it exports "no" too (and warns that it did), so "no" may be a default.
+LAUNCHER_PRECISION_VARIABLE = "ACCELERATE_MIXED_PRECISION"
+TRAINABLE_PRECISIONS = ("no", "bf16", "fp16")
+
+
+def launcher_mixed_precision() -> str | None:
+    """The precision `accelerate launch` gave this process, or None outside such a launch."""
+    value = os.environ.get(LAUNCHER_PRECISION_VARIABLE)
+    return value.strip().lower() if value else None
+
+
+def choose_mixed_precision(requested: str, use_cpu: bool = False) -> tuple[str, str]:
+    """What ``--mixed_precision`` becomes, and why (for the run's plan).
+
+    Under ``accelerate launch`` its precision wins over ``auto``. An explicit ``--mixed_precision``
+    (flag, YAML or preset) must agree with a launcher's bf16 / fp16; it wins over the launcher's
+    ``no``, which accelerate also exports when it was given no precision. Without a launcher,
+    ``auto`` is `default_mixed_precision`.
+
+    Raises:
+        ConfigurationError: ``--mixed_precision`` contradicts the launcher's bf16 / fp16, or the
+            launcher asks for a precision hf-ssl does not train in (fp8).
+    """
+    from .arguments import ConfigurationError
+
+    launcher = launcher_mixed_precision()
+    if launcher is not None and launcher not in TRAINABLE_PRECISIONS:
+        raise ConfigurationError(f"accelerate launch --mixed_precision {launcher}: hf-ssl trains in {' / '.join(TRAINABLE_PRECISIONS)}")
+    if requested == "auto":
+        if launcher is not None:
+            return launcher, f"accelerate launch's ({LAUNCHER_PRECISION_VARIABLE}; 'no' when it was given none)"
+        precision = default_mixed_precision(use_cpu=use_cpu)
+        return precision, "auto: " + ("this hardware computes bf16 natively" if precision == "bf16" else "no native bf16 here")
+    if launcher in (None, requested):
+        return requested, "--mixed_precision"
+    if launcher == "no":
+        return requested, "--mixed_precision, over accelerate launch's 'no' (also its value when it was given none)"
+    raise ConfigurationError(
+        f"--mixed_precision {requested} contradicts accelerate launch --mixed_precision {launcher} (flag or config file): "
+        "give the precision in one place, or leave hf-ssl's at auto"
+    )
+
+
 def forget_previous_run_state() -> None:
     """Let a second training run in the same process (a notebook, a test session) pick its own precision.
 
