@@ -75,7 +75,11 @@ class PretrainingArguments:
     model_overrides: str | None = field(
         default=None, metadata={"help": 'JSON dict of model config fields, e.g. \'{"mask_ratio": 0.5}\'.'}
     )
-    image_size: int | None = field(default=None, metadata={"help": "Square input side in pixels (default: the recipe's)."})
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Square input side in pixels (default: the recipe's; on your own data with a backbone preset, "
+                          "the median side of the first images, up to the recipe's)."},
+    )
     image_mean: list[float] | None = field(default=None, metadata={"help": "Per-channel mean (default ImageNet's)."})
     image_std: list[float] | None = field(default=None, metadata={"help": "Per-channel std (default ImageNet's)."})
     # --- data
@@ -98,13 +102,19 @@ class PretrainingArguments:
         default=1000, metadata={"help": "Rows per shuffled block per worker (exactly resumable block shuffle)."}
     )
     dataloader_num_workers: int | None = field(
-        default=None, metadata={"help": "Decoding/augmentation worker processes per process (default 1 for digits, else 4)."}
+        default=None,
+        metadata={"help": "Decoding/augmentation worker processes per process (default: "
+                          f"{BUNDLED_RUN_DEFAULTS['dataloader_num_workers']} on the bundled data, else the process's cores "
+                          f"less one, at most {GENERAL_RUN_DEFAULTS['dataloader_num_workers']})."},
     )
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder."})
     # --- optimisation
     max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps to train for."})
     total_batch_size: int | None = field(
-        default=None, metadata={"help": "Images per optimizer step over all processes and accumulation steps."}
+        default=None,
+        metadata={"help": "Images per optimizer step over all processes and accumulation steps (default: "
+                          f"{BUNDLED_RUN_DEFAULTS['total_batch_size']} on the bundled data, else "
+                          f"{GENERAL_RUN_DEFAULTS['total_batch_size']}, or less for a dataset too small for it)."},
     )
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     learning_rate: float | None = field(
@@ -301,7 +311,11 @@ def resolve_arguments(arguments: PretrainingArguments) -> PretrainingArguments:
     """Fill the None fields from the bundled default run or the general defaults, then the recipe."""
     recipe = get_recipe(arguments.method) if arguments.method in available_methods() else None
     resolved = dataclasses.replace(arguments)
+    from .runtime import choose_mixed_precision, default_dataloader_workers, multi_process_cpu_run
+
     run_defaults = dict(BUNDLED_RUN_DEFAULTS if arguments.uses_bundled_dataset else GENERAL_RUN_DEFAULTS)
+    if not arguments.uses_bundled_dataset:  # the general count, where the machine has the cores for it
+        run_defaults["dataloader_num_workers"] = default_dataloader_workers(most=run_defaults["dataloader_num_workers"])
     if arguments.uses_bundled_dataset:
         variant = bundled_variant(arguments.dataset_name)
         run_defaults["image_size"] = bundled_image_size(variant)
@@ -317,8 +331,6 @@ def resolve_arguments(arguments: PretrainingArguments) -> PretrainingArguments:
             resolved.model = recipe.default_model
         if resolved.image_size is None:
             resolved.image_size = recipe.image_size_for(resolved.model)
-    from .runtime import choose_mixed_precision, multi_process_cpu_run
-
     resolved.mixed_precision, _ = choose_mixed_precision(arguments.mixed_precision, use_cpu=multi_process_cpu_run())
     if resolved.report_protocols is None:
         resolved.report_protocols = list(REPORT_PROTOCOLS) if arguments.uses_bundled_dataset or arguments.eval_dataset_name else []

@@ -29,11 +29,26 @@ def configure_cpu_threads(device: torch.device, processes_per_machine: int, data
     """
     if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
         return None
-    cores = os.cpu_count() or 1
-    processes_per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", processes_per_machine))
-    threads = max(1, cores // max(processes_per_machine, 1) - dataloader_num_workers)
+    threads = max(1, cores_per_process(processes_per_machine) - dataloader_num_workers)
     torch.set_num_threads(threads)
     return threads
+
+
+def cores_per_process(processes_per_machine: int = 1) -> int:
+    """The cores this process may run on (its CPU affinity: a container's or taskset's share, not the
+    machine's count) divided among the processes on this machine (LOCAL_WORLD_SIZE, set by the
+    launchers, else `processes_per_machine`); at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity outside Linux
+        cores = os.cpu_count() or 1
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", processes_per_machine))
+    return max(1, cores // max(processes, 1))
+
+
+def default_dataloader_workers(most: int) -> int:
+    """DataLoader workers per process: its cores less the one the training process computes on, at most `most`."""
+    return max(0, min(most, cores_per_process() - 1))
 
 
 def keep_freed_host_memory(device: torch.device) -> bool:
