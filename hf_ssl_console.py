@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"error: unknown command {command!r}\n{usage()}", file=sys.stderr)
+        print(f"error: unknown command {command!r}; the commands are {', '.join(COMMANDS)} (hf-ssl --help)", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command][0])
     return int(module.main(rest) or 0)

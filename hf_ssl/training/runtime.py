@@ -142,7 +142,7 @@ def choose_mixed_precision(requested: str, use_cpu: bool = False) -> tuple[str, 
         raise ConfigurationError(f"accelerate launch --mixed_precision {launcher}: hf-ssl trains in {' / '.join(TRAINABLE_PRECISIONS)}")
     if requested == "auto":
         if launcher is not None:
-            return launcher, f"accelerate launch's ({LAUNCHER_PRECISION_VARIABLE}; 'no' when it was given none)"
+            return launcher, f"accelerate launch's, via {LAUNCHER_PRECISION_VARIABLE}; 'no' when it was given none"
         precision = default_mixed_precision(use_cpu=use_cpu)
         return precision, "auto: " + ("this hardware computes bf16 natively" if precision == "bf16" else "no native bf16 here")
     if launcher in (None, requested):
