@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    # ----- parse and validate, the run folder included (before any data is read or weight allocated)
+    # ----- parse and validate, the run folder included (before any weight is allocated; of the data,
+    # only the first rows' image headers, where the image size or the batch comes from the data)
     requested, method_arguments = parse_arguments(argv)  # `requested`: None where the user set nothing
     arguments = resolve_arguments(requested)
     refuse_unsupported_launch()
