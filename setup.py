@@ -54,10 +54,12 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=library_packages + ["hf_ssl.modeling", "hf_ssl.model_cards"] + ["hf_ssl." + p for p in method_packages],
+    # The console script's module sits beside the package, so that `hf-ssl --help` does not import it.
+    py_modules=["hf_ssl_console"],
     package_dir=package_dir,
     package_data={"hf_ssl.model_cards": ["*.md"]},
     include_package_data=True,
     install_requires=install_requires,
     extras_require=extras_require,
-    entry_points={"console_scripts": ["hf-ssl=hf_ssl.cli.main:main"]},
+    entry_points={"console_scripts": ["hf-ssl=hf_ssl_console:main"]},
 )

@@ -4,6 +4,7 @@ parquet / webdataset / imagefolder streaming, node splitting, exact resume of th
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 
 import datasets
@@ -198,13 +199,52 @@ def test_epochs_reshuffle_and_every_epoch_is_complete():
     assert orders[0] != orders[1]
 
 
+def _grey_level_and_worker(image: Image.Image) -> dict[str, torch.Tensor]:
+    return {**_grey_level_transform(image), "worker": torch.tensor(os.getpid())}
+
+
+def test_workers_persist_across_epochs_and_each_epoch_reshuffles():
+    """Workers used to start again every epoch: on a small dataset that is every few steps."""
+    dataset = datasets.Dataset.from_dict({"image": _constant_images(32)}, features=datasets.Features({"image": datasets.Image()}))
+    stream = ResumableImageStream(stream_source(dataset, "image", shards_per_process=2), "image", _grey_level_and_worker,
+                                  shuffle_buffer_size=16)
+    batches = TrainingBatches(stream, batch_size=4, num_workers=2)  # 2 workers x 16 rows: 8 batches per epoch
+    epochs = [[next(batches) for _ in range(8)] for _ in range(2)]
+    assert batches.epoch == 1
+    levels = [[int(level) for batch in epoch for level in batch["pixel_values"][:, 0]] for epoch in epochs]
+    assert sorted(levels[0]) == sorted(levels[1]) == list(range(32)) and levels[0] != levels[1]
+    workers = [{int(pid) for batch in epoch for pid in batch["worker"]} for epoch in epochs]
+    assert len(workers[0]) == 2 and workers[0] == workers[1]
+
+
+def test_an_undecodable_sample_is_logged_with_its_file_or_row(caplog):
+    dataset = datasets.Dataset.from_dict(
+        {"image": [{"bytes": b"junk", "path": "holiday/IMG_0042.jpg"}, {"bytes": b"junk", "path": None}]},
+        features=datasets.Features({"image": datasets.Image()}),
+    )
+    stream = ResumableImageStream(stream_source(dataset, "image", shards_per_process=1), "image", _grey_level_transform,
+                                  shuffle_buffer_size=1)
+    with caplog.at_level("WARNING", logger="hf_ssl.data.stream"):
+        assert list(stream) == [{"skipped_samples": 2}]
+    messages = [record.getMessage() for record in caplog.records]
+    assert "its row 0): UnidentifiedImageError: holiday/IMG_0042.jpg: cannot identify image file" in messages[0]
+    assert messages[1].endswith("its row 1): UnidentifiedImageError: cannot identify image file")
+
+
 def test_all_corrupt_data_stops_with_a_clear_error():
     dataset = datasets.Dataset.from_dict(
         {"image": [{"bytes": b"junk", "path": None}] * 8}, features=datasets.Features({"image": datasets.Image()})
     )
     stream = ResumableImageStream(stream_source(dataset, "image"), "image", _grey_level_transform)
-    with pytest.raises(EmptyEpochError, match="produced no batch"):
+    with pytest.raises(EmptyEpochError, match="produced no batch of 2 rows .* 8 undecodable; every row is undecodable"):
         next(TrainingBatches(stream, batch_size=2, num_workers=0))
+
+
+def test_fewer_rows_than_a_batch_names_the_flag_that_fixes_it():
+    dataset = datasets.Dataset.from_dict({"image": _constant_images(5)}, features=datasets.Features({"image": datasets.Image()}))
+    stream = ResumableImageStream(stream_source(dataset, "image"), "image", _grey_level_transform)
+    with pytest.raises(EmptyEpochError, match="5 usable row.* fill no batch .*: lower --total_batch_size"):
+        next(TrainingBatches(stream, batch_size=8, num_workers=0))
 
 
 # ----- exact resume

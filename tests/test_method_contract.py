@@ -10,6 +10,7 @@ card with the method's figures.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -133,6 +134,16 @@ def test_names_follow_one_pattern():
                 assert "For" in model_class.__name__, model_class  # <Backbone>For<Method>
                 output_annotation = str(model_class.forward.__annotations__.get("return", ""))
                 assert output_annotation.endswith("Output"), (model_class, output_annotation)
+
+
+def test_config_docstrings_link_only_to_classes_that_exist():
+    """MAEConfig's docstring named MAEForPreTraining, a class renamed ViTForMAE long before."""
+    import transformers
+
+    for method in METHODS:
+        for config_class, _, _ in get_recipe(method).registrations:
+            for name in re.findall(r"\[`(\w+)`\]", config_class.__doc__ or ""):
+                assert hasattr(hf_ssl, name) or hasattr(transformers, name), (config_class.__name__, name)
 
 
 def _run_without_hf_ssl(script: str, timeout: int = 300) -> subprocess.CompletedProcess:

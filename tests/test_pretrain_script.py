@@ -216,7 +216,8 @@ def test_two_process_accelerate_launch_splits_data_and_keeps_weights_identical(t
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         str(launcher), str(SCRIPT),
-        "--method", "splitmask-eval-views", "--model", "vit-micro", "--image_size", "32", "--max_steps", "10",
+        "--method", "splitmask-eval-views", "--dataset_name", "digits", "--model", "vit-micro", "--image_size", "32",
+        "--max_steps", "10",
         "--total_batch_size", "32", "--logging_steps", "5", "--save_steps", "5", "--dataloader_num_workers", "1",
         "--tokenizer_fit_batches", "2", "--report_to", "none", "--report_protocols", "none", "--output_dir", str(output_dir),
     ]

@@ -120,7 +120,7 @@ def test_no_arguments_resolve_to_the_bundled_default_run():
         (["--method", "nope"], 1, "--method 'nope' is not a registered method; available: .*splitmask"),
         (["--model", "vit-huge"], 1, "--model 'vit-huge' is not a preset .*vit-micro"),
         (["--model", "timm/no_such_net"], 1, "timm has no model 'no_such_net'"),
-        (["--model", "/no/such/folder"], 1, "no transformers config could be read"),
+        (["--model", "/no/such/folder"], 1, "--model '/no/such/folder': no such folder$"),
         (["--method", "mae", "--model", "swin-micro"], 1, "--method mae needs a vit backbone"),
         (["--method", "splitmask", "--image_size", "30"], 1, r"--image_size 30: .*patch_size .*image_size \(30\)"),
         (["--method", "mae", "--image_size", "36"], 1, r"--image_size 36: .*image_size \(36\)"),
@@ -267,6 +267,33 @@ def test_mixed_precision_auto_follows_the_hardware(tmp_path, monkeypatch):
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     assert resolve_arguments(parse_arguments([])[0]).mixed_precision == "no"
     assert resolve_arguments(parse_arguments(["--mixed_precision", "bf16"])[0]).mixed_precision == "bf16"
+
+
+def test_the_launchers_precision_wins_over_auto_and_an_explicit_one_must_agree(monkeypatch):
+    """`accelerate launch --mixed_precision no` trained in bf16 on a bf16 host: hf-ssl's auto overrode it."""
+    from hf_ssl.training import runtime
+
+    monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+
+    def resolved(*flags):
+        return resolve_arguments(parse_arguments(list(flags))[0]).mixed_precision
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert resolved() == "no"
+    assert runtime.choose_mixed_precision("auto")[1].startswith("accelerate launch's")
+    # accelerate exports "no" also when it was given no precision: an explicit hf-ssl value wins, and says so
+    assert resolved("--mixed_precision", "bf16") == "bf16"
+    assert "over accelerate launch's 'no'" in runtime.choose_mixed_precision("bf16")[1]
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    assert resolved() == resolved("--mixed_precision", "fp16") == "fp16"
+    with pytest.raises(ConfigurationError, match="--mixed_precision bf16 contradicts accelerate launch --mixed_precision fp16"):
+        resolved("--mixed_precision", "bf16")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")
+    with pytest.raises(ConfigurationError, match="hf-ssl trains in no / bf16 / fp16"):
+        resolved()
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    assert runtime.choose_mixed_precision("auto") == ("bf16", "auto: this hardware computes bf16 natively")
 
 
 def test_first_rows_of_a_dataset_and_of_a_stream():

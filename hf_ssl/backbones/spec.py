@@ -20,6 +20,8 @@ from typing import Literal
 
 from transformers import AutoConfig, PreTrainedConfig
 
+from hf_ssl.local_paths import check_local_path
+
 from .presets import available_presets, is_preset, preset_config
 
 BackboneSource = Literal["preset", "transformers", "timm"]
@@ -123,6 +125,7 @@ def resolve_backbone(name: str, image_size: int | None = None, from_scratch: boo
         return BackboneSpec(name=name, source="preset", config=preset_config(name, image_size).to_dict())
     if name.startswith(TIMM_PREFIX):
         return _timm_spec(name, name[len(TIMM_PREFIX):], image_size, None, {})
+    check_local_path(name, "--model")
     local = Path(name)
     if not local.exists() and "/" not in name.strip("/"):
         raise ValueError(

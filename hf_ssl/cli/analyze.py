@@ -51,7 +51,10 @@ from hf_ssl.analysis.statistics import (
     cross_model_cka,
     layer_representations,
 )
+from hf_ssl.cli.parsing import CommandParser
 from hf_ssl.data.default import DEFAULT_VARIANTS
+from hf_ssl.local_paths import check_local_path
+
 # At most this many images go into the single attention_grid.png (each gets its own folder).
 GRID_IMAGE_LIMIT = 8
 
@@ -60,14 +63,9 @@ class UsageError(Exception):
     """Bad command-line arguments (reported in one line, exit code 2)."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(f"{self.prog}: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="analyze", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = CommandParser(prog="hf-ssl analyze", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
 
     def add_common(command: argparse.ArgumentParser, default_images: int) -> None:
         command.add_argument("--model", required=True, help="ViT folder, hf-ssl run folder or backbone folder")
@@ -211,6 +209,11 @@ def _write_json(report: dict, path: Path) -> Path:
 
 
 def _check_arguments(arguments) -> None:
+    for flag in ("model", "other_model"):
+        try:
+            check_local_path(getattr(arguments, flag, None) or ".", f"--{flag}")
+        except ValueError as error:
+            raise UsageError(f"analyze {arguments.command}: {error}") from None
     if arguments.num_images < 1:
         raise UsageError(f"analyze {arguments.command}: --num_images must be >= 1, got {arguments.num_images}")
     if arguments.batch_size < 1:
@@ -230,7 +233,7 @@ def main(argv=None) -> int:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except SystemExit as exit_request:  # --help
+    except SystemExit as exit_request:  # --help, or a mistake the parser reported
         return int(exit_request.code or 0)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from transformers.utils import logging as transformers_logging

@@ -20,16 +20,17 @@ import logging
 import sys
 from pathlib import Path
 
+from hf_ssl.cli.parsing import CommandParser
 from hf_ssl.eval import BASELINES, evaluate_model
 from hf_ssl.eval.data import DataSelection
 from hf_ssl.eval.protocol import available_protocols, get_protocol, settings_values
 from hf_ssl.eval.report import format_report
-from hf_ssl.eval.runner import check_baselines
+from hf_ssl.eval.runner import PRETRAINED_PREFIX, check_baselines
+from hf_ssl.local_paths import check_local_path
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="hf-ssl evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(prog="hf-ssl evaluate", description=__doc__)
     parser.add_argument("--model", required=True, help="run folder, backbone folder or Hub repo id")
     parser.add_argument("--protocol", nargs="+", default=["knn", "linear"], choices=available_protocols(),
                         help="; ".join(f"{name}: {get_protocol(name).description}" for name in available_protocols()))
@@ -60,6 +61,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     if "none" in arguments.baselines:
         arguments.baselines = []
     try:
+        check_local_path(arguments.model, "--model")
+        for baseline in arguments.baselines:
+            if baseline.startswith(PRETRAINED_PREFIX):
+                check_local_path(baseline[len(PRETRAINED_PREFIX):], f"--baselines {PRETRAINED_PREFIX}")
         check_baselines(arguments.baselines)
     except ValueError as error:
         parser.error(str(error))

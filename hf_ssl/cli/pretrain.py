@@ -50,6 +50,7 @@ from hf_ssl.training.attention import resolve_attention, use_eager_attention
 from hf_ssl.training.checkpointing import truncate_training_log
 from hf_ssl.training.loop import TRAINING_LOG_NAME
 from hf_ssl.training.outputs import hardware_description, save_run_folder
+from hf_ssl.training.plan import describe_plan
 from hf_ssl.training.runtime import (
     configure_cpu_threads,
     forget_previous_run_state,
@@ -67,6 +68,7 @@ from hf_ssl.training.sharding import (
     use_fsdp_on_cpu,
     whole_model,
 )
+from hf_ssl.training.sizing import size_from_data
 from hf_ssl.transforms import ImageRowTransform, RowsByRole, build_transform
 
 logger = logging.getLogger("hf_ssl.pretrain")
@@ -127,11 +129,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    # ----- parse and validate, the run folder included (before any data is read or weight allocated)
-    arguments, method_arguments = parse_arguments(argv)
-    arguments = resolve_arguments(arguments)
+    # ----- parse and validate, the run folder included (before any weight is allocated; of the data,
+    # only the first rows' image headers, where the image size or the batch comes from the data)
+    requested, method_arguments = parse_arguments(argv)  # `requested`: None where the user set nothing
+    arguments = resolve_arguments(requested)
     refuse_unsupported_launch()
     world_size = PartialState(cpu=multi_process_cpu_run()).num_processes
+    arguments, sized = size_from_data(requested, arguments, method_arguments, world_size)
     backbone = validate_arguments(arguments, method_arguments, world_size=world_size)
     checkpoint = check_run_folder(arguments, world_size, method_arguments)
     recipe = get_recipe(arguments.method)
@@ -154,6 +158,10 @@ def run(argv: list[str] | None = None) -> int:
         keep_freed_host_memory(accelerator.device)
     set_seed(arguments.seed)
     per_device_batch_size = arguments.total_batch_size // (accelerator.num_processes * arguments.gradient_accumulation_steps)
+    attention = resolve_attention(arguments.attention, accelerator.device, accelerator.mixed_precision)
+    if accelerator.is_main_process:
+        print(describe_plan(requested, arguments, sized=sized, views=recipe.describe_views(context), world_size=world_size,
+                            device=hardware_description(accelerator.device), attention=attention, checkpoint=checkpoint))
 
     # ----- data: this process's disjoint part of the stream, decoded and transformed in workers
     columns = context.columns  # {role: dataset column}
@@ -217,7 +225,6 @@ def run(argv: list[str] | None = None) -> int:
         recipe.prepare_model(
             model, (batch["pixel_values"] for batch in itertools.islice(fitting_batches, arguments.tokenizer_fit_batches))
         )
-    attention = resolve_attention(arguments.attention, accelerator.device, accelerator.mixed_precision)
     if attention == "eager" and use_eager_attention(model):
         logger.info("Attention: eager (--attention %s)", arguments.attention)
     # From here on every process draws its own masks and noise.

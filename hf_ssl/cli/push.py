@@ -13,19 +13,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
+from hf_ssl.cli.parsing import CommandParser
 from hf_ssl.hub import PushError, push_run_folder
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(prog="hf-ssl push", description=__doc__)
     parser.add_argument("run_dir", help="run folder written by trainers/pretrain.py")
     parser.add_argument("--repo_id", required=True, help="org/name on the Hub")
     parser.add_argument("--private", action="store_true", help="create the repos as private")
     parser.add_argument("--revision", default=None, help="branch to push to (created when missing)")
     parser.add_argument("--no_backbone", action="store_true", help="do not push backbone/ as <repo_id>-backbone")
     parser.add_argument("--commit_message", default=None)
-    return parser.parse_args(argv)
+    arguments = parser.parse_args(argv)
+    if not Path(arguments.run_dir).is_dir():
+        parser.error(f"{arguments.run_dir}: no such folder")
+    return arguments
 
 
 def main(argv=None) -> int:
@@ -39,6 +44,9 @@ def main(argv=None) -> int:
             push_backbone=not arguments.no_backbone,
             commit_message=arguments.commit_message,
         )
+    except FileNotFoundError as error:  # a folder that holds no run
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except PushError as error:
         print(str(error), file=sys.stderr)
         return 1

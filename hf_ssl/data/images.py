@@ -9,6 +9,7 @@ and skips instead of crashing the run.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -64,36 +65,68 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _cell_path(value: Any) -> str | None:
+    """The file an image cell came from, when it says (imagefolder and parquet cells carry one)."""
+    if isinstance(value, dict) and value.get("path"):
+        return str(value["path"])
+    return value if isinstance(value, str) else None
+
+
+def _open_image(value: Any) -> Image.Image:
+    """Open one image cell lazily (Pillow reads the header; pixels wait for ``load()``)."""
+    if value is None:
+        raise UndecodableImageError("the image cell is empty (None)")
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return Image.open(io.BytesIO(value["bytes"]))
+        if value.get("path"):
+            return Image.open(value["path"])
+        raise UndecodableImageError("the image cell has neither bytes nor path")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return Image.open(io.BytesIO(bytes(value)))
+    if isinstance(value, str):
+        return Image.open(value)
+    if isinstance(value, np.ndarray):
+        return Image.fromarray(value)
+    raise UndecodableImageError(f"cannot decode an image from a {type(value).__name__}")
+
+
+def _read(value: Any, read: Callable[[Image.Image], Any]) -> Any:
+    """``read(_open_image(value))``, any failure an `UndecodableImageError` naming the cell's file."""
+    try:
+        return read(_open_image(value))
+    except UndecodableImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, TypeError) as error:
+        path = _cell_path(value)
+        detail = str(error).split(" <_io.BytesIO")[0]  # from bytes Pillow names a BytesIO object, not the file
+        if path and path not in detail:
+            detail = f"{path}: {detail}"
+        raise UndecodableImageError(f"{type(error).__name__}: {detail}") from error
+
+
+def _decode(image: Image.Image) -> Image.Image:
+    # Pillow decodes lazily: load() forces the full decode so truncated files fail here.
+    image.load()
+    return to_rgb(image)
+
+
 def decode_image(value: Any) -> Image.Image:
     """Decode one image cell (PIL image, ``{"bytes", "path"}`` dict, bytes, path, array) to RGB.
 
     Raises:
-        UndecodableImageError: the cell is empty, truncated or not an image.
+        UndecodableImageError: the cell is empty, truncated or not an image; the message names
+            the cell's file when it has one.
     """
-    try:
-        if value is None:
-            raise UndecodableImageError("the image cell is empty (None)")
-        if isinstance(value, Image.Image):
-            image = value
-        elif isinstance(value, dict):
-            if value.get("bytes"):
-                image = Image.open(io.BytesIO(value["bytes"]))
-            elif value.get("path"):
-                image = Image.open(value["path"])
-            else:
-                raise UndecodableImageError("the image cell has neither bytes nor path")
-        elif isinstance(value, (bytes, bytearray, memoryview)):
-            image = Image.open(io.BytesIO(bytes(value)))
-        elif isinstance(value, str):
-            image = Image.open(value)
-        elif isinstance(value, np.ndarray):
-            image = Image.fromarray(value)
-        else:
-            raise UndecodableImageError(f"cannot decode an image from a {type(value).__name__}")
-        # Pillow decodes lazily: load() forces the full decode so truncated files fail here.
-        image.load()
-        return to_rgb(image)
-    except UndecodableImageError:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, TypeError) as error:
-        raise UndecodableImageError(f"{type(error).__name__}: {error}") from error
+    return _read(value, _decode)
+
+
+def image_dimensions(value: Any) -> tuple[int, int]:
+    """``(width, height)`` of one image cell from its header alone (no pixel decoding).
+
+    Raises:
+        UndecodableImageError: as `decode_image`, for what the header shows.
+    """
+    return _read(value, lambda image: image.size)

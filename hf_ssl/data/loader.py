@@ -54,7 +54,9 @@ class TrainingBatches:
             collate_fn=_as_is,
             pin_memory=torch.cuda.is_available(),
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
-            persistent_workers=False,
+            # Workers live for the whole run instead of starting again every epoch (a small dataset
+            # has an epoch every few steps); the stream's epoch reaches them through shared memory.
+            persistent_workers=num_workers > 0,
             # Its own generator: creating an iterator (at start, per epoch, after a resume) must not
             # draw from the global RNG that drives the model's masks, or a resumed run diverges.
             # Transform randomness is seeded per row by the stream itself.
@@ -74,10 +76,16 @@ class TrainingBatches:
 
     def _end_epoch(self) -> None:
         if self._batches_this_epoch == 0:
+            usable, undecodable = self._unbatched_this_epoch, self._skipped_this_epoch
+            if usable:
+                # Each worker fills its own batches from its own shards.
+                reason = (f"its {usable} usable row(s) fill no batch in any of its {max(self.num_workers, 1)} DataLoader "
+                          "worker(s): lower --total_batch_size (or --dataloader_num_workers)")
+            else:
+                reason = "the dataset is empty" if not undecodable else "every row is undecodable"
             raise EmptyEpochError(
-                f"epoch {self.epoch} produced no batch of {self.batch_size} rows on this process: "
-                f"{self._unbatched_this_epoch} usable row(s), {self._skipped_this_epoch} undecodable; the dataset is "
-                "empty, (nearly) every sample is undecodable, or it holds fewer rows than one batch"
+                f"epoch {self.epoch} produced no batch of {self.batch_size} rows on this process: {usable} usable row(s), "
+                f"{undecodable} undecodable; {reason}"
             )
         self.epoch += 1
         self._iterator = None

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import datasets
 from datasets.distributed import split_dataset_by_node
 
+from hf_ssl.local_paths import check_local_path
+
 from .default import bundled_variant, load_default_dataset
 
 
@@ -49,6 +51,7 @@ def load_image_dataset(
         raise DatasetConfigurationError(
             "--dataset_name is required with --data_files/--data_dir: use 'parquet', 'webdataset' or 'imagefolder'"
         )
+    check_local_path(dataset_name, "--dataset_name", DatasetConfigurationError)
     if isinstance(data_files, (list, tuple)) and len(data_files) == 1:
         data_files = data_files[0]
     try:

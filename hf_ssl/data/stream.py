@@ -97,16 +97,22 @@ class ResumableRowStream(IterableDataset):
         self.seed = seed
         self.shuffle_buffer_size = shuffle_buffer_size
         self.rank = rank
-        self.epoch = 0
+        # In shared memory, so that `set_epoch` in the training process reaches persistent DataLoader
+        # workers, which keep their own copy of this object across epochs (as datasets' own epoch does).
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._resume_state: dict | None = None
         self._state: dict = self._fresh_state()
 
     def _fresh_state(self) -> dict:
         return {"epoch": self.epoch, "block_index": 0, "block_source_state": None, "offset": 0}
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
         """Start epoch `epoch` at the next `iter()`: new shard order and new block permutations."""
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
         self.source.set_epoch(epoch)
 
     def state_dict(self) -> dict:
@@ -167,7 +173,9 @@ class ResumableRowStream(IterableDataset):
                 except UndecodableImageError as error:
                     skipped += 1
                     if logged_corrupt < _MAX_LOGGED_CORRUPT_SAMPLES:
-                        logger.warning("Skipping an undecodable sample (epoch %d): %s", self.epoch, error)
+                        # Where the file is unknown (bytes in a table), the row says where to look.
+                        logger.warning("Skipping an undecodable sample (epoch %d, worker %d, its row %d): %s", self.epoch,
+                                       worker_id, block_index * self.shuffle_buffer_size + int(order[position]), error)
                         logged_corrupt += 1
                     continue
                 yield sample, skipped

@@ -306,6 +306,10 @@ class Recipe(ABC):
 
         return ImageRowTransform(build_transform("light", context.image_size, context.image_mean, context.image_std))
 
+    def describe_views(self, context: BuildContext) -> str:
+        """What the model sees of each image, for the plan a run prints at start."""
+        return f"1 view of {context.image_size} px"
+
     # ----- model ----------------------------------------------------------------------------
 
     @abstractmethod

@@ -243,6 +243,11 @@ class DINORecipe(Recipe):
             )
         )
 
+    def describe_views(self, context: BuildContext) -> str:
+        local_crops = (context.method_arguments or DINOArguments()).local_crops_number
+        local = f" + {local_crops} local crops of {local_crop_size(context)} px" if local_crops else ""
+        return f"2 global crops of {context.image_size} px{local}"
+
     # ----- model
 
     def build_model(self, context: BuildContext) -> BackboneForDINO:

@@ -78,6 +78,9 @@ class JointEmbeddingRecipe(Recipe):
                                crop_scale=crop_scale)
         )
 
+    def describe_views(self, context: BuildContext) -> str:
+        return f"2 views of {context.image_size} px"
+
     def backbone_fields(self, context: BuildContext) -> dict:
         """Config fields that depend on the backbone family (e.g. MoCo v3's ViT and ResNet heads)."""
         return {}

@@ -24,7 +24,8 @@ import torch
 import yaml
 from transformers import HfArgumentParser
 
-from hf_ssl.backbones import BackboneSpec, resolve_backbone
+from hf_ssl.backbones import BackboneSpec, available_presets, resolve_backbone
+from hf_ssl.cli.parsing import OneLineHelpFormatter, flag_names, unrecognized_arguments_message
 from hf_ssl.data.default import bundled_image_size, bundled_variant
 from hf_ssl.recipes import BuildContext, Preset, Recipe, available_methods, get_recipe
 from hf_ssl.training.attention import AttentionChoice
@@ -65,9 +66,8 @@ class PretrainingArguments:
     )
     model: str | None = field(
         default=None,
-        metadata={"help": "Backbone: a preset (vit-micro ... vit-large, swin-micro ... swin-base), a transformers model "
-                          "folder or Hub id (ViT, Swin, ConvNeXt, ResNet, DINOv2, ...) or timm/<name> "
-                          "(default: the recipe's)."},
+        metadata={"help": f"Backbone: a preset ({', '.join(available_presets())}), a transformers model folder or Hub "
+                          "id (ViT, Swin, ConvNeXt, ResNet, DINOv2, ...) or timm/<name> (default: the recipe's)."},
     )
     from_scratch: bool = field(
         default=False, metadata={"help": "With a checkpoint as --model: use its architecture only, not its weights."}
@@ -75,7 +75,11 @@ class PretrainingArguments:
     model_overrides: str | None = field(
         default=None, metadata={"help": 'JSON dict of model config fields, e.g. \'{"mask_ratio": 0.5}\'.'}
     )
-    image_size: int | None = field(default=None, metadata={"help": "Square input side in pixels (default: the recipe's)."})
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Square input side in pixels (default: the recipe's; on your own data with a backbone preset, "
+                          "the median side of the first images, up to the recipe's)."},
+    )
     image_mean: list[float] | None = field(default=None, metadata={"help": "Per-channel mean (default ImageNet's)."})
     image_std: list[float] | None = field(default=None, metadata={"help": "Per-channel std (default ImageNet's)."})
     # --- data
@@ -98,13 +102,19 @@ class PretrainingArguments:
         default=1000, metadata={"help": "Rows per shuffled block per worker (exactly resumable block shuffle)."}
     )
     dataloader_num_workers: int | None = field(
-        default=None, metadata={"help": "Decoding/augmentation worker processes per process (default 1 for digits, else 4)."}
+        default=None,
+        metadata={"help": "Decoding/augmentation worker processes per process (default: "
+                          f"{BUNDLED_RUN_DEFAULTS['dataloader_num_workers']} on the bundled data, else the process's cores "
+                          f"less one, at most {GENERAL_RUN_DEFAULTS['dataloader_num_workers']})."},
     )
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder."})
     # --- optimisation
     max_steps: int | None = field(default=None, metadata={"help": "Optimizer steps to train for."})
     total_batch_size: int | None = field(
-        default=None, metadata={"help": "Images per optimizer step over all processes and accumulation steps."}
+        default=None,
+        metadata={"help": "Images per optimizer step over all processes and accumulation steps (default: "
+                          f"{BUNDLED_RUN_DEFAULTS['total_batch_size']} on the bundled data, else "
+                          f"{GENERAL_RUN_DEFAULTS['total_batch_size']}, or less for a dataset too small for it)."},
     )
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     learning_rate: float | None = field(
@@ -183,14 +193,37 @@ class PretrainingArguments:
         return dataclasses.asdict(self)
 
 
+def preset_names() -> list[str]:
+    """Every ``--recipe`` value: the presets of every registered method."""
+    return sorted(preset.name for method in available_methods() for preset in get_recipe(method).presets)
+
+
 def find_preset(name: str) -> tuple[str, Preset]:
     """``(method, preset)`` of the preset `name` among every registered method's `Recipe.presets`."""
     found = [(method, preset) for method in available_methods() for preset in get_recipe(method).presets
              if preset.name == name]
     if not found:
-        known = sorted(preset.name for method in available_methods() for preset in get_recipe(method).presets)
-        raise ConfigurationError(f"--recipe {name!r} is not a published configuration; available: {', '.join(known)}")
+        raise ConfigurationError(f"--recipe {name!r} is not a published configuration; available: {', '.join(preset_names())}")
     return found[0]
+
+
+class _PretrainingParser(HfArgumentParser):
+    """`HfArgumentParser` whose own mistakes (a value of the wrong type, a missing value) are the run's
+    one-line `ConfigurationError` instead of argparse's usage block."""
+
+    def error(self, message: str):
+        raise ConfigurationError(message)
+
+
+def _unrecognized_flags(unknown: list[str], parser: HfArgumentParser, method: str) -> ConfigurationError:
+    """The error for flags no dataclass of this method has; a flag of another method says which."""
+    message = unrecognized_arguments_message(unknown, flag_names(parser))
+    flag = next((item.split("=", 1)[0] for item in unknown if item.startswith("--")), "")
+    owners = [name for name in available_methods() if get_recipe(name).arguments_class is not None
+              and flag[2:].replace("-", "_") in {item.name for item in dataclasses.fields(get_recipe(name).arguments_class)}]
+    if owners:
+        message += f": it is a flag of --method {' / '.join(owners)}, not of --method {method}"
+    return ConfigurationError(message)
 
 
 def _method_and_config(argv: list[str]) -> tuple[str, dict, str | None, Preset | None]:
@@ -250,7 +283,13 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[PretrainingArguments
         raise ConfigurationError(f"--method {method!r} is not a registered method; available: {', '.join(available_methods())}")
     recipe = get_recipe(method)
     dataclass_types = [PretrainingArguments] + ([recipe.arguments_class] if recipe.arguments_class else [])
-    parser = HfArgumentParser(dataclass_types, description=f"Pre-train with --method {method}: {recipe.description}")
+    parser = _PretrainingParser(dataclass_types, prog="hf-ssl pretrain", formatter_class=OneLineHelpFormatter,
+                                description=f"Pre-train with --method {method}: {recipe.description}")
+    for action in parser._actions:  # list the registered names in --help (the early parse has checked them)
+        if action.dest == "method":
+            action.choices = available_methods()
+        elif action.dest == "recipe":
+            action.choices = preset_names()
     known = {item.name for dataclass_type in dataclass_types for item in dataclasses.fields(dataclass_type)}
     if values:
         unknown = sorted(set(values) - known)
@@ -260,7 +299,9 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[PretrainingArguments
     defaults.update(values)
     if defaults:
         parser.set_defaults(**defaults)
-    parsed = parser.parse_args_into_dataclasses(args=argv)
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        raise _unrecognized_flags(unknown, parser, method)
     if preset is not None:
         _apply_preset_rules(parsed[0], preset, recipe)
     return parsed[0], (parsed[1] if len(parsed) > 1 else None)
@@ -270,7 +311,11 @@ def resolve_arguments(arguments: PretrainingArguments) -> PretrainingArguments:
     """Fill the None fields from the bundled default run or the general defaults, then the recipe."""
     recipe = get_recipe(arguments.method) if arguments.method in available_methods() else None
     resolved = dataclasses.replace(arguments)
+    from .runtime import choose_mixed_precision, default_dataloader_workers, multi_process_cpu_run
+
     run_defaults = dict(BUNDLED_RUN_DEFAULTS if arguments.uses_bundled_dataset else GENERAL_RUN_DEFAULTS)
+    if not arguments.uses_bundled_dataset:  # the general count, where the machine has the cores for it
+        run_defaults["dataloader_num_workers"] = default_dataloader_workers(most=run_defaults["dataloader_num_workers"])
     if arguments.uses_bundled_dataset:
         variant = bundled_variant(arguments.dataset_name)
         run_defaults["image_size"] = bundled_image_size(variant)
@@ -286,10 +331,7 @@ def resolve_arguments(arguments: PretrainingArguments) -> PretrainingArguments:
             resolved.model = recipe.default_model
         if resolved.image_size is None:
             resolved.image_size = recipe.image_size_for(resolved.model)
-    if resolved.mixed_precision == "auto":
-        from .runtime import default_mixed_precision, multi_process_cpu_run
-
-        resolved.mixed_precision = default_mixed_precision(use_cpu=multi_process_cpu_run())
+    resolved.mixed_precision, _ = choose_mixed_precision(arguments.mixed_precision, use_cpu=multi_process_cpu_run())
     if resolved.report_protocols is None:
         resolved.report_protocols = list(REPORT_PROTOCOLS) if arguments.uses_bundled_dataset or arguments.eval_dataset_name else []
     resolved.report_protocols = [name for name in resolved.report_protocols if name != "none"]
@@ -330,7 +372,9 @@ def validate_arguments(arguments: PretrainingArguments, method_arguments=None, w
         raise ConfigurationError(str(error)) from error
     if arguments.push_to_hub and not arguments.hub_model_id:
         raise ConfigurationError("--push_to_hub needs --hub_model_id org/name")
-    if arguments.max_steps is None or arguments.max_steps < 1:
+    if arguments.max_steps is None:
+        raise ConfigurationError("--max_steps N is needed outside the bundled data: how many optimizer steps to train")
+    if arguments.max_steps < 1:
         raise ConfigurationError(f"--max_steps must be >= 1, got {arguments.max_steps}")
     if arguments.max_train_samples is not None and arguments.max_train_samples < 1:
         raise ConfigurationError(f"--max_train_samples must be >= 1, got {arguments.max_train_samples}")

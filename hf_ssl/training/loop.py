@@ -30,6 +30,7 @@ from hf_ssl.recipes.base import Recipe, StepContext
 from hf_ssl.schedules import apply_optimizer_schedules
 
 from .checkpointing import save_checkpoint
+from .plan import StepTimeEstimate
 from .sharding import is_fully_sharded, whole_model
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ def train(
     run_start = time.perf_counter()
     unwrapped = accelerator.unwrap_model(model)
     collapsed = False
+    estimate = StepTimeEstimate(state.step, settings.max_steps)
     model.train()
     while state.step < settings.max_steps:
         values = {name: column[state.step] for name, column in values_per_step.items()}
@@ -157,6 +159,9 @@ def train(
         state.num_images_seen += accelerator.gradient_accumulation_steps * batch_size * accelerator.num_processes
         window.steps += 1
         progress.update(1)
+        message = estimate.after_step(state.step)
+        if message is not None and accelerator.is_main_process:
+            progress.write(message)
 
         if state.step % settings.logging_steps == 0 or state.step == settings.max_steps:
             means = window.means(accelerator)

@@ -29,11 +29,26 @@ def configure_cpu_threads(device: torch.device, processes_per_machine: int, data
     """
     if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
         return None
-    cores = os.cpu_count() or 1
-    processes_per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", processes_per_machine))
-    threads = max(1, cores // max(processes_per_machine, 1) - dataloader_num_workers)
+    threads = max(1, cores_per_process(processes_per_machine) - dataloader_num_workers)
     torch.set_num_threads(threads)
     return threads
+
+
+def cores_per_process(processes_per_machine: int = 1) -> int:
+    """The cores this process may run on (its CPU affinity: a container's or taskset's share, not the
+    machine's count) divided among the processes on this machine (LOCAL_WORLD_SIZE, set by the
+    launchers, else `processes_per_machine`); at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity outside Linux
+        cores = os.cpu_count() or 1
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", processes_per_machine))
+    return max(1, cores // max(processes, 1))
+
+
+def default_dataloader_workers(most: int) -> int:
+    """DataLoader workers per process: its cores less the one the training process computes on, at most `most`."""
+    return max(0, min(most, cores_per_process() - 1))
 
 
 def keep_freed_host_memory(device: torch.device) -> bool:
@@ -94,6 +109,50 @@ def default_mixed_precision(use_cpu: bool = False) -> str:
     if not use_cpu and torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
     return "bf16" if cpu_has_native_bf16() else "no"
+
+
+# `accelerate launch` exports the precision it was given (flag or config file) to every process;
+# when neither sets one it exports "no" too (and warns that it did), so "no" may be a default.
+LAUNCHER_PRECISION_VARIABLE = "ACCELERATE_MIXED_PRECISION"
+TRAINABLE_PRECISIONS = ("no", "bf16", "fp16")
+
+
+def launcher_mixed_precision() -> str | None:
+    """The precision `accelerate launch` gave this process, or None outside such a launch."""
+    value = os.environ.get(LAUNCHER_PRECISION_VARIABLE)
+    return value.strip().lower() if value else None
+
+
+def choose_mixed_precision(requested: str, use_cpu: bool = False) -> tuple[str, str]:
+    """What ``--mixed_precision`` becomes, and why (for the run's plan).
+
+    Under ``accelerate launch`` its precision wins over ``auto``. An explicit ``--mixed_precision``
+    (flag, YAML or preset) must agree with a launcher's bf16 / fp16; it wins over the launcher's
+    ``no``, which accelerate also exports when it was given no precision. Without a launcher,
+    ``auto`` is `default_mixed_precision`.
+
+    Raises:
+        ConfigurationError: ``--mixed_precision`` contradicts the launcher's bf16 / fp16, or the
+            launcher asks for a precision hf-ssl does not train in (fp8).
+    """
+    from .arguments import ConfigurationError
+
+    launcher = launcher_mixed_precision()
+    if launcher is not None and launcher not in TRAINABLE_PRECISIONS:
+        raise ConfigurationError(f"accelerate launch --mixed_precision {launcher}: hf-ssl trains in {' / '.join(TRAINABLE_PRECISIONS)}")
+    if requested == "auto":
+        if launcher is not None:
+            return launcher, f"accelerate launch's, via {LAUNCHER_PRECISION_VARIABLE}; 'no' when it was given none"
+        precision = default_mixed_precision(use_cpu=use_cpu)
+        return precision, "auto: " + ("this hardware computes bf16 natively" if precision == "bf16" else "no native bf16 here")
+    if launcher in (None, requested):
+        return requested, "--mixed_precision"
+    if launcher == "no":
+        return requested, "--mixed_precision, over accelerate launch's 'no' (also its value when it was given none)"
+    raise ConfigurationError(
+        f"--mixed_precision {requested} contradicts accelerate launch --mixed_precision {launcher} (flag or config file): "
+        "give the precision in one place, or leave hf-ssl's at auto"
+    )
 
 
 def forget_previous_run_state() -> None:

@@ -11,7 +11,7 @@ from transformers import ViTConfig, ViTMAEConfig
 
 
 class MAEConfig(ViTMAEConfig):
-    r"""Configuration of [`MAEForPreTraining`]: every field of `ViTMAEConfig`, paper defaults.
+    r"""Configuration of [`ViTForMAE`]: every field of `ViTMAEConfig`, paper defaults.
 
     Args:
         mask_ratio (`float`, defaults to 0.75): fraction of patches the encoder never sees.
