@@ -579,8 +579,9 @@ def test_short_training_on_bundled_captions_classifies_held_out_digits_zero_shot
                           "--output_dir", str(output_dir), "--report_to", "none", "--report_protocols", "none",
                           "--save_steps", "100000"])  # 1 worker: the training process then runs 1 thread, no spin-waits
     assert code == 0
-    trained = evaluate_model(output_dir, protocols=("zero_shot",))["zero_shot"]
+    trained = evaluate_model(output_dir, protocols=("zero_shot",))["zero_shot"]  # on the digits it trained on
     untrained = evaluate_model(output_dir, protocols=("zero_shot",), random_init=True)["zero_shot"]
+    assert trained["dataset"] == untrained["dataset"] == "hf-ssl bundled digits (scikit-learn)"
     print(f"zero-shot accuracy on the held-out digits: trained {trained['accuracy']:.3f}, "
           f"untrained {untrained['accuracy']:.3f}, chance 0.100")
     assert trained["accuracy"] > 0.25  # chance: 0.1 (10 classes); measured 0.345 (untrained 0.078)

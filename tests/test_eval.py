@@ -274,7 +274,7 @@ def test_pretrained_mae_beats_random_init_on_bundled_digits(tmp_path):
     assert sum(losses[-20:]) < sum(losses[:20])
     torch.set_num_threads(threads)
     print(f"training: {time.perf_counter() - started:.1f}s")
-    run_dir = write_run_folder(tmp_path / "mae-micro", model, losses, method="mae")
+    run_dir = write_run_folder(tmp_path / "mae-micro", model, losses, method="mae", dataset_name="digits")
     started = time.perf_counter()
 
     script = Path(__file__).resolve().parents[1] / "trainers" / "evaluate.py"
@@ -346,7 +346,10 @@ def test_every_result_carries_its_three_baselines(tmp_path):
     assert results["knn"]["baselines"]["supervised"] == results["finetune"]["baselines"]["supervised"]
     assert results["finetune"]["baselines"]["raw_pixels"] == results["linear"]["baselines"]["raw_pixels"]
     text = format_report(results)
-    assert "raw pixels" in text and "supervised" in text and "random init" in text
+    header = next(line.split() for line in text.splitlines() if line.strip().startswith("protocol"))
+    assert header == ["protocol", "labels", "pre-trained", "random", "init", "raw", "pixels", "supervised"]  # once each
+    knn_row = next(line for line in text.splitlines() if line.strip().startswith("k-NN"))
+    assert len(knn_row.split()[-4:]) == 4 and f"{results['knn']['baselines']['supervised']:.4f}" == knn_row.split()[-1]
     with pytest.raises(ValueError, match="baselines must be among"):
         evaluate_model(tmp_path, ["knn"], baselines=("imagenet",))
 

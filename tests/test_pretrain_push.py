@@ -9,6 +9,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from hub_server import HubServer
+from run_folders import DIGITS_VIT_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "hf_pretrainpush_0123456789abcdef"
@@ -27,7 +28,8 @@ def test_pretrain_writes_the_card_and_pushes_model_and_backbone(tmp_path):
     with HubServer(expected_token=SECRET, lifetime_s=240) as hub:
         environment = _environment(HF_ENDPOINT=hub.url, HF_TOKEN=SECRET, HF_HOME=str(tmp_path / "hf-home"))
         result = subprocess.run(
-            [sys.executable, str(ROOT / "trainers" / "pretrain.py"), "--max_steps", "6", "--save_steps", "6",
+            [sys.executable, str(ROOT / "trainers" / "pretrain.py"), "--method", "splitmask", *DIGITS_VIT_RUN,
+             "--max_steps", "6", "--save_steps", "6",
              "--report_to", "none", "--output_dir", str(output_dir), "--push_to_hub", "--hub_model_id", "org/digits-splitmask"],
             cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300,
         )

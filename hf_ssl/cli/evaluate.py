@@ -7,7 +7,8 @@
     hf-ssl evaluate --model runs/x --protocol finetune --finetune_preset mae-base --finetune_epochs 20
     hf-ssl evaluate --model runs/dual --protocol zero_shot retrieval --zero_shot_labels zero one two ...
 
-Without --dataset_name the bundled digits are used. Prints one table (each protocol next to its
+Without --dataset_name a run folder is evaluated on the bundled data it was pre-trained on, any
+other model on the bundled digit scenes. Prints one table (each protocol next to its
 baselines) and a verdict; results are merged into <model>/eval_results.json (a local folder) and
 the model card is refreshed; --output_file writes elsewhere.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from hf_ssl.cli.parsing import CommandParser
 from hf_ssl.eval import BASELINES, evaluate_model
-from hf_ssl.eval.data import DataSelection
+from hf_ssl.eval.data import DataSelection, default_dataset_name
 from hf_ssl.eval.protocol import available_protocols, get_protocol, settings_values
 from hf_ssl.eval.report import format_report
 from hf_ssl.eval.runner import PRETRAINED_PREFIX, check_baselines
@@ -34,7 +35,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="run folder, backbone folder or Hub repo id")
     parser.add_argument("--protocol", nargs="+", default=["knn", "linear"], choices=available_protocols(),
                         help="; ".join(f"{name}: {get_protocol(name).description}" for name in available_protocols()))
-    parser.add_argument("--dataset_name", default=None, help="datasets name/path; default: bundled digits")
+    parser.add_argument("--dataset_name", default=None, help="datasets name/path; default: the bundled data the run was trained on, else the digit scenes")
     parser.add_argument("--train_split", default="train")
     parser.add_argument("--test_split", default="test")
     parser.add_argument("--image_column", default="image")
@@ -100,8 +101,8 @@ def run(arguments: argparse.Namespace) -> dict:
     results = evaluate_model(
         arguments.model,
         protocols=arguments.protocol,
-        data=DataSelection(arguments.dataset_name, arguments.train_split, arguments.test_split, arguments.image_column,
-                           arguments.label_column, arguments.max_samples),
+        data=DataSelection(arguments.dataset_name or default_dataset_name(arguments.model), arguments.train_split,
+                           arguments.test_split, arguments.image_column, arguments.label_column, arguments.max_samples),
         label_settings=arguments.label_settings,
         baselines=() if arguments.random_init else tuple(arguments.baselines),
         settings=protocol_settings(arguments),

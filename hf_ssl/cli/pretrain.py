@@ -38,6 +38,7 @@ from hf_ssl.training import (
     build_context,
     build_optimizer,
     check_run_folder,
+    check_output_dir,
     load_checkpoint,
     prepare_output_dir,
     resume_arguments,
@@ -135,6 +136,8 @@ def run(argv: list[str] | None = None) -> int:
     arguments = resolve_arguments(requested)
     refuse_unsupported_launch()
     world_size = PartialState(cpu=multi_process_cpu_run()).num_processes
+    # the folder first: sizing from the data reads its first rows
+    check_output_dir(arguments.output_dir, overwrite=arguments.overwrite_output_dir, resume=arguments.resume_from_checkpoint)
     arguments, sized = size_from_data(requested, arguments, method_arguments, world_size)
     backbone = validate_arguments(arguments, method_arguments, world_size=world_size)
     checkpoint = check_run_folder(arguments, world_size, method_arguments)

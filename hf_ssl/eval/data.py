@@ -3,6 +3,7 @@ and a label column, preprocessed once with the checkpoint's own image processor.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,24 @@ def dataset_label(dataset_name: str | None) -> str:
     return BUNDLED_DATASET_LABELS[variant] if variant is not None else str(dataset_name)
 
 
+def default_dataset_name(model_path: str | os.PathLike) -> str | None:
+    """The labelled data an evaluation reads when none is named: the bundled data a run folder was
+    pre-trained on (its ``training_args.json``), else None (the bundled default, the digit scenes)."""
+    arguments = Path(model_path) / "training_args.json"
+    if not arguments.is_file():
+        return None
+    try:
+        name = json.loads(arguments.read_text()).get("dataset_name")
+    except (ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) and is_bundled_dataset(name) else None
+
+
 def load_labelled_split(
     dataset_name: str | None, split: str, image_column: str = "image", label_column: str = "label",
     max_samples: int | None = None,
 ) -> datasets.Dataset:
-    """One split with `image_column` / `label_column`; the bundled digits when `dataset_name` is None."""
+    """One split with `image_column` / `label_column`; the bundled default when `dataset_name` is None."""
     if is_bundled_dataset(dataset_name):
         from hf_ssl.data import load_default_dataset
 

@@ -51,7 +51,7 @@ def format_report(results: dict[str, dict]) -> str:
     baselines = []
     for result in results.values():
         baselines += [name for name in result.get("baselines", {}) if name not in baselines]
-    order = [name for name in (*BASELINES, *baselines) if name in baselines]
+    order = [*(name for name in BASELINES if name in baselines), *(name for name in baselines if name not in BASELINES)]
     header = ["protocol", "labels", "pre-trained", *(baseline_title(name) for name in order)]
     rows = []
     for key, result in results.items():

@@ -35,7 +35,7 @@ from . import linear_probe as _linear_probe  # noqa: F401
 from . import retrieval as _retrieval  # noqa: F401
 from . import zero_shot as _zero_shot  # noqa: F401
 from .candidates import Candidate
-from .data import DataSelection, LabelledData, image_processor_for
+from .data import DataSelection, LabelledData, default_dataset_name, image_processor_for
 from .features import Pooling, _encoder_of
 from .low_label import low_label_indices, parse_label_setting
 from .protocol import available_protocols, get_protocol
@@ -93,7 +93,8 @@ def evaluate_model(
     Args:
         model_path: a run folder, a backbone folder or a Hub repo id.
         protocols: registered protocol names (`hf_ssl.eval.protocol.available_protocols`).
-        data: the labelled images (default: the bundled digits).
+        data: the labelled images (default: the bundled data a run folder was trained on, else the
+            bundled digit scenes).
         label_settings: labelled part of the training split per evaluation: ``"all"``, ``"10%"``,
             ``"1%"``, ``"1-per-class"``...; results of a low-label setting are stored under
             ``"<protocol>-<setting>"``. Image-text protocols use no labels and run once.
@@ -108,7 +109,7 @@ def evaluate_model(
     Returns:
         ``{"knn": {"accuracy", ..., "dataset", "split", "baselines": {...}}, "linear-10%": {...}, ...}``.
     """
-    data = data or DataSelection()
+    data = data or DataSelection(default_dataset_name(model_path))
     protocols = [get_protocol(name) for name in protocols]
     check_baselines(baselines)
     given = settings or {}
