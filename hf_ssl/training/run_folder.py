@@ -66,7 +66,7 @@ RUN_MARKERS = ("config.json", "model.safetensors", "training_log.jsonl", "traini
 RUN_FOLDER_ENTRIES = (
     "config.json", "model.safetensors", "model.safetensors.index.json", "preprocessor_config.json",
     "training_args.json", "training_log.jsonl", "training_log.jsonl.tmp", "eval_results.json", "README.md",
-    "checkpoints", "logs", "backbone",
+    "checkpoints", "logs", "backbone", "backbone_timm",
 )
 RUN_FOLDER_PATTERNS = ("model-*.safetensors", "*.png", "configuration_*.py", "modeling_*.py", "hf_ssl_*.py")
 _NOT_RECORDED = object()
