@@ -160,3 +160,77 @@ def test_check_run_folder_resolves_verifies_and_compares(tmp_path, caplog):
     changed = _arguments("--output_dir", str(run), "--resume_from_checkpoint", "latest", "--seed", "5")
     with pytest.raises(ConfigurationError, match="--seed: saved 0, given 5"):
         check_run_folder(changed, world_size=1)
+
+
+# ----- one run per folder (run_lock)
+
+HOLD_LOCK = """
+import os, sys, time
+from hf_ssl.training.run_lock import lock_run_folder
+lock = lock_run_folder(sys.argv[1])
+if len(sys.argv) > 2 and os.fork() == 0:  # a forked child (a DataLoader worker) outlives its parent
+    time.sleep(120)
+    os._exit(0)
+print("locked", flush=True)
+if len(sys.argv) > 2:
+    os._exit(0)
+time.sleep(120)
+"""
+
+
+def _hold_lock(folder: Path, *extra: str):
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder), *extra], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "locked"
+    return process
+
+
+def test_a_folder_locked_by_a_live_run_is_refused_naming_its_pid_and_freed_by_kill_9(tmp_path):
+    import signal
+
+    from hf_ssl.training.run_lock import lock_run_folder
+
+    holder = _hold_lock(tmp_path / "run")
+    try:
+        with pytest.raises(ConfigurationError, match=rf"--output_dir {tmp_path / 'run'} is in use by another hf-ssl run "
+                                                     rf"\(PID {holder.pid}\)"):
+            lock_run_folder(tmp_path / "run")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    lock = lock_run_folder(tmp_path / "run")  # no stale lock after kill -9
+    with pytest.raises(ConfigurationError, match="in use by another hf-ssl run"):
+        lock_run_folder(tmp_path / "run")  # another lock, even in the same process
+    lock.release()
+    lock_run_folder(tmp_path / "run").release()
+
+
+def test_a_forked_worker_does_not_keep_its_dead_parents_lock(tmp_path):
+    import os
+    import signal
+
+    import psutil
+
+    from hf_ssl.training.run_lock import lock_run_folder
+
+    parent = _hold_lock(tmp_path / "run", "fork")
+    parent.wait()
+    children = [process for process in psutil.process_iter(["cmdline"]) if process.info["cmdline"]
+                and str(tmp_path / "run") in process.info["cmdline"] and process.pid != parent.pid]
+    try:
+        assert len(children) == 1  # the forked child still runs
+        lock_run_folder(tmp_path / "run").release()
+    finally:
+        for child in children:
+            os.kill(child.pid, signal.SIGKILL)
+        psutil.wait_procs(children, timeout=10)
+
+
+def test_an_unusable_folder_is_named_before_locking(tmp_path):
+    from hf_ssl.training.run_lock import lock_run_folder
+
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ConfigurationError, match="is a file, not a folder"):
+        lock_run_folder(tmp_path / "file")

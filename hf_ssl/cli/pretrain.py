@@ -50,6 +50,7 @@ from hf_ssl.training.attention import resolve_attention, use_eager_attention
 from hf_ssl.training.checkpointing import truncate_training_log
 from hf_ssl.training.loop import TRAINING_LOG_NAME
 from hf_ssl.training.outputs import hardware_description, save_run_folder
+from hf_ssl.training.run_lock import lock_run_folder_for_all_processes
 from hf_ssl.training.runtime import (
     configure_cpu_threads,
     forget_previous_run_state,
@@ -133,6 +134,7 @@ def run(argv: list[str] | None = None) -> int:
     refuse_unsupported_launch()
     world_size = PartialState(cpu=multi_process_cpu_run()).num_processes
     backbone = validate_arguments(arguments, method_arguments, world_size=world_size)
+    run_lock = lock_run_folder_for_all_processes(arguments.output_dir)  # noqa: F841 (held until the run ends)
     checkpoint = check_run_folder(arguments, world_size, method_arguments)
     recipe = get_recipe(arguments.method)
     context = build_context(arguments, method_arguments, recipe, backbone)

@@ -103,6 +103,14 @@ def _check_writable(output_dir: Path) -> None:
         raise ConfigurationError(f"--output_dir {output_dir} is not writable ({error.strerror or error})") from None
 
 
+def check_output_dir_usable(output_dir: str | Path) -> None:
+    """Raise `ConfigurationError` when `output_dir` is a file or cannot be created or written."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigurationError(f"--output_dir {output_dir} is a file, not a folder")
+    _check_writable(output_dir)
+
+
 def _is_inside(path: Path, folder: Path) -> bool:
     try:
         path.resolve().relative_to(folder.resolve())
@@ -124,9 +132,7 @@ def check_output_dir(output_dir: str | Path, overwrite: bool = False, resume: st
             `resume` continues nor `overwrite` allows to replace.
     """
     output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConfigurationError(f"--output_dir {output_dir} is a file, not a folder")
-    _check_writable(output_dir)
+    check_output_dir_usable(output_dir)
     if overwrite and resume == "latest":
         raise ConfigurationError(
             "--overwrite_output_dir removes the previous run, --resume_from_checkpoint latest continues it: choose one"
