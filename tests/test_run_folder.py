@@ -135,10 +135,33 @@ def test_changing_a_must_not_change_argument_is_refused(tmp_path, field):
 
 def test_same_arguments_and_json_formatting_pass():
     saved = resume_arguments(_arguments("--model_overrides", '{"mask_ratio": 0.5}', "--max_steps", "10"), world_size=2)
-    given = resume_arguments(_arguments("--model_overrides", '{ "mask_ratio":0.5 }', "--max_steps", "20"), world_size=2)
-    check_resume_arguments(saved, given)  # max_steps may grow; overrides compare as JSON
+    given = resume_arguments(_arguments("--model_overrides", '{ "mask_ratio":0.5 }', "--max_steps", "10"), world_size=2)
+    check_resume_arguments(saved, given)  # overrides compare as JSON
     with pytest.raises(ConfigurationError, match=r"--world_size: saved 2, given 1"):
         check_resume_arguments(saved, resume_arguments(_arguments("--max_steps", "10", "--model_overrides", '{"mask_ratio": 0.5}'), 1))
+
+
+def test_a_resume_keeps_the_schedule_it_started_with():
+    """A finished 100-step run resumed with --max_steps 150 restarted its cosine at 34x its last
+    learning rate, without warm-up, and its card described a schedule that was not used."""
+    saved = resume_arguments(_arguments("--max_steps", "100"), world_size=1)
+    assert saved["learning_rate"] == 5e-4 and saved["warmup_steps"] > 0  # resolved values, not the None of the flags
+    check_resume_arguments(saved, resume_arguments(_arguments("--max_steps", "100", "--learning_rate", "5e-4"), 1))
+    for flags in (["--max_steps", "150"], ["--max_steps", "50"], ["--max_steps", "100", "--warmup_steps", "20"]):
+        with pytest.raises(ConfigurationError, match=r"(?s)cannot resume: \d argument\(s\) differ.*to train longer, start a "
+                                                     r"new run from this one's encoder: --model <run folder>/backbone"):
+            check_resume_arguments(saved, resume_arguments(_arguments(*flags), 1))
+    recorded_before = {name: value for name, value in saved.items() if name not in ("max_steps", "learning_rate",
+                                                                                    "weight_decay", "warmup_steps")}
+    check_resume_arguments(recorded_before, resume_arguments(_arguments("--max_steps", "150"), 1))  # not recorded: unchecked
+
+
+def test_a_checkpoint_beyond_max_steps_is_refused(tmp_path):
+    run = tmp_path / "run"
+    arguments = _arguments("--output_dir", str(run), "--resume_from_checkpoint", "latest", "--max_steps", "3")
+    _finished_run(run, step=4)  # written without run arguments, as older checkpoints were
+    with pytest.raises(ConfigurationError, match=r"checkpoint-4 is at step 4, beyond --max_steps 3: nothing would be trained"):
+        check_run_folder(arguments, world_size=1)
 
 
 def test_check_run_folder_resolves_verifies_and_compares(tmp_path, caplog):

@@ -16,10 +16,13 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import PreTrainedModel, ViTImageProcessor
 
 from hf_ssl.backbones import is_timm_module
 from hf_ssl.hub.remote_code import add_remote_code
+
+from .disk_space import disk_full_error, is_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +62,28 @@ def save_run_folder(
     """Write config.json + model.safetensors + preprocessor_config.json + training_args.json at
     `output_dir`, the method's modeling code with ``auto_map`` (`hf_ssl.hub.add_remote_code`), the
     encoder as a plain transformers checkpoint under ``backbone/`` and, where timm has an
-    equivalent (ViTs, timm backbones), in timm's format under ``backbone_timm/``."""
+    equivalent (ViTs, timm backbones), in timm's format under ``backbone_timm/``.
+
+    Raises:
+        DiskFullError: the disk filled; the message gives the space the folder needs and what to run.
+    """
     output_dir = Path(output_dir)
+    try:
+        _write_run_folder(model, output_dir, image_processor, training_arguments)
+    except (OSError, SafetensorError) as error:
+        if not is_disk_full(error):
+            raise
+        weight_bytes = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+        raise disk_full_error(
+            output_dir, "the run folder", 3 * weight_bytes,  # the model, the encoder alone and its timm copy
+            "Training finished at its last checkpoint: free space, then run the same command with "
+            "--resume_from_checkpoint latest to write the folder",
+        ) from None
+    return output_dir
+
+
+def _write_run_folder(model: PreTrainedModel, output_dir: Path, image_processor: ViTImageProcessor,
+                      training_arguments: dict) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
     image_processor.save_pretrained(output_dir)
@@ -71,4 +94,3 @@ def save_run_folder(
     if not is_timm_module(model.get_backbone()):  # a timm backbone's export already is timm's format
         _write_timm_copy(model, output_dir / TIMM_BACKBONE_FOLDER, image_processor)
     (output_dir / "training_args.json").write_text(json.dumps(training_arguments, indent=2, default=str) + "\n")
-    return output_dir

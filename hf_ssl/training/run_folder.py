@@ -20,8 +20,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hf_ssl.recipes import available_methods, get_recipe
+
 from .arguments import ConfigurationError
+from .optimizer import resolve_optimization
 from .checkpointing import (
+    TRAINER_STATE_NAME,
     checkpoints_root,
     latest_checkpoint,
     list_checkpoints,
@@ -31,6 +35,13 @@ from .checkpointing import (
 
 logger = logging.getLogger(__name__)
 
+# The arguments every per-step schedule is computed from, with their resolved values. A resume that
+# changed one used to recompute the schedules silently: a finished 100-step run resumed with
+# --max_steps 150 restarted its cosine at 34x its last learning rate without warm-up, and the card
+# described a schedule that never ran; --max_steps below the checkpoint's step trained nothing and
+# labelled the weights with the smaller count. Checkpoints written before they were recorded are
+# not checked on them.
+SCHEDULE_FIELDS = ("max_steps", "learning_rate", "weight_decay", "warmup_steps")
 # Arguments whose change breaks a resumed run: the model and its tokenizer fit (method, model,
 # overrides, image size, seed, fit batches), the data order and position (dataset, columns,
 # workers, processes, shuffle blocks, batch geometry) and the per-sample augmentation seeds.
@@ -59,6 +70,7 @@ RESUME_INVARIANT_FIELDS: tuple[str, ...] = (
     "max_train_samples",
     "preparation_rows",
     "method_arguments",
+    *SCHEDULE_FIELDS,
 )
 # Files and folders that only a run writes: finding one means the folder holds a run.
 RUN_MARKERS = ("config.json", "model.safetensors", "training_log.jsonl", "training_args.json", "eval_results.json", "checkpoints")
@@ -240,6 +252,9 @@ def resume_arguments(
     """
     values = dataclasses.asdict(arguments) if dataclasses.is_dataclass(arguments) else dict(arguments)
     values["world_size"] = world_size
+    if dataclasses.is_dataclass(arguments) and values.get("method") in available_methods() and values.get("max_steps"):
+        # the values the schedules are computed from, whether given as flags or the recipe's defaults
+        values.update(resolve_optimization(arguments, get_recipe(values["method"]).optimizer))
     if method_arguments is not None:
         values["method_arguments"] = dataclasses.asdict(method_arguments)
     return {name: _normalised(values[name]) for name in fields if name in values}
@@ -257,15 +272,22 @@ def check_resume_arguments(saved: Mapping[str, Any], given: Mapping[str, Any], f
             continue
         saved_value = _normalised(saved.get(name, _NOT_RECORDED))
         given_value = _normalised(given[name])
+        if saved_value is _NOT_RECORDED and name in SCHEDULE_FIELDS:
+            continue
         if saved_value is _NOT_RECORDED:
             differences.append(f"  --{name}: saved (not recorded), given {json.dumps(given_value)}")
         elif saved_value != given_value:
             differences.append(f"  --{name}: saved {json.dumps(saved_value)}, given {json.dumps(given_value)}")
+    if any(difference.startswith(f"  --{name}:") for name in SCHEDULE_FIELDS for difference in differences):
+        differences.append(
+            "  (the learning-rate and weight-decay schedules span --max_steps and are fixed when a run starts; to train "
+            "longer, start a new run from this one's encoder: --model <run folder>/backbone)"
+        )
     if differences:
         raise ConfigurationError(
-            f"cannot resume: {len(differences)} argument(s) differ from the checkpoint's run and must not change "
-            "(use the saved values, or start a new run with --overwrite_output_dir or another --output_dir):\n"
-            + "\n".join(differences)
+            f"cannot resume: {sum(line.startswith('  --') for line in differences)} argument(s) differ from the "
+            "checkpoint's run and must not change (use the saved values, or start a new run with "
+            "--overwrite_output_dir or another --output_dir):\n" + "\n".join(differences)
         )
 
 
@@ -283,6 +305,12 @@ def check_run_folder(arguments: Any, world_size: int, method_arguments: Any = No
     resume = arguments.resume_from_checkpoint
     check_output_dir(arguments.output_dir, overwrite=overwrite, resume=resume)
     checkpoint = resolve_resume_checkpoint(arguments.output_dir, resume)
+    step = json.loads((checkpoint / TRAINER_STATE_NAME).read_bytes()).get("step", 0) if checkpoint is not None else 0
+    if step > arguments.max_steps:
+        raise ConfigurationError(
+            f"--resume_from_checkpoint: {checkpoint} is at step {step}, beyond --max_steps {arguments.max_steps}: "
+            f"nothing would be trained, and the weights would be labelled {arguments.max_steps} steps"
+        )
     if checkpoint is not None:
         saved = read_run_arguments(checkpoint)
         if saved is None:
