@@ -8,7 +8,10 @@ Ctrl-C sends SIGINT. Without handling, SIGTERM ended a run at once without a che
 signal only records itself: the loop finishes the current optimizer step, all processes agree on
 it (the signal seen by any process stops every one at the same step, since the checkpoint is
 collective), write a checkpoint and raise `RunInterrupted`. A second signal, or a signal outside
-training (loading data, writing the run folder), raises `RunInterrupted` at once. The CLI prints
+training (loading data, writing the run folder), raises `RunInterrupted` at once. Signals within
+`REPEAT_WINDOW_S` of the first count as that first one: a stop often arrives several times at
+once (Ctrl-C signals the whole process group, launcher included, and torchrun then forwards a
+SIGTERM to its workers; Slurm signals every process of a job step). The CLI prints
 its message in one line and exits with 128 + the signal number (130 for SIGINT, 143 for SIGTERM),
 the code shells give a process a signal ended. DataLoader workers ignore both signals
 (`hf_ssl.data.loader.ignore_stop_signals`): the training process decides when to stop, and shuts
@@ -20,6 +23,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -27,6 +31,7 @@ from tqdm.auto import tqdm
 from .checkpointing import list_checkpoints
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # hf_ssl.data.loader.ignore_stop_signals lists them too
+REPEAT_WINDOW_S = 2.0
 RESUME_HINT = "to resume, run the same command with --resume_from_checkpoint latest"
 
 
@@ -59,6 +64,7 @@ class StopRequests:
         self.output_dir: Path | None = None
         self.announce = True
         self.received: int | None = None  # the deferred signal
+        self.received_at = 0.0  # time.monotonic() when it arrived
         self.deferring = False
         self._previous: dict[int, object] = {}
 
@@ -75,11 +81,14 @@ class StopRequests:
         self._previous.clear()
 
     def _handle(self, number: int, frame) -> None:
-        if self.deferring and self.received is None:
-            self.received = number
+        if self.received is not None and time.monotonic() - self.received_at < REPEAT_WINDOW_S:
+            return  # the same stop, delivered again by another sender
+        deferred = self.deferring and self.received is None
+        self.received, self.received_at = number, time.monotonic()
+        if deferred:
             if self.announce:  # tqdm.write: on a line of its own, under the progress bar
-                tqdm.write(f"{signal_name(number)} received: stopping after this step with a checkpoint "
-                           f"(send it again to stop at once)", file=sys.stderr)
+                tqdm.write(f"{signal_name(number)} received: stopping after this step with a checkpoint (send it "
+                           f"again, {REPEAT_WINDOW_S:g} s or more later, to stop at once)", file=sys.stderr)
             return
         checkpoints = list_checkpoints(self.output_dir) if self.output_dir is not None else []
         kept = f"the newest checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was written yet"
