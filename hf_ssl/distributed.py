@@ -24,6 +24,16 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def largest_over_processes(value: int, device: torch.device | str = "cpu") -> int:
+    """The largest of one integer per process, on every process (all must call it); `value` itself
+    when not distributed. `device` is where the collective runs (the process's GPU under NCCL)."""
+    if not is_distributed():
+        return int(value)
+    tensor = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 def rank_and_world_size() -> tuple[int, int]:
     """``(rank, world_size)`` of this process; ``(0, 1)`` when not distributed."""
     if not is_distributed():

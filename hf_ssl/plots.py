@@ -7,10 +7,26 @@ import os
 from pathlib import Path
 
 
-def read_training_log(path: str | os.PathLike) -> list[dict]:
-    """The JSON objects of a ``training_log.jsonl`` (one per line; blank lines skipped)."""
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+def read_training_log(path: str | os.PathLike, torn_lines: list[int] | None = None) -> list[dict]:
+    """The JSON objects of a ``training_log.jsonl`` (one per line; blank lines skipped).
+
+    A line that does not parse, a record cut off when a run stopped mid-write (killed, or out of
+    disk space), is skipped; its 1-based number is appended to `torn_lines` when given.
+    """
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            elif torn_lines is not None:
+                torn_lines.append(number)
+    return records
 
 
 def save_loss_curve(training_log: str | os.PathLike, path: str | os.PathLike, title: str | None = None) -> Path:

@@ -28,4 +28,8 @@ CHANGED_FLAGS = {
     "from_scratch": ["--from_scratch"],
     "max_train_samples": ["--max_train_samples", "100"],
     "preparation_rows": ["--preparation_rows", "5"],
+    "max_steps": ["--max_steps", "12"],
+    "learning_rate": ["--learning_rate", "0.0123"],
+    "weight_decay": ["--weight_decay", "0.123"],
+    "warmup_steps": ["--warmup_steps", "3"],
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from huggingface_hub import ModelCard, constants
 
-from hf_ssl.hub import write_model_card
+from hf_ssl.hub import add_remote_code, write_model_card
 from run_folders import EVAL_RESULTS, tiny_splitmask_run
 from hub_server import HubServer
 
@@ -13,6 +13,7 @@ from hub_server import HubServer
 @pytest.fixture(scope="module")
 def carded_run(tmp_path_factory):
     run_dir = tiny_splitmask_run(tmp_path_factory.mktemp("cards") / "splitmask-tiny", EVAL_RESULTS)
+    add_remote_code(run_dir)  # as the end of a run does
     write_model_card(run_dir, repo_id="org/splitmask-tiny")
     return run_dir
 
@@ -69,3 +70,20 @@ def test_card_without_evaluation_says_how_to_evaluate(tmp_path):
     assert card.data.eval_results is None
     assert "hf-ssl evaluate --model" in card.text
     assert f'AutoModel.from_pretrained("{run_dir}")' in card.text
+
+
+def test_card_metadata_names_no_local_path(tmp_path):
+    """A card is public: the data folder and the evaluation dataset of a run on local files used to
+    reach the Hub metadata as absolute paths (/home/<user>/...)."""
+    import json
+
+    local_results = {"knn": {**EVAL_RESULTS["knn"], "dataset": str(tmp_path / "labelled-scans")}}
+    run_dir = tiny_splitmask_run(tmp_path / "run", local_results)
+    arguments = json.loads((run_dir / "training_args.json").read_text())
+    for dataset_name in (str(tmp_path / "scans"), "./scans", "parquet", "my-org/scans"):
+        arguments["dataset_name"] = dataset_name
+        (run_dir / "training_args.json").write_text(json.dumps(arguments))
+        card = ModelCard.load(write_model_card(run_dir, make_figures=False))
+        assert card.data.datasets == (["my-org/scans"] if dataset_name == "my-org/scans" else None), dataset_name
+        assert {result.dataset_name for result in card.data.eval_results} == {"labelled-scans"}
+        assert str(tmp_path) not in str(card.data.to_dict()), dataset_name

@@ -106,6 +106,91 @@ def test_decode_image_reads_every_cell_kind_and_rejects_corrupt_ones(tmp_path):
             decode_image(corrupt)
 
 
+def _rotated_jpeg(image: Image.Image, orientation: int) -> bytes:
+    """JPEG bytes of `image` tagged with EXIF `orientation` (6: the viewer turns it 90 degrees clockwise)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95, exif=exif)
+    return buffer.getvalue()
+
+
+def _awkward_images() -> dict[str, tuple[bytes, Image.Image]]:
+    """``{kind: (file bytes, the RGB image every reader must see)}`` for files that decoded
+    differently in training and evaluation: 16-bit grey, transparency, an EXIF-rotated photo."""
+    levels = np.arange(64, dtype=np.uint16).reshape(8, 8) * 4  # 8-bit levels 0..252
+    sixteen_bit = Image.fromarray(levels * 257)  # the same levels at 16 bits (65535 = 255 * 257)
+    assert sixteen_bit.mode == "I;16"
+    transparent = Image.new("RGBA", (8, 8), (10, 20, 30, 255))
+    transparent.paste((0, 0, 0, 0), (0, 0, 4, 8))  # left half fully transparent
+    on_white = Image.new("RGB", (8, 8), (10, 20, 30))
+    on_white.paste((255, 255, 255), (0, 0, 4, 8))
+    photo = Image.new("RGB", (16, 8), (0, 0, 0))
+    photo.paste((255, 255, 255), (8, 0, 16, 8))  # stored landscape, white on the right
+    jpeg = _rotated_jpeg(photo, orientation=6)
+    upright = Image.open(io.BytesIO(jpeg)).convert("RGB").transpose(Image.Transpose.ROTATE_270)  # 8 x 16, as shown
+    return {
+        "16-bit": (_png_bytes(sixteen_bit), Image.fromarray(levels.astype(np.uint8)).convert("RGB")),
+        "transparent": (_png_bytes(transparent), on_white),
+        "exif-rotated": (jpeg, upright),
+    }
+
+
+def test_training_decodes_16_bit_transparent_and_exif_rotated_files_as_they_look():
+    for kind, (data, expected) in _awkward_images().items():
+        decoded = decode_image({"bytes": data, "path": None})
+        assert decoded.mode == "RGB" and decoded.size == expected.size, kind
+        assert np.array_equal(np.asarray(decoded), np.asarray(expected)), kind
+
+
+def test_evaluation_sees_every_image_as_training_does():
+    """kNN scored chance on a 16-bit copy of a set it classified perfectly at 8 bits, because
+    evaluation decoded with ``convert("RGB")`` (16-bit -> white, transparency -> black)."""
+    from hf_ssl.backbones import default_image_processor
+    from hf_ssl.eval.baselines import pixel_matrix
+    from hf_ssl.eval.data import preprocess
+    from hf_ssl.eval.zero_shot import embed_images
+
+    images = _awkward_images()
+    cells = [{"bytes": data, "path": None} for data, _ in images.values()]
+    labelled = datasets.Dataset.from_dict(
+        {"image": cells, "label": list(range(len(cells)))}, features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    )
+    processor = default_image_processor(8)
+    training = processor(images=[decode_image(cell) for cell in cells], return_tensors="pt")["pixel_values"]
+    evaluation, labels = preprocess(labelled, processor)
+    torch.testing.assert_close(evaluation, training)
+    assert labels.tolist() == [0, 1, 2]
+
+    class ImageTower(torch.nn.Module):  # get_image_features returns its input: the pixels zero-shot embeds
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def get_image_features(self, pixel_values):
+            return pixel_values.flatten(1) * self.scale
+
+    embedded = embed_images(ImageTower(), processor, labelled["image"])
+    torch.testing.assert_close(embedded, torch.nn.functional.normalize(training.flatten(1), dim=-1))
+    decoded = labelled.select(range(2))["image"]  # raw-pixel baseline (one size: the rotated photo differs)
+    expected_pixels = np.stack([np.asarray(expected) for _, expected in list(images.values())[:2]]).reshape(2, -1) / 255.0
+    torch.testing.assert_close(pixel_matrix(decoded), torch.from_numpy(expected_pixels.astype(np.float32)))
+
+
+def test_decode_image_refuses_a_decompression_bomb_before_decoding_it(monkeypatch):
+    """A single-colour 12000 x 12000 PNG is small on disk but 144 million pixels decoded."""
+    buffer = io.BytesIO()
+    Image.new("1", (12000, 12000), 1).save(buffer, format="PNG")
+    assert len(buffer.getvalue()) < 1_000_000
+
+    def refuse_to_decode(self):
+        raise AssertionError("the bomb was decoded")
+
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", refuse_to_decode)
+    with pytest.warns(Image.DecompressionBombWarning), pytest.raises(UndecodableImageError, match="12000 x 12000 = 144,000,000 pixels, above the"):
+        decode_image({"bytes": buffer.getvalue(), "path": None})
+
+
 # ----- streaming sources
 
 

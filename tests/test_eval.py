@@ -78,7 +78,7 @@ def test_knn_votes_hand_computed():
     assert knn_classify(TRAIN, TRAIN_LABELS, query, torch.tensor([1]), k=3, temperature=1.0)["accuracy"] == 1.0
     # k=3, T=0.1: the closest neighbour dominates: exp(10) > exp(7.07) + exp(0).
     result = knn_classify(TRAIN, TRAIN_LABELS, query, torch.tensor([1]), k=3, temperature=0.1)
-    assert result == {"accuracy": 0.0, "top5_accuracy": 1.0}
+    assert result == {"accuracy": 0.0}  # 2 classes: no top-5
 
 
 def test_knn_chunks_agree_and_num_classes_pads():
@@ -100,7 +100,7 @@ def test_knn_separable_features_exact_accuracy():
     test_labels = torch.arange(3).repeat_interleave(10)
     train = centres[train_labels] + torch.randn(60, 3, generator=generator) * 0.5
     test = centres[test_labels] + torch.randn(30, 3, generator=generator) * 0.5
-    assert knn_classify(train, train_labels, test, test_labels) == {"accuracy": 1.0, "top5_accuracy": 1.0}
+    assert knn_classify(train, train_labels, test, test_labels) == {"accuracy": 1.0}  # 3 classes: no top-5
     wrong = test_labels.clone()
     wrong[0], wrong[15] = 1, 2
     result = knn_classify(train, train_labels, test, wrong, k=20, temperature=0.07)
@@ -136,6 +136,16 @@ def test_top_k_accuracy_hand_computed():
     assert metric.compute(top_k=2) == {"accuracy": 0.5, "top2_accuracy": 0.5}
 
 
+def test_top_k_accuracy_is_reported_only_with_more_than_k_classes():
+    """With C <= k classes every example is a top-k hit: a 1.00 that says nothing."""
+    labels = torch.tensor([0, 1, 2, 3])
+    four_classes = torch.eye(4).flip(0)  # every top-1 wrong
+    assert classification_metrics(four_classes, labels) == {"accuracy": 0.0}
+    assert classification_metrics(four_classes, labels, top_k=3) == {"accuracy": 0.0, "top3_accuracy": 0.75}
+    six_classes = torch.cat([four_classes, torch.zeros(4, 2)], dim=1)
+    assert classification_metrics(six_classes, labels) == {"accuracy": 0.0, "top5_accuracy": 1.0}
+
+
 # ---------------------------------------------------------------- linear probe, low labels, fine-tuning
 
 from hf_ssl.eval import cached_features, finetune, linear_probe, low_label_indices, parse_label_setting  # noqa: E402
@@ -159,7 +169,7 @@ def separable_features(noise: float = 0.3, seed: int = 0):
 def test_linear_probe_separable_features_exact_accuracy():
     train, train_labels, test, test_labels = separable_features()
     result = linear_probe(train, train_labels, test, test_labels)
-    assert (result["accuracy"], result["top5_accuracy"]) == (1.0, 1.0)
+    assert result["accuracy"] == 1.0 and "top5_accuracy" not in result  # 4 classes: no top-5
     # 5 test labels swapped to the opposite corner: exactly those 5 of 40 are wrong
     wrong = test_labels.clone()
     wrong[:5] = (wrong[:5] + 2) % 4

@@ -18,7 +18,7 @@ from huggingface_hub import constants
 from safetensors.torch import load_file
 
 from hf_ssl.hub import PushError, UnsafeCheckpointError, load_backbone, load_pretrained, push_run_folder
-from hf_ssl.hub.push import NEVER_PUSHED
+from hf_ssl.hub.push import files_to_push
 from hf_ssl.hub.remote_code import remote_code_files
 from hf_ssl.modeling.splitmask import SplitMaskConfig, ViTForSplitMask
 from hub_server import HubServer, OlahMirror, free_port
@@ -79,8 +79,10 @@ def test_load_pretrained_and_backbone_from_a_run_folder(tmp_path):
     model = load_pretrained(run_dir)
     backbone = load_backbone(run_dir)
     assert type(model).__name__ == "ViTForSplitMask" and type(backbone).__name__ == "ViTModel"
-    for name, tensor in backbone.state_dict().items():
-        torch.testing.assert_close(tensor, model.get_backbone().state_dict()[name], rtol=0, atol=0)
+    exported, trained = backbone.state_dict(), model.get_backbone().state_dict()
+    assert set(exported) - set(trained) == {"pooler.dense.weight", "pooler.dense.bias"}  # for AutoModel, untrained
+    for name, tensor in trained.items():
+        torch.testing.assert_close(exported[name], tensor, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- failed uploads
@@ -184,8 +186,34 @@ def test_push_then_download_through_olah(tmp_path, local_hub):
     assert offline == {"class": "hf_ssl.modeling.splitmask.modeling_splitmask.ViTForSplitMask", "same": True}
 
 
-def test_never_pushed_patterns_cover_training_state():
-    assert {"checkpoints/**", "logs/**", "*.bin"} <= set(NEVER_PUSHED)
+def test_only_regular_files_of_a_model_repos_kinds_are_pushed(tmp_path):
+    """`hf-ssl push` uploaded the targets of symbolic links (a link to /etc/passwd, to the user's own
+    Hub token) and pickle files other than *.bin / *.pt / *.pth / *.ckpt."""
+    outside = tmp_path / "outside"
+    (outside / "folder").mkdir(parents=True)
+    (outside / "passwd").write_text("root:x:0:0")
+    (outside / "token").write_text(SECRET)
+    (outside / "folder" / "notes.md").write_text("outside the run")
+    run_dir = tiny_splitmask_run(tmp_path / "run")
+    (run_dir / "passwd.txt").symlink_to(outside / "passwd")
+    (run_dir / "token.json").symlink_to(outside / "token")
+    (run_dir / "linked").symlink_to(outside / "folder", target_is_directory=True)
+    for name in ("features.pkl", "state.pickle", "pytorch_model.bin", "weights.pt", "model.ckpt"):
+        (run_dir / name).write_bytes(b"pickle")
+    os.mkfifo(run_dir / "pipe.json")
+    (run_dir / ".hidden.json").write_text("{}")
+    (run_dir / "eval_cache").mkdir()
+    (run_dir / "eval_cache" / "features.safetensors").write_bytes(b"cache")
+    sent, left_out = files_to_push(run_dir)
+    assert set(sent) == {"config.json", "model.safetensors", "preprocessor_config.json",
+                         "training_args.json", "training_log.jsonl"}
+    assert left_out == sorted([
+        "features.pkl (not a kind of file a model repo holds: .safetensors, .json, .jsonl, .md, .png, .py, .txt, .model, .jinja)",
+        *[f"{name} (not a kind of file a model repo holds: .safetensors, .json, .jsonl, .md, .png, .py, .txt, .model, .jinja)"
+          for name in ("model.ckpt", "pytorch_model.bin", "state.pickle", "weights.pt")],
+        "linked/ (a symbolic link)", "passwd.txt (a symbolic link)", "pipe.json (not a regular file)",
+        "token.json (a symbolic link)",
+    ])
 
 
 @pytest.mark.slow

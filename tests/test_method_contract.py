@@ -174,15 +174,19 @@ def test_exports_load_in_plain_transformers_and_timm_without_hf_ssl(tmp_path):
         torch.save({"pixels": pixels, "reference": reference}, folder / "reference.pt")
         expected[method] = {"timm": str(timm_folder) if timm_folder else None}
     script = f"""
-    import json, torch, timm
+    import json, logging, torch, timm
     from transformers import AutoModel, AutoModelForImageClassification
+    reports = []  # transformers' load reports (weights missing from or unexpected in the checkpoint)
+    logging.getLogger("transformers").addHandler(type("Reports", (logging.Handler,), {{"emit": lambda self, record: reports.append(record.getMessage())}})())
     expected = json.loads({json.dumps(json.dumps(expected))})
     for method, info in expected.items():
         folder = {str(tmp_path)!r} + "/" + method
         data = torch.load(folder + "/reference.pt")
         backbone = AutoModel.from_pretrained(folder + "/backbone").eval()
+        assert not [report for report in reports if "LOAD REPORT" in report], (method, reports)
         classifier = AutoModelForImageClassification.from_pretrained(folder + "/backbone", num_labels=3)
         assert classifier(pixel_values=data["pixels"]).logits.shape == (2, 3), method
+        reports.clear()  # a classifier's load reports its new head (and a ViT's unused pooler)
         if info["timm"]:
             model = timm.create_model("local-dir:" + info["timm"], pretrained=True).eval()
             with torch.no_grad():

@@ -135,10 +135,33 @@ def test_changing_a_must_not_change_argument_is_refused(tmp_path, field):
 
 def test_same_arguments_and_json_formatting_pass():
     saved = resume_arguments(_arguments("--model_overrides", '{"mask_ratio": 0.5}', "--max_steps", "10"), world_size=2)
-    given = resume_arguments(_arguments("--model_overrides", '{ "mask_ratio":0.5 }', "--max_steps", "20"), world_size=2)
-    check_resume_arguments(saved, given)  # max_steps may grow; overrides compare as JSON
+    given = resume_arguments(_arguments("--model_overrides", '{ "mask_ratio":0.5 }', "--max_steps", "10"), world_size=2)
+    check_resume_arguments(saved, given)  # overrides compare as JSON
     with pytest.raises(ConfigurationError, match=r"--world_size: saved 2, given 1"):
         check_resume_arguments(saved, resume_arguments(_arguments("--max_steps", "10", "--model_overrides", '{"mask_ratio": 0.5}'), 1))
+
+
+def test_a_resume_keeps_the_schedule_it_started_with():
+    """A finished 100-step run resumed with --max_steps 150 restarted its cosine at 34x its last
+    learning rate, without warm-up, and its card described a schedule that was not used."""
+    saved = resume_arguments(_arguments("--max_steps", "100"), world_size=1)
+    assert saved["learning_rate"] == 5e-4 and saved["warmup_steps"] > 0  # resolved values, not the None of the flags
+    check_resume_arguments(saved, resume_arguments(_arguments("--max_steps", "100", "--learning_rate", "5e-4"), 1))
+    for flags in (["--max_steps", "150"], ["--max_steps", "50"], ["--max_steps", "100", "--warmup_steps", "20"]):
+        with pytest.raises(ConfigurationError, match=r"(?s)cannot resume: \d argument\(s\) differ.*to train longer, start a "
+                                                     r"new run from this one's encoder: --model <run folder>/backbone"):
+            check_resume_arguments(saved, resume_arguments(_arguments(*flags), 1))
+    recorded_before = {name: value for name, value in saved.items() if name not in ("max_steps", "learning_rate",
+                                                                                    "weight_decay", "warmup_steps")}
+    check_resume_arguments(recorded_before, resume_arguments(_arguments("--max_steps", "150"), 1))  # not recorded: unchecked
+
+
+def test_a_checkpoint_beyond_max_steps_is_refused(tmp_path):
+    run = tmp_path / "run"
+    arguments = _arguments("--output_dir", str(run), "--resume_from_checkpoint", "latest", "--max_steps", "3")
+    _finished_run(run, step=4)  # written without run arguments, as older checkpoints were
+    with pytest.raises(ConfigurationError, match=r"checkpoint-4 is at step 4, beyond --max_steps 3: nothing would be trained"):
+        check_run_folder(arguments, world_size=1)
 
 
 def test_check_run_folder_resolves_verifies_and_compares(tmp_path, caplog):
@@ -160,3 +183,77 @@ def test_check_run_folder_resolves_verifies_and_compares(tmp_path, caplog):
     changed = _arguments("--output_dir", str(run), "--resume_from_checkpoint", "latest", "--seed", "5")
     with pytest.raises(ConfigurationError, match="--seed: saved 0, given 5"):
         check_run_folder(changed, world_size=1)
+
+
+# ----- one run per folder (run_lock)
+
+HOLD_LOCK = """
+import os, sys, time
+from hf_ssl.training.run_lock import lock_run_folder
+lock = lock_run_folder(sys.argv[1])
+if len(sys.argv) > 2 and os.fork() == 0:  # a forked child (a DataLoader worker) outlives its parent
+    time.sleep(120)
+    os._exit(0)
+print("locked", flush=True)
+if len(sys.argv) > 2:
+    os._exit(0)
+time.sleep(120)
+"""
+
+
+def _hold_lock(folder: Path, *extra: str):
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder), *extra], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "locked"
+    return process
+
+
+def test_a_folder_locked_by_a_live_run_is_refused_naming_its_pid_and_freed_by_kill_9(tmp_path):
+    import signal
+
+    from hf_ssl.training.run_lock import lock_run_folder
+
+    holder = _hold_lock(tmp_path / "run")
+    try:
+        with pytest.raises(ConfigurationError, match=rf"--output_dir {tmp_path / 'run'} is in use by another hf-ssl run "
+                                                     rf"\(PID {holder.pid}\)"):
+            lock_run_folder(tmp_path / "run")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    lock = lock_run_folder(tmp_path / "run")  # no stale lock after kill -9
+    with pytest.raises(ConfigurationError, match="in use by another hf-ssl run"):
+        lock_run_folder(tmp_path / "run")  # another lock, even in the same process
+    lock.release()
+    lock_run_folder(tmp_path / "run").release()
+
+
+def test_a_forked_worker_does_not_keep_its_dead_parents_lock(tmp_path):
+    import os
+    import signal
+
+    import psutil
+
+    from hf_ssl.training.run_lock import lock_run_folder
+
+    parent = _hold_lock(tmp_path / "run", "fork")
+    parent.wait()
+    children = [process for process in psutil.process_iter(["cmdline"]) if process.info["cmdline"]
+                and str(tmp_path / "run") in process.info["cmdline"] and process.pid != parent.pid]
+    try:
+        assert len(children) == 1  # the forked child still runs
+        lock_run_folder(tmp_path / "run").release()
+    finally:
+        for child in children:
+            os.kill(child.pid, signal.SIGKILL)
+        psutil.wait_procs(children, timeout=10)
+
+
+def test_an_unusable_folder_is_named_before_locking(tmp_path):
+    from hf_ssl.training.run_lock import lock_run_folder
+
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ConfigurationError, match="is a file, not a folder"):
+        lock_run_folder(tmp_path / "file")

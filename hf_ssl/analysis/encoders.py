@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import nn
+
+from hf_ssl.data.images import UndecodableImageError, decode_image
 
 # Plain ViTs whose token sequence is [prefix tokens] + patches in row-major order. ViTMAE is
 # left out on purpose: its encoder shuffles and drops patches (export the backbone instead). BEiT's
@@ -133,20 +135,19 @@ def load_image_processor(path: str | os.PathLike):
 
 
 def load_images(paths: Sequence[str | os.PathLike]) -> list[Image.Image]:
-    """Open image files as RGB PIL images.
+    """Open image files as RGB PIL images, decoded as training decodes them (`hf_ssl.data.decode_image`).
 
     Raises:
         AnalysisInputError: a file is missing or not an image PIL can read.
     """
     images = []
     for path in paths:
+        if not Path(path).is_file():
+            raise AnalysisInputError(f"image not found: {path}")
         try:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
-        except FileNotFoundError as error:
-            raise AnalysisInputError(f"image not found: {path}") from error
-        except (UnidentifiedImageError, OSError) as error:
-            raise AnalysisInputError(f"cannot read image {path}: {type(error).__name__}") from error
+            images.append(decode_image(str(path)))
+        except UndecodableImageError as error:
+            raise AnalysisInputError(f"cannot read image {path}: {error}") from error
     return images
 
 
@@ -157,7 +158,7 @@ def bundled_images(count: int, variant: str = "digits") -> list[Image.Image]:
     if count < 1:
         raise AnalysisInputError(f"the number of images must be >= 1, got {count}")
     dataset = load_default_dataset("test", variant=variant)
-    return [image.convert("RGB") for image in dataset.select(range(min(count, len(dataset))))["image"]]
+    return [decode_image(image) for image in dataset.select(range(min(count, len(dataset))))["image"]]
 
 
 def preprocess_images(images: Sequence[Image.Image], model: nn.Module, image_processor=None) -> torch.Tensor:

@@ -137,23 +137,30 @@ def timm_vit_model_args(config: ViTConfig) -> dict:
 
 
 def plain_backbone(backbone: nn.Module) -> nn.Module:
-    """`backbone` as the plain transformers class users load.
+    """`backbone` as the plain transformers class users load, holding every weight that class expects.
 
     Masked-image-modeling encoders carry a learned mask token (``embeddings.mask_token``) that no
-    downstream model has: the copy drops it. A Swin built without its pooler gets it back (it has
-    no parameters, and ``pooler_output`` is what feature extraction reads).
+    downstream model has: the copy drops it. Encoders built without their pooler (hf-ssl builds
+    ViTs that way: no objective trains it) get it back as the class initialises it, seeded, so
+    that ``AutoModel.from_pretrained`` finds every weight and prints no load report. Features
+    (``last_hidden_state``, hf-ssl's mean or CLS pooling) do not pass through it; a Swin's pooler
+    has no parameters at all.
     """
     if type(backbone).__module__.startswith("timm."):
         return backbone
     state = backbone.state_dict()
-    swin_without_pooler = type(backbone).__name__ == "SwinModel" and getattr(backbone, "pooler", None) is None
-    if "embeddings.mask_token" not in state and not swin_without_pooler:
+    takes_pooler = "add_pooling_layer" in inspect.signature(type(backbone).__init__).parameters
+    lacks_pooler = takes_pooler and getattr(backbone, "pooler", None) is None
+    if "embeddings.mask_token" not in state and not lacks_pooler:
         return backbone
-    kwargs = {}
-    if "add_pooling_layer" in inspect.signature(type(backbone).__init__).parameters:
-        kwargs["add_pooling_layer"] = swin_without_pooler or getattr(backbone, "pooler", None) is not None
-    copy = type(backbone)(backbone.config, **kwargs)
-    copy.load_state_dict({name: tensor for name, tensor in state.items() if name != "embeddings.mask_token"}, strict=True)
+    with torch.random.fork_rng(devices=[]):  # the same pooler in every export, and the caller's RNG untouched
+        torch.manual_seed(0)
+        copy = type(backbone)(backbone.config, **({"add_pooling_layer": True} if takes_pooler else {}))
+    missing, unexpected = copy.load_state_dict(
+        {name: tensor for name, tensor in state.items() if name != "embeddings.mask_token"}, strict=False
+    )
+    if unexpected or [name for name in missing if not name.startswith("pooler.")]:
+        raise KeyError(f"{type(backbone).__name__} export: weights missing {missing}, unexpected {unexpected}")
     return copy.to(next(backbone.parameters()).device).eval()
 
 

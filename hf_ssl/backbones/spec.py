@@ -14,13 +14,16 @@ Nested form (``BackboneSpec.config``):
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, PreTrainedConfig
 
 from hf_ssl.local_paths import check_local_path
+from hf_ssl.safe_loading import PICKLE_SUFFIXES
 
 from .presets import available_presets, is_preset, preset_config
 
@@ -85,7 +88,8 @@ def _timm_spec(name: str, architecture: str, image_size: int | None, weights: st
         close = timm.list_models(f"*{architecture.split('.')[0][:12]}*")[:8]
         hint = f"; similar names: {', '.join(close)}" if close else ""
         raise ValueError(f"--model {name}: timm has no model {architecture!r}{hint}")
-    model_args = dict(model_args)
+    # timm writes the classifier size into a folder's model_args; hf-ssl always builds without a head.
+    model_args = {key: value for key, value in model_args.items() if key != "num_classes"}
     if image_size is not None and weights is None and _accepts_image_size(architecture):
         model_args.setdefault("img_size", image_size)
     return BackboneSpec(name=name, source="timm", config={"architecture": architecture, "model_args": model_args},
@@ -105,6 +109,38 @@ def _accepts_image_size(architecture: str) -> bool:
     return True
 
 
+def _check_weights(folder: Path) -> None:
+    """Check that a ``--model`` folder's safetensors weights are readable (headers only: nothing is loaded).
+
+    Raises:
+        ValueError: no weights, only pickle weights (never loaded: unpickling can run code), or a
+            safetensors file whose header does not parse; each says what to do instead.
+    """
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"--model {folder}: {index.name} does not parse ({type(error).__name__}: {error})") from None
+    elif (folder / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        scratch = "or pass --from_scratch to train its architecture from random init"
+        pickles = sorted(path.name for path in folder.iterdir() if path.name.endswith(PICKLE_SUFFIXES))
+        if pickles:
+            raise ValueError(
+                f"--model {folder} holds only pickle weights ({', '.join(pickles)}), which hf-ssl never loads because "
+                f"unpickling can run code: save them as model.safetensors (if you trust them), {scratch}"
+            )
+        raise ValueError(f"--model {folder} holds a config.json but no weights (model.safetensors): add them, {scratch}")
+    for name in files:
+        try:
+            with safe_open(str(folder / name), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"--model {folder}: {name} is not a readable safetensors file ({error})") from None
+
+
 def resolve_backbone(name: str, image_size: int | None = None, from_scratch: bool = False) -> BackboneSpec:
     """Resolve ``--model``.
 
@@ -117,7 +153,8 @@ def resolve_backbone(name: str, image_size: int | None = None, from_scratch: boo
         from_scratch: ignore a checkpoint's weights and initialise randomly from its config.
 
     Raises:
-        ValueError: the name is none of the above; the message says what was tried.
+        ValueError: the name is none of the above (the message says what was tried), or a folder
+            whose weights are missing, pickle only or unreadable without `from_scratch`.
     """
     if is_preset(name):
         if image_size is None:
@@ -140,9 +177,9 @@ def resolve_backbone(name: str, image_size: int | None = None, from_scratch: boo
             f"--model {name!r} is not a preset ({', '.join(available_presets())}), not timm/<name>, and no "
             f"transformers config could be read ({where}). Offline, give a local folder with config.json."
         ) from error
-    has_weights = (local / "model.safetensors").is_file() or (local / "model.safetensors.index.json").is_file() \
-        if local.is_dir() else True
-    weights = None if from_scratch or not has_weights else name
+    if local.is_dir() and not from_scratch:
+        _check_weights(local)
+    weights = None if from_scratch else name
     if config_dict.get("model_type") in (None, TIMM_MODEL_TYPE) and "architecture" in config_dict:
         return _timm_spec(name, config_dict["architecture"], image_size, weights, config_dict.get("model_args") or {})
     config = config_from_dict(config_dict)

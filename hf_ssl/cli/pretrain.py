@@ -18,6 +18,7 @@ from pathlib import Path
 import datasets
 from accelerate import Accelerator, PartialState
 from accelerate.utils import ProjectConfiguration, set_seed
+from safetensors import SafetensorError
 
 import hf_ssl  # noqa: F401  (registers models with the Auto classes and methods with the recipe registry)
 from hf_ssl.backbones import default_image_processor, load_pretrained_backbone
@@ -48,10 +49,14 @@ from hf_ssl.training import (
     validate_arguments,
 )
 from hf_ssl.training.attention import resolve_attention, use_eager_attention
+from hf_ssl.training.disk_space import is_disk_full
+from hf_ssl.training.interruption import RunInterrupted, StopRequests
+from hf_ssl.training.optimizer import resolve_optimization
 from hf_ssl.training.checkpointing import truncate_training_log
 from hf_ssl.training.loop import TRAINING_LOG_NAME
 from hf_ssl.training.outputs import hardware_description, save_run_folder
 from hf_ssl.training.plan import describe_plan
+from hf_ssl.training.run_lock import lock_run_folder_for_all_processes
 from hf_ssl.training.runtime import (
     configure_cpu_threads,
     forget_previous_run_state,
@@ -122,13 +127,25 @@ def refuse_unsupported_launch() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_requests = StopRequests().install()
     try:
-        return run(argv)
+        return run(argv, stop_requests)
+    except RunInterrupted as error:  # SIGINT / SIGTERM: one line (from the main process), exit 128 + signal
+        if stop_requests.announce:
+            print(str(error), file=sys.stderr)
+        return error.exit_code
     except (ConfigurationError, DatasetConfigurationError) as error:  # e.g. all data undecodable, a damaged checkpoint
         return fail(str(error))
+    except (OSError, SafetensorError) as error:
+        if not is_disk_full(error):  # the saves name their folder and the space needed; this covers any other write
+            raise
+        return fail(f"no space left on the device ({error}): free space, then run the same command with "
+                    "--resume_from_checkpoint latest")
+    finally:
+        stop_requests.uninstall()
 
 
-def run(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None, stop_requests: StopRequests | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     # ----- parse and validate, the run folder included (before any weight is allocated; of the data,
     # only the first rows' image headers, where the image size or the batch comes from the data)
@@ -138,8 +155,11 @@ def run(argv: list[str] | None = None) -> int:
     world_size = PartialState(cpu=multi_process_cpu_run()).num_processes
     # the folder first: sizing from the data reads its first rows
     check_output_dir(arguments.output_dir, overwrite=arguments.overwrite_output_dir, resume=arguments.resume_from_checkpoint)
+    if stop_requests is not None:
+        stop_requests.output_dir, stop_requests.announce = Path(arguments.output_dir), PartialState().is_main_process
     arguments, sized = size_from_data(requested, arguments, method_arguments, world_size)
     backbone = validate_arguments(arguments, method_arguments, world_size=world_size)
+    run_lock = lock_run_folder_for_all_processes(arguments.output_dir)  # noqa: F841 (held until the run ends)
     checkpoint = check_run_folder(arguments, world_size, method_arguments)
     recipe = get_recipe(arguments.method)
     context = build_context(arguments, method_arguments, recipe, backbone)
@@ -234,13 +254,10 @@ def run(argv: list[str] | None = None) -> int:
     set_seed(arguments.seed, device_specific=True)
 
     # ----- optimizer over the recipe's parameter groups, and its per-step schedules
-    defaults = recipe.optimizer
-    learning_rate = arguments.learning_rate or defaults.scaled_learning_rate(arguments.total_batch_size)
-    weight_decay = defaults.weight_decay if arguments.weight_decay is None else arguments.weight_decay
-    optimizer = build_optimizer(recipe.parameter_groups(model, weight_decay), defaults, learning_rate)
-    warmup_steps = arguments.warmup_steps
-    if warmup_steps is None:
-        warmup_steps = int(round(defaults.warmup_fraction * arguments.max_steps))
+    optimization = resolve_optimization(arguments, recipe.optimizer)
+    learning_rate, weight_decay = optimization["learning_rate"], optimization["weight_decay"]
+    warmup_steps, max_grad_norm = optimization["warmup_steps"], optimization["max_grad_norm"]
+    optimizer = build_optimizer(recipe.parameter_groups(model, weight_decay), recipe.optimizer, learning_rate)
     schedules = recipe.schedules(
         ScheduleContext(
             max_steps=arguments.max_steps,
@@ -253,7 +270,6 @@ def run(argv: list[str] | None = None) -> int:
         )
     )
     check_schedules(schedules, arguments.max_steps, recipe.name)
-    max_grad_norm = defaults.gradient_clip_norm if arguments.max_grad_norm is None else arguments.max_grad_norm
 
     # ----- prepare
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -295,6 +311,7 @@ def run(argv: list[str] | None = None) -> int:
         eval_steps=arguments.eval_steps,
         periodic_evaluation=periodic_evaluation,
         run_arguments=resume_arguments(arguments, accelerator.num_processes, method_arguments=method_arguments),
+        stop_requests=stop_requests,
     )
     state = train(accelerator, model, optimizer, recipe, batches, schedules, settings, state)
 
@@ -335,6 +352,8 @@ def run(argv: list[str] | None = None) -> int:
         try:
             write_model_card(output_dir, repo_id=arguments.hub_model_id)
         except Exception as error:  # the weights are saved; a figure problem must not lose the run
+            if is_disk_full(error):
+                raise
             logger.warning("Model card not written (%s); `hf-ssl push` writes it before uploading", error)
         print(f"Hub-ready folder written to {output_dir.resolve()} (encoder alone: {(output_dir / 'backbone').resolve()})")
         if arguments.push_to_hub:

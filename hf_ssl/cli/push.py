@@ -4,8 +4,8 @@
 
 The token comes from HF_TOKEN or the login cache (`hf auth login`); there is deliberately no
 --token option, so that it never lands in shell history or process lists. HF_ENDPOINT selects
-the server. The folder gets its model card, modeling code and auto_map first; checkpoints/ and
-logs/ are never uploaded.
+the server. The folder gets its model card, modeling code and auto_map first; only its regular
+files of a model repo's kinds are uploaded (never symbolic links, pickles, checkpoints/ or logs/).
 """
 
 from __future__ import annotations

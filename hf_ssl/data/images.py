@@ -3,7 +3,9 @@
 Datasets in the wild mix modes: grey (L), palette (P), alpha (RGBA, LA), print (CMYK) and
 16-bit scans (I;16, I). Every method expects 3-channel 8-bit input, so every image goes
 through `to_rgb`; undecodable samples raise `UndecodableImageError`, which the stream counts
-and skips instead of crashing the run.
+and skips instead of crashing the run. `decode_image` is the one decoder of hf-ssl: training,
+evaluation and the card's figures all read images through it, so an image is seen the same way
+(upright per its EXIF orientation, transparency on white, 16-bit rescaled) wherever it is used.
 """
 
 from __future__ import annotations
@@ -13,11 +15,18 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 
 class UndecodableImageError(ValueError):
-    """A sample whose image is missing, truncated or not an image at all."""
+    """A sample whose image is missing, truncated, not an image at all, or too large to decode."""
+
+
+# Decoded pixels allowed per image, checked from the header before anything is decoded. Pillow
+# only warns below its own hard limit (twice its MAX_IMAGE_PIXELS), so a single-colour PNG of a few
+# hundred KB and 12000 x 12000 pixels would be decoded to gigabytes in every DataLoader worker that
+# meets it. 8000 x 8000 is above the photos vision datasets hold.
+MAX_DECODED_PIXELS = 64_000_000
 
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
@@ -65,6 +74,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _check_pixel_count(image: Image.Image) -> None:
+    width, height = image.size
+    if width * height > MAX_DECODED_PIXELS:
+        raise UndecodableImageError(
+            f"the image is {width} x {height} = {width * height:,} pixels, above the {MAX_DECODED_PIXELS:,}-pixel "
+            "decoding limit (a decompression bomb, or an image to downscale before training)"
+        )
+
+
 def _cell_path(value: Any) -> str | None:
     """The file an image cell came from, when it says (imagefolder and parquet cells carry one)."""
     if isinstance(value, dict) and value.get("path"):
@@ -108,17 +126,23 @@ def _read(value: Any, read: Callable[[Image.Image], Any]) -> Any:
 
 
 def _decode(image: Image.Image) -> Image.Image:
+    _check_pixel_count(image)  # from the header: Pillow has decoded nothing yet
     # Pillow decodes lazily: load() forces the full decode so truncated files fail here.
     image.load()
+    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        image = ImageOps.exif_transpose(image)
     return to_rgb(image)
 
 
 def decode_image(value: Any) -> Image.Image:
-    """Decode one image cell (PIL image, ``{"bytes", "path"}`` dict, bytes, path, array) to RGB.
+    """Decode one image cell (PIL image, ``{"bytes", "path"}`` dict, bytes, path, array) to upright RGB.
+
+    The EXIF orientation is applied (a phone photo tagged "rotate 90" is returned upright, as
+    `datasets` and browsers show it), then `to_rgb`.
 
     Raises:
-        UndecodableImageError: the cell is empty, truncated or not an image; the message names
-            the cell's file when it has one.
+        UndecodableImageError: the cell is empty, truncated, not an image, or has more than
+            `MAX_DECODED_PIXELS` pixels; the message names the cell's file when it has one.
     """
     return _read(value, _decode)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +20,14 @@ warnings.filterwarnings("ignore", message=".*set_vital.*", category=UserWarning)
 
 class EmptyEpochError(DatasetConfigurationError):
     """An epoch produced no batch: the data is empty, entirely undecodable, or smaller than a batch."""
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Worker start-up: SIGINT (Ctrl-C signals the terminal's whole process group) and SIGTERM (Slurm
+    signals every process of a job) leave the worker running; the training process, which stops
+    after a checkpoint (`hf_ssl.training.interruption`), shuts its workers down itself."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
 
 
 def _as_is(item: Any) -> Any:
@@ -52,6 +61,7 @@ class TrainingBatches:
             batch_size=None,
             num_workers=num_workers,
             collate_fn=_as_is,
+            worker_init_fn=ignore_stop_signals,
             pin_memory=torch.cuda.is_available(),
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
             # Workers live for the whole run instead of starting again every epoch (a small dataset

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hf_ssl.data.images import decode_image
+
 from .knn import knn_classify
 
 Images = Sequence[Image.Image] | np.ndarray | torch.Tensor
@@ -24,8 +26,9 @@ def pixel_matrix(images: Images) -> torch.Tensor:
     """Flatten images of one size into rows of float32 pixels in [0, 1].
 
     Args:
-        images: PIL images (converted to RGB), a uint8 array ``(N, H, W)`` or ``(N, H, W, C)``,
-            or a float tensor ``(N, C, H, W)`` / ``(N, H, W)`` used as is.
+        images: PIL images (decoded by `hf_ssl.data.decode_image`, as training decodes them), a
+            uint8 array ``(N, H, W)`` or ``(N, H, W, C)``, or a float tensor ``(N, C, H, W)`` /
+            ``(N, H, W)`` used as is.
 
     Returns:
         ``(N, D)`` float32 with D the number of values per image.
@@ -39,10 +42,11 @@ def pixel_matrix(images: Images) -> torch.Tensor:
     else:
         if len(images) == 0:
             raise ValueError("images is empty")
+        images = [decode_image(image) for image in images]  # as training decodes them
         sizes = {image.size for image in images}
         if len(sizes) != 1:
             raise ValueError(f"images must all have one size, got {sorted(sizes)}")
-        array = np.stack([np.asarray(image.convert("RGB")) for image in images])  # (N, H, W, 3)
+        array = np.stack([np.asarray(image) for image in images])  # (N, H, W, 3)
     if array.ndim < 2:
         raise ValueError(f"images must have a batch dimension and pixels, got shape {array.shape}")
     scale = 255.0 if array.dtype == np.uint8 else 1.0

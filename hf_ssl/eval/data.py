@@ -13,6 +13,7 @@ import torch
 from transformers import AutoImageProcessor
 
 from hf_ssl.data.default import BUNDLED_DATASET_LABELS, bundled_variant
+from hf_ssl.data.images import decode_image
 
 
 def is_bundled_dataset(dataset_name: str | None) -> bool:
@@ -64,10 +65,11 @@ def load_labelled_split(
 
 def preprocess(dataset: datasets.Dataset, image_processor, image_column: str = "image",
                label_column: str = "label", batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(pixel_values (N, C, H, W), labels (N,))`` with the checkpoint's image processor."""
+    """``(pixel_values (N, C, H, W), labels (N,))`` with the checkpoint's image processor, the
+    images decoded as training decodes them (`hf_ssl.data.decode_image`)."""
     pixels = []
     for start in range(0, len(dataset), batch_size):
-        images = [image.convert("RGB") for image in dataset[start : start + batch_size][image_column]]
+        images = [decode_image(image) for image in dataset[start : start + batch_size][image_column]]
         pixels.append(image_processor(images=images, return_tensors="pt")["pixel_values"])
     return torch.cat(pixels), torch.as_tensor(dataset[label_column], dtype=torch.long)
 

@@ -92,7 +92,7 @@ def knn_classify(
 
     Returns:
         ``{"accuracy": float, "top5_accuracy": float}`` (top-5 counts a hit if the true class
-        is among the 5 best-voted classes; equals 1.0 when C <= 5).
+        is among the 5 best-voted classes; only reported when C > 5, see `classification_metrics`).
     """
     train_labels = torch.as_tensor(train_labels, dtype=torch.long)
     test_labels = torch.as_tensor(test_labels, dtype=torch.long)

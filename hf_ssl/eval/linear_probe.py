@@ -144,7 +144,7 @@ def linear_probe(
         seed: seed of the validation split.
 
     Returns:
-        ``{"accuracy", "top5_accuracy", "inverse_regularisation" (the C used), "validated" (bool),
+        ``{"accuracy", "top5_accuracy" (more than 5 classes), "inverse_regularisation" (the C used), "validated" (bool),
         "validation_accuracy" (at that C, when validated), "train_accuracy"}``.
     """
     train_labels = torch.as_tensor(train_labels, dtype=torch.long)

@@ -46,7 +46,8 @@ Args:
     references: per-example true class index, shape (M,).
     top_k: k of the top-k accuracy (default 5).
 Returns:
-    accuracy: top-1 accuracy in [0, 1]; top{k}_accuracy: top-k accuracy in [0, 1].
+    accuracy: top-1 accuracy in [0, 1]; top{k}_accuracy: top-k accuracy in [0, 1], only when
+    there are more than k classes (with C <= k every prediction is a top-k hit: 1.0 says nothing).
 """
 
 
@@ -73,12 +74,14 @@ class TopKAccuracy(evaluate.Metric):
         # Stable sort so that ties resolve to the lower class index, as torch.argmax does.
         ranking = np.argsort(-scores, axis=1, kind="stable")  # (M, C)
         top1 = ranking[:, 0] == labels
-        topk = (ranking[:, :top_k] == labels[:, None]).any(axis=1)
-        return {"accuracy": float(top1.mean()), f"top{top_k}_accuracy": float(topk.mean())}
+        metrics = {"accuracy": float(top1.mean())}
+        if scores.shape[1] > top_k:
+            metrics[f"top{top_k}_accuracy"] = float((ranking[:, :top_k] == labels[:, None]).any(axis=1).mean())
+        return metrics
 
 
 def classification_metrics(scores: torch.Tensor, labels: torch.Tensor, top_k: int = 5) -> dict[str, float]:
-    """Accuracy and top-k accuracy of class scores (M, C) against labels (M,), via `TopKAccuracy`."""
+    """Accuracy, and top-k accuracy when C > k, of class scores (M, C) against labels (M,), via `TopKAccuracy`."""
     metric = TopKAccuracy(keep_in_memory=True)
     return metric.compute(
         predictions=torch.as_tensor(scores).float().cpu().numpy(),

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
+from hf_ssl.data.images import decode_image
+
 
 from .data import DataSelection, image_processor_for, load_labelled_split
 from .metrics import classification_metrics
@@ -56,7 +58,7 @@ def embed_images(model, image_processor, images, batch_size: int = 256) -> torch
     device = next(model.parameters()).device
     embeddings = []
     for start in range(0, len(images), batch_size):
-        batch = [image.convert("RGB") for image in images[start : start + batch_size]]
+        batch = [decode_image(image) for image in images[start : start + batch_size]]
         pixel_values = image_processor(images=batch, return_tensors="pt")["pixel_values"].to(device)
         embeddings.append(F.normalize(_projected(model.get_image_features(pixel_values=pixel_values)).float(), dim=-1).cpu())
     return torch.cat(embeddings)

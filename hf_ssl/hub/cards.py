@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -86,19 +87,38 @@ def describe_backbone(config: dict) -> tuple[str, str]:
     )
 
 
+# A Hub dataset id: "name" or "org/name".
+HUB_DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+# `datasets`' packaged builders: `--dataset_name parquet` reads local --data_files; it names no dataset.
+PACKAGED_BUILDERS = ("arrow", "audiofolder", "csv", "imagefolder", "json", "pandas", "parquet", "text", "webdataset")
+
+
+def _is_local_path(name: str) -> bool:
+    return os.path.isabs(name) or name.startswith(("./", "../", "~")) or Path(name).exists()
+
+
+def public_dataset_name(name) -> str:
+    """How a card names a dataset: a local path only by its last component, since a card is public and
+    the path only says where the files lay on one machine (``/home/me/data/scans`` -> ``scans``)."""
+    name = str(name)
+    return (Path(os.path.expanduser(name)).name or name) if _is_local_path(name) else name
+
+
 def _dataset_description(dataset_name: str | None) -> str:
     from hf_ssl.eval.data import dataset_label, is_bundled_dataset
 
-    return dataset_label(dataset_name) if is_bundled_dataset(dataset_name) else f"`{dataset_name}`"
+    return dataset_label(dataset_name) if is_bundled_dataset(dataset_name) else f"`{public_dataset_name(dataset_name)}`"
 
 
 def _hub_dataset_ids(dataset_name: str | None) -> list[str] | None:
-    """Dataset ids for the card's ``datasets`` metadata: Hub ids only (not local paths or bundled data)."""
+    """Dataset ids for the card's ``datasets`` metadata: Hub ids only (not local paths, packaged
+    builders or bundled data)."""
     from hf_ssl.eval.data import is_bundled_dataset
 
-    if is_bundled_dataset(dataset_name) or Path(str(dataset_name)).exists():
+    name = str(dataset_name)
+    if is_bundled_dataset(dataset_name) or _is_local_path(name) or name in PACKAGED_BUILDERS or not HUB_DATASET_ID.match(name):
         return None
-    return [str(dataset_name)]
+    return [name]
 
 
 def _dataset_type(dataset: str) -> str:
@@ -127,7 +147,7 @@ def eval_results_for_card(eval_results: dict, model_name: str) -> list[EvalResul
         label_setting = result.get("label_setting", "all")
         labels = "" if label_setting in ("all", "none") else f", {label_setting} labels"  # none: zero-shot
         task_name = f"{protocol_title(protocol)}{labels}"
-        dataset = str(result.get("dataset", "unknown"))
+        dataset = public_dataset_name(result.get("dataset", "unknown"))
         # Classification results carry accuracy / top5_accuracy; other protocols (retrieval) name
         # their metrics "<name>@<k>" and their task in "task_type".
         metrics = [(key, "accuracy" if key == "accuracy" else "top-5-accuracy", name) for key, name in
@@ -174,7 +194,7 @@ def _eval_rows(eval_results: dict) -> list[dict]:
             {
                 "protocol": protocol_title(protocol),
                 "labels": result.get("label_setting", "all"),
-                "dataset": result.get("dataset", "unknown"),
+                "dataset": public_dataset_name(result.get("dataset", "unknown")),
                 "split": result.get("split", "test"),
                 "accuracy": f"{100 * result['accuracy']:.2f}",
                 "top5": "-" if top5 is None else f"{100 * top5:.2f}",
@@ -348,6 +368,7 @@ def build_model_card(
         pooling_note=f"{'/'.join(sorted(pooling))}-pooled encoder features",
         load_path=load_path,
         backbone_load_path=backbone_load_path,
+        remote_code=bool(config.get("auto_map")),  # written with the run folder (`add_remote_code`)
     )
     return ModelCard.from_template(card_data, template_path=str(template_path("pretrained.md")), **context)
 

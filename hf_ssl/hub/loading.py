@@ -59,6 +59,17 @@ def load_pretrained(
     )
 
 
+def _has_pooler_weights(folder: Path) -> bool:
+    """True when a local checkpoint's safetensors hold ``pooler.*`` weights (names read from the headers)."""
+    from safetensors import safe_open
+
+    names = []
+    for path in folder.glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as weights:
+            names += list(weights.keys())
+    return any(name.startswith("pooler.") for name in names)
+
+
 def load_backbone(path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | bool | None = None) -> nn.Module:
     """The plain encoder (ViTModel / SwinModel) of a run folder, a pushed repo or a backbone folder.
 
@@ -72,7 +83,8 @@ def load_backbone(path_or_repo_id: str | os.PathLike, revision: str | None = Non
     extra = {}
     config_file = local / "config.json"
     if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "vit":
-        extra["add_pooling_layer"] = False  # exported encoders have no (unused) tanh pooler
+        # hf-ssl exports ViTs with their (untrained) pooler; folders exported before that have none
+        extra["add_pooling_layer"] = _has_pooler_weights(local)
     model = load_pretrained(path_or_repo_id, revision=revision, token=token, **extra)
     get_backbone = getattr(model, "get_backbone", None)
     return get_backbone() if callable(get_backbone) else model

@@ -2,8 +2,11 @@
 
 `push_run_folder(run_dir, repo_id)` makes the folder Hub-ready (model card, modeling code and
 ``auto_map`` for ``trust_remote_code``), then uploads it with `HfApi.create_repo` /
-`HfApi.upload_folder`; ``run_dir/backbone`` goes to ``<repo_id>-backbone``. Training state
-(checkpoints/, logs/) and feature caches are never uploaded.
+`HfApi.create_commit`; ``run_dir/backbone`` goes to ``<repo_id>-backbone``. What is uploaded is
+an allow-list (`files_to_push`): regular files inside the folder whose kind a model repo holds.
+Symbolic links are never followed (a link to /etc/passwd or to the user's Hub token would upload
+its target), pickle files never sent, training state (checkpoints/, logs/) and feature caches
+never uploaded.
 
 Tokens: the `token` argument, else ``HF_TOKEN`` or the login cache, resolved by huggingface_hub.
 No token is ever written to a file or a log by hf-ssl. A failed upload leaves the local folder as
@@ -12,9 +15,11 @@ it was and raises `PushError` with the command that retries it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
+import stat
 from pathlib import Path
 
 from .cards import write_model_card
@@ -23,7 +28,11 @@ from .remote_code import add_remote_code
 
 logger = logging.getLogger(__name__)
 
-NEVER_PUSHED = ["checkpoints/**", "logs/**", "eval_cache/**", "backbone/**", "*.bin", "*.pt", "*.pth", "*.ckpt", ".*"]
+# The kinds of file a run folder holds for the Hub: weights, configs, logs, card, figures, remote
+# code and tokenizer files (vocab.txt, merges.txt, spiece.model, chat templates).
+PUSHED_SUFFIXES = (".safetensors", ".json", ".jsonl", ".md", ".png", ".py", ".txt", ".model", ".jinja")
+# Training state, tracker logs and feature caches; backbone/ is pushed on its own, to <repo_id>-backbone.
+NEVER_PUSHED_FOLDERS = ("checkpoints", "logs", "eval_cache", "backbone")
 
 
 class PushError(RuntimeError):
@@ -41,19 +50,63 @@ def _retry_command(run_dir: Path, repo_id: str, private: bool, revision: str | N
     return shlex.join(command)
 
 
+def files_to_push(folder: str | os.PathLike, skipped_folders: tuple[str, ...] = NEVER_PUSHED_FOLDERS) -> tuple[list[str], list[str]]:
+    """What an upload of `folder` sends: ``(relative paths, ["<path> (<why not>)" for the rest])``.
+
+    A file is sent when it is a regular file (not a symbolic link, device or pipe) reached without
+    following any link, outside `skipped_folders` (top level) and hidden entries, with one of
+    `PUSHED_SUFFIXES`; anything else (pickle files among them) is left out.
+    """
+    folder = Path(folder)
+    sent, left_out = [], []
+    for root, directories, names in os.walk(folder):  # followlinks=False: a linked folder is never entered
+        relative_root = Path(root).relative_to(folder)
+        for directory in list(directories):
+            if directory.startswith(".") or (relative_root == Path(".") and directory in skipped_folders):
+                directories.remove(directory)
+            elif os.path.islink(Path(root, directory)):
+                directories.remove(directory)
+                left_out.append(f"{(relative_root / directory).as_posix()}/ (a symbolic link)")
+        for name in sorted(names):
+            relative = (relative_root / name).as_posix()
+            mode = os.lstat(Path(root, name)).st_mode
+            if name.startswith("."):
+                continue
+            if stat.S_ISLNK(mode):
+                left_out.append(f"{relative} (a symbolic link)")
+            elif not stat.S_ISREG(mode):
+                left_out.append(f"{relative} (not a regular file)")
+            elif not name.endswith(PUSHED_SUFFIXES):
+                left_out.append(f"{relative} (not a kind of file a model repo holds: {', '.join(PUSHED_SUFFIXES)})")
+            else:
+                sent.append(relative)
+    return sorted(sent), sorted(left_out)
+
+
+def _open_regular_file(path: Path):
+    """`path` opened for reading, refusing a symbolic link swapped in since it was listed."""
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise OSError(f"{path} is no longer a regular file")
+    return os.fdopen(descriptor, "rb")
+
+
 def _upload(api, folder: Path, repo_id: str, private: bool, revision: str | None, token, commit_message: str,
-            ignore_patterns: list[str]) -> str:
+            skipped_folders: tuple[str, ...]) -> str:
+    from huggingface_hub import CommitOperationAdd
+
+    sent, left_out = files_to_push(folder, skipped_folders)
+    if left_out:
+        logger.warning("Not uploaded from %s: %s", folder, "; ".join(left_out))
     api.create_repo(repo_id, private=private, exist_ok=True, token=token)
     if revision is not None and revision != "main":
         api.create_branch(repo_id, branch=revision, exist_ok=True, token=token)
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        revision=revision,
-        commit_message=commit_message,
-        ignore_patterns=ignore_patterns,
-        token=token,
-    )
+    with contextlib.ExitStack() as files:
+        operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=files.enter_context(_open_regular_file(folder / path)))
+                      for path in sent]
+        commit = api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message,
+                                   revision=revision, token=token)
     return commit.oid
 
 
@@ -105,7 +158,7 @@ def push_run_folder(
     pushing_backbone = push_backbone and (backbone_dir / "config.json").is_file()
     result: dict = {"repo_id": repo_id, "repo_url": f"{api.endpoint}/{repo_id}"}
     try:
-        result["commit"] = _upload(api, run_dir, repo_id, private, revision, token, message, NEVER_PUSHED)
+        result["commit"] = _upload(api, run_dir, repo_id, private, revision, token, message, NEVER_PUSHED_FOLDERS)
         if pushing_backbone:
             backbone_repo_id = f"{repo_id}-backbone"
             check_safetensors_only(list_checkpoint_files(backbone_dir), str(backbone_dir))
@@ -113,7 +166,7 @@ def push_run_folder(
             result["backbone_repo_url"] = f"{api.endpoint}/{backbone_repo_id}"
             result["backbone_commit"] = _upload(
                 api, backbone_dir, backbone_repo_id, private, revision, token, message + " (encoder)",
-                [pattern for pattern in NEVER_PUSHED if pattern != "backbone/**"],
+                tuple(name for name in NEVER_PUSHED_FOLDERS if name != "backbone"),
             )
     except Exception as error:  # network, HTTP and credential errors all end here
         retry = _retry_command(run_dir, repo_id, private, revision, push_backbone)

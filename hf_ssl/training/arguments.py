@@ -411,7 +411,7 @@ def validate_arguments(arguments: PretrainingArguments, method_arguments=None, w
             f"--resume_from_checkpoint {arguments.resume_from_checkpoint!r}: no such checkpoint folder (or use 'latest')"
         )
     recipe = get_recipe(arguments.method)
-    _validate_model_geometry(arguments, recipe, build_context(arguments, method_arguments, recipe, backbone))
+    _validate_model_geometry(arguments, recipe, build_context(arguments, method_arguments, recipe, backbone), world_size)
     return backbone
 
 
@@ -430,14 +430,19 @@ def build_context(arguments: PretrainingArguments, method_arguments, recipe: Rec
     )
 
 
-def _validate_model_geometry(arguments: PretrainingArguments, recipe: Recipe, context: BuildContext) -> None:
+def _validate_model_geometry(arguments: PretrainingArguments, recipe: Recipe, context: BuildContext, world_size: int) -> None:
     """Build the model on the meta device (no memory, no time) to check the recipe accepts the
-    backbone, the image size and the overrides, and that the image size is a multiple of the patch."""
+    backbone, the image size and the overrides, that the image size is a multiple of the patch,
+    and that the model's training state fits the device's memory."""
+    from .model_size import check_model_fits, training_device
+    from .sharding import fsdp_requested
+
     try:
         with torch.device("meta"):
             model = recipe.build_model(context)
     except (ValueError, TypeError, KeyError) as error:
         raise ConfigurationError(f"--method {arguments.method} --model {arguments.model} --image_size {arguments.image_size}: {error}") from error
+    check_model_fits(model, training_device(), shards=world_size if fsdp_requested() else 1, name=f"--model {arguments.model}")
     patch_size = getattr(model.config, "patch_size", None)
     if isinstance(patch_size, (tuple, list)):
         patch_size = patch_size[0]

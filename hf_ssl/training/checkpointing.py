@@ -18,7 +18,9 @@ numpy arrays) is split into a JSON structure whose tensors are references into a
 
 A checkpoint is written into ``.tmp-checkpoint-<step>`` and renamed once every process has
 finished and the manifest is written, so a kill -9 during a save leaves only a temporary folder
-(ignored, later removed). Truncated, emptied or altered files are caught by the manifest:
+(ignored, later removed). A save that finds the disk full on any process removes the temporary
+folder and raises `DiskFullError` on every process (one line: the folder, the space needed and
+free); the checkpoints before it stay as they were. Truncated, emptied or altered files are caught by the manifest:
 `latest_checkpoint` falls back to the newest intact checkpoint with a warning naming the file;
 `load_checkpoint` raises `DamagedCheckpointError` naming it. Supports single-process and DDP runs
 (every process holds the full model and optimizer) and FSDP2 runs, whose shards are gathered into
@@ -49,7 +51,11 @@ from safetensors.torch import load_model as load_model_weights
 from safetensors.torch import save_file as save_tensors
 from safetensors.torch import save_model as save_model_weights
 
+from hf_ssl.distributed import largest_over_processes
+from hf_ssl.plots import read_training_log
+
 from .arguments import ConfigurationError
+from .disk_space import disk_full_error, folder_bytes, is_disk_full
 from .sharding import (
     full_model_state,
     full_optimizer_state,
@@ -446,19 +452,17 @@ def save_checkpoint(
     root = checkpoints_root(output_dir)
     temporary = root / f"{TEMPORARY_PREFIX}{step}"
     final = root / f"checkpoint-{step}"
-    if accelerator.is_main_process:
-        if temporary.exists():
-            shutil.rmtree(temporary)
-        temporary.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    rank = accelerator.process_index
-    save_state_files(temporary, f"random_states_{rank}", random_states(accelerator))
-    save_state_files(temporary, f"data_state_{rank}", data_state)
-    sharded_states = _gather_sharded_states(accelerator)
-    if accelerator.is_main_process:
-        _write_main_process_files(accelerator, temporary, trainer_state, run_arguments, sharded_states)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    main = accelerator.is_main_process
+    sharded_states = _gather_sharded_states(accelerator)  # collective: before any write can fail on one process
+
+    def write_files() -> None:
+        rank = accelerator.process_index
+        save_state_files(temporary, f"random_states_{rank}", random_states(accelerator))
+        save_state_files(temporary, f"data_state_{rank}", data_state)
+        if main:
+            _write_main_process_files(accelerator, temporary, trainer_state, run_arguments, sharded_states)
+
+    def publish() -> None:
         write_manifest(temporary)
         if final.exists():
             # Same step saved again (e.g. a resumed run reaching a stale checkpoint): swap, then drop the old one.
@@ -470,8 +474,50 @@ def save_checkpoint(
             os.replace(temporary, final)
         _fsync_directory(root)
         prune_checkpoints(output_dir, save_total_limit, newest_step=step)
-    accelerator.wait_for_everyone()
+
+    # Each phase ends with every process learning whether any found the disk full (also the barrier).
+    disk_full = _any_process(accelerator, main and _finds_disk_full(lambda: _fresh_folder(temporary)))
+    if not disk_full:
+        disk_full = _any_process(accelerator, _finds_disk_full(write_files))
+    if not disk_full:
+        disk_full = _any_process(accelerator, main and _finds_disk_full(publish))
+    if disk_full:
+        if main:
+            shutil.rmtree(temporary, ignore_errors=True)
+        intact = list_checkpoints(output_dir)
+        raise disk_full_error(
+            root, f"checkpoint-{step}", folder_bytes(intact[-1]) if intact else 3 * _model_bytes(accelerator),
+            f"The partial checkpoint was removed{f'; {intact[-1].name} is the newest intact one' if intact else ''}. "
+            "Free space, then run the same command with --resume_from_checkpoint latest",
+        )
     return final
+
+
+def _fresh_folder(folder: Path) -> None:
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+
+
+def _finds_disk_full(write) -> bool:
+    """Run `write`; True when it stopped on a full disk (any other error propagates)."""
+    try:
+        write()
+    except (OSError, SafetensorError) as error:
+        if not is_disk_full(error):
+            raise
+        return True
+    return False
+
+
+def _any_process(accelerator: Accelerator, flag: bool) -> bool:
+    """Whether `flag` holds on any process (a collective: every process must call it)."""
+    return largest_over_processes(int(flag), accelerator.device) > 0
+
+
+def _model_bytes(accelerator: Accelerator) -> int:
+    """Bytes of the weights of every prepared model (a checkpoint holds them and AdamW's two moments)."""
+    return sum(parameter.numel() * parameter.element_size() for model in accelerator._models for parameter in model.parameters())
 
 
 def _remove_tree(path: Path) -> None:
@@ -599,11 +645,16 @@ class _ShardedOptimizerState:
 
 
 def truncate_training_log(log_path: str | Path, last_step: int) -> None:
-    """Drop log lines after `last_step` (a killed run may have logged past its last checkpoint)."""
+    """Drop log lines after `last_step` (a killed run may have logged past its last checkpoint), and
+    torn lines (a record cut off mid-write), with a note naming them."""
     log_path = Path(log_path)
     if not log_path.is_file():
         return
-    kept = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    torn: list[int] = []
+    kept = [record for record in read_training_log(log_path, torn) if record.get("step", 0) <= last_step]
+    if torn:
+        logger.warning("%s: dropped line(s) %s, cut off mid-record when the run stopped", log_path.name,
+                       ", ".join(map(str, torn)))
     temporary = log_path.with_suffix(".jsonl.tmp")
-    temporary.write_text("".join(line + "\n" for line in kept))
+    temporary.write_text("".join(json.dumps(record) + "\n" for record in kept))
     os.replace(temporary, log_path)

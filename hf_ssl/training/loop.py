@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,8 +30,12 @@ from hf_ssl.monitoring import COLLAPSE_THRESHOLD
 from hf_ssl.recipes.base import Recipe, StepContext
 from hf_ssl.schedules import apply_optimizer_schedules
 
+from hf_ssl.distributed import largest_over_processes
+
 from .checkpointing import save_checkpoint
 from .plan import StepTimeEstimate
+from .disk_space import disk_full_error, is_disk_full
+from .interruption import RESUME_HINT, RunInterrupted, StopRequests, signal_name
 from .sharding import is_fully_sharded, whole_model
 
 logger = logging.getLogger(__name__)
@@ -67,6 +72,34 @@ class LoopSettings:
     eval_steps: int | None = None
     periodic_evaluation: Callable[[torch.nn.Module], dict[str, float]] | None = None
     run_arguments: dict | None = None  # written into every checkpoint; a resume must not change them
+    stop_requests: StopRequests | None = None  # SIGINT / SIGTERM: checkpoint after the current step
+
+
+def append_log_record(log_path: Path, record: dict) -> None:
+    """Append `record` as one line of ``training_log.jsonl``.
+
+    Raises:
+        DiskFullError: the disk filled during the write; the part written is cut off again, so the
+            log never ends in a torn record.
+    """
+    data = (json.dumps(record) + "\n").encode("utf-8")
+    descriptor = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(descriptor, 0, os.SEEK_END)
+        written = 0
+        try:
+            while written < len(data):  # a write may take only part of the line when space runs out
+                written += os.write(descriptor, data[written:])
+        except OSError as error:
+            if not is_disk_full(error):
+                raise
+            os.ftruncate(descriptor, start)
+            raise disk_full_error(
+                log_path.parent, f"{log_path.name} (step {record.get('step')})", len(data),
+                "Free space, then run the same command with --resume_from_checkpoint latest",
+            ) from None
+    finally:
+        os.close(descriptor)
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -130,96 +163,113 @@ def train(
     run_start = time.perf_counter()
     unwrapped = accelerator.unwrap_model(model)
     collapsed = False
+
+    def save() -> Path:
+        state.train_runtime_s = runtime_before + time.perf_counter() - run_start
+        return save_checkpoint(
+            accelerator,
+            settings.output_dir,
+            state.step,
+            trainer_state=asdict(state),
+            data_state={"batches": batches.state_dict(), "skipped_samples": state.skipped_samples},
+            save_total_limit=settings.save_total_limit,
+            run_arguments=settings.run_arguments,
+        )
+
     estimate = StepTimeEstimate(state.step, settings.max_steps)
     model.train()
-    while state.step < settings.max_steps:
-        values = {name: column[state.step] for name, column in values_per_step.items()}
-        apply_optimizer_schedules(optimizer, values["learning_rate"], values["weight_decay"])
-        context = StepContext(step=state.step, max_steps=settings.max_steps, values=values)
-        scheduled_inputs = {name: values[name] for name in recipe.forward_schedule_inputs}
-        grad_norm = None
-        for _ in range(accelerator.gradient_accumulation_steps):
-            batch = next(batches)
-            state.skipped_samples += int(batch["skipped_samples"])
-            inputs = {key: value.to(accelerator.device, non_blocking=True) for key, value in model_inputs(batch).items()}
-            with accelerator.accumulate(model):
-                outputs = model(**inputs, **scheduled_inputs)
-                accelerator.backward(outputs.loss)
-                if accelerator.sync_gradients:
-                    if settings.max_grad_norm:
-                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-                    recipe.after_backward(unwrapped, context)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            window.add(scalar_outputs(outputs), 1.0 / accelerator.gradient_accumulation_steps)
-            batch_size = next(iter(inputs.values())).shape[0]
-            window.images += batch_size
-        recipe.after_optimizer_step(unwrapped, context)
-        state.step += 1
-        state.num_images_seen += accelerator.gradient_accumulation_steps * batch_size * accelerator.num_processes
-        window.steps += 1
-        progress.update(1)
-        message = estimate.after_step(state.step)
-        if message is not None and accelerator.is_main_process:
-            progress.write(message)
+    stop_requests = settings.stop_requests
+    try:
+        if stop_requests is not None:
+            stop_requests.deferring = True
+        while state.step < settings.max_steps:
+            values = {name: column[state.step] for name, column in values_per_step.items()}
+            apply_optimizer_schedules(optimizer, values["learning_rate"], values["weight_decay"])
+            context = StepContext(step=state.step, max_steps=settings.max_steps, values=values)
+            scheduled_inputs = {name: values[name] for name in recipe.forward_schedule_inputs}
+            grad_norm = None
+            for _ in range(accelerator.gradient_accumulation_steps):
+                batch = next(batches)
+                state.skipped_samples += int(batch["skipped_samples"])
+                inputs = {key: value.to(accelerator.device, non_blocking=True) for key, value in model_inputs(batch).items()}
+                with accelerator.accumulate(model):
+                    outputs = model(**inputs, **scheduled_inputs)
+                    accelerator.backward(outputs.loss)
+                    if accelerator.sync_gradients:
+                        if settings.max_grad_norm:
+                            grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                        recipe.after_backward(unwrapped, context)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                window.add(scalar_outputs(outputs), 1.0 / accelerator.gradient_accumulation_steps)
+                batch_size = next(iter(inputs.values())).shape[0]
+                window.images += batch_size
+            recipe.after_optimizer_step(unwrapped, context)
+            state.step += 1
+            state.num_images_seen += accelerator.gradient_accumulation_steps * batch_size * accelerator.num_processes
+            window.steps += 1
+            progress.update(1)
+            message = estimate.after_step(state.step)
+            if message is not None and accelerator.is_main_process:
+                progress.write(message)
 
-        if state.step % settings.logging_steps == 0 or state.step == settings.max_steps:
-            means = window.means(accelerator)
-            total_skipped = int(accelerator.reduce(torch.tensor(state.skipped_samples, device=accelerator.device), "sum"))
-            elapsed = time.perf_counter() - window_start
-            record = {
-                "step": state.step,
-                **means,
-                **values,
-                "epoch": batches.epoch,
-                "num_images_seen": state.num_images_seen,
-                "skipped_samples": total_skipped,
-                "images_per_second": window.images * accelerator.num_processes / max(elapsed, 1e-9),
-            }
-            if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
-            if not math.isfinite(means["loss"]):
-                raise FloatingPointError(f"Loss became {means['loss']} at step {state.step}; lower --learning_rate or use fp32")
-            if "embedding_std" in means and (means["embedding_std"] < COLLAPSE_THRESHOLD) != collapsed:
-                collapsed = not collapsed
-                if collapsed:
-                    logger.warning(
-                        "Representation collapse at step %d: normalised embedding std %.3f < %.2f (1 = spread out, "
-                        "0 = every image maps to one point). Check the learning rate, the augmentations and the "
-                        "teacher/EMA settings.", state.step, means["embedding_std"], COLLAPSE_THRESHOLD,
-                    )
-                else:
-                    logger.info("Embeddings spread out again at step %d (std %.3f)", state.step, means["embedding_std"])
-            accelerator.log(record, step=state.step)
-            if accelerator.is_main_process:
-                with open(log_path, "a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-            progress.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{values['learning_rate']:.2e}", skipped=total_skipped)
-            window.reset()
-            window_start = time.perf_counter()
+            if state.step % settings.logging_steps == 0 or state.step == settings.max_steps:
+                means = window.means(accelerator)
+                total_skipped = int(accelerator.reduce(torch.tensor(state.skipped_samples, device=accelerator.device), "sum"))
+                elapsed = time.perf_counter() - window_start
+                record = {
+                    "step": state.step,
+                    **means,
+                    **values,
+                    "epoch": batches.epoch,
+                    "num_images_seen": state.num_images_seen,
+                    "skipped_samples": total_skipped,
+                    "images_per_second": window.images * accelerator.num_processes / max(elapsed, 1e-9),
+                }
+                if grad_norm is not None:
+                    record["grad_norm"] = float(grad_norm)
+                if not math.isfinite(means["loss"]):
+                    raise FloatingPointError(f"Loss became {means['loss']} at step {state.step}; lower --learning_rate or use fp32")
+                if "embedding_std" in means and (means["embedding_std"] < COLLAPSE_THRESHOLD) != collapsed:
+                    collapsed = not collapsed
+                    if collapsed:
+                        logger.warning(
+                            "Representation collapse at step %d: normalised embedding std %.3f < %.2f (1 = spread out, "
+                            "0 = every image maps to one point). Check the learning rate, the augmentations and the "
+                            "teacher/EMA settings.", state.step, means["embedding_std"], COLLAPSE_THRESHOLD,
+                        )
+                    else:
+                        logger.info("Embeddings spread out again at step %d (std %.3f)", state.step, means["embedding_std"])
+                accelerator.log(record, step=state.step)
+                if accelerator.is_main_process:
+                    append_log_record(log_path, record)
+                progress.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{values['learning_rate']:.2e}", skipped=total_skipped)
+                window.reset()
+                window_start = time.perf_counter()
 
-        evaluating = settings.eval_steps and state.step % settings.eval_steps == 0
-        if evaluating and (settings.periodic_evaluation is not None or is_fully_sharded(accelerator)):
-            evaluated = whole_model(accelerator, model)  # under FSDP every process gathers, the main one evaluates
-            if accelerator.is_main_process and settings.periodic_evaluation is not None:
-                metrics = settings.periodic_evaluation(evaluated.get_backbone())
-                accelerator.log(metrics, step=state.step)
-                with open(log_path, "a") as handle:
-                    handle.write(json.dumps({"step": state.step, **metrics}) + "\n")
-                progress.write(f"step {state.step}: " + ", ".join(f"{key} {value:.4f}" for key, value in metrics.items()))
-            model.train()
+            evaluating = settings.eval_steps and state.step % settings.eval_steps == 0
+            if evaluating and (settings.periodic_evaluation is not None or is_fully_sharded(accelerator)):
+                evaluated = whole_model(accelerator, model)  # under FSDP every process gathers, the main one evaluates
+                if accelerator.is_main_process and settings.periodic_evaluation is not None:
+                    metrics = settings.periodic_evaluation(evaluated.get_backbone())
+                    accelerator.log(metrics, step=state.step)
+                    append_log_record(log_path, {"step": state.step, **metrics})
+                    progress.write(f"step {state.step}: " + ", ".join(f"{key} {value:.4f}" for key, value in metrics.items()))
+                model.train()
 
-        if state.step % settings.save_steps == 0 or state.step == settings.max_steps:
-            state.train_runtime_s = runtime_before + time.perf_counter() - run_start
-            save_checkpoint(
-                accelerator,
-                settings.output_dir,
-                state.step,
-                trainer_state=asdict(state),
-                data_state={"batches": batches.state_dict(), "skipped_samples": state.skipped_samples},
-                save_total_limit=settings.save_total_limit,
-                run_arguments=settings.run_arguments,
-            )
-    progress.close()
+            saved = state.step % settings.save_steps == 0 or state.step == settings.max_steps
+            checkpoint = save() if saved else None
+            if stop_requests is not None:
+                # Every process stops at the same step (the checkpoint is collective): one per-step
+                # collective in multi-process runs, none in a single process.
+                stop_signal = largest_over_processes(stop_requests.received or 0, accelerator.device)
+                if stop_signal:
+                    checkpoint = checkpoint or save()
+                    raise RunInterrupted(stop_signal, f"stopped by {signal_name(stop_signal)} at step {state.step}: "
+                                                      f"checkpoint written to {checkpoint}; {RESUME_HINT}")
+    finally:
+        if stop_requests is not None:
+            stop_requests.deferring = False
+        progress.close()
     state.train_runtime_s = runtime_before + time.perf_counter() - run_start
     return state

@@ -7,6 +7,20 @@ import torch
 from hf_ssl.recipes.base import OptimizerDefaults
 
 
+def resolve_optimization(arguments, defaults: OptimizerDefaults) -> dict:
+    """The run's ``learning_rate`` (peak), ``weight_decay``, ``warmup_steps`` and ``max_grad_norm``:
+    each flag when given, else the recipe's default (the learning rate by the linear scaling rule)."""
+    warmup_steps = arguments.warmup_steps
+    if warmup_steps is None:
+        warmup_steps = int(round(defaults.warmup_fraction * arguments.max_steps))
+    return {
+        "learning_rate": arguments.learning_rate or defaults.scaled_learning_rate(arguments.total_batch_size),
+        "weight_decay": defaults.weight_decay if arguments.weight_decay is None else arguments.weight_decay,
+        "warmup_steps": warmup_steps,
+        "max_grad_norm": defaults.gradient_clip_norm if arguments.max_grad_norm is None else arguments.max_grad_norm,
+    }
+
+
 def can_fuse(parameter_groups: list[dict]) -> bool:
     """torch's fused AdamW kernel takes floating-point tensors on CPU or CUDA, one device type."""
     parameters = [parameter for group in parameter_groups for parameter in group["params"]]

@@ -20,8 +20,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hf_ssl.recipes import available_methods, get_recipe
+
 from .arguments import ConfigurationError
+from .optimizer import resolve_optimization
 from .checkpointing import (
+    TRAINER_STATE_NAME,
     checkpoints_root,
     latest_checkpoint,
     list_checkpoints,
@@ -31,6 +35,13 @@ from .checkpointing import (
 
 logger = logging.getLogger(__name__)
 
+# The arguments every per-step schedule is computed from, with their resolved values. A resume that
+# changed one used to recompute the schedules silently: a finished 100-step run resumed with
+# --max_steps 150 restarted its cosine at 34x its last learning rate without warm-up, and the card
+# described a schedule that never ran; --max_steps below the checkpoint's step trained nothing and
+# labelled the weights with the smaller count. Checkpoints written before they were recorded are
+# not checked on them.
+SCHEDULE_FIELDS = ("max_steps", "learning_rate", "weight_decay", "warmup_steps")
 # Arguments whose change breaks a resumed run: the model and its tokenizer fit (method, model,
 # overrides, image size, seed, fit batches), the data order and position (dataset, columns,
 # workers, processes, shuffle blocks, batch geometry) and the per-sample augmentation seeds.
@@ -59,6 +70,7 @@ RESUME_INVARIANT_FIELDS: tuple[str, ...] = (
     "max_train_samples",
     "preparation_rows",
     "method_arguments",
+    *SCHEDULE_FIELDS,
 )
 # Files and folders that only a run writes: finding one means the folder holds a run.
 RUN_MARKERS = ("config.json", "model.safetensors", "training_log.jsonl", "training_args.json", "eval_results.json", "checkpoints")
@@ -66,7 +78,7 @@ RUN_MARKERS = ("config.json", "model.safetensors", "training_log.jsonl", "traini
 RUN_FOLDER_ENTRIES = (
     "config.json", "model.safetensors", "model.safetensors.index.json", "preprocessor_config.json",
     "training_args.json", "training_log.jsonl", "training_log.jsonl.tmp", "eval_results.json", "README.md",
-    "checkpoints", "logs", "backbone",
+    "checkpoints", "logs", "backbone", "backbone_timm",
 )
 RUN_FOLDER_PATTERNS = ("model-*.safetensors", "*.png", "configuration_*.py", "modeling_*.py", "hf_ssl_*.py")
 _NOT_RECORDED = object()
@@ -103,6 +115,14 @@ def _check_writable(output_dir: Path) -> None:
         raise ConfigurationError(f"--output_dir {output_dir} is not writable ({error.strerror or error})") from None
 
 
+def check_output_dir_usable(output_dir: str | Path) -> None:
+    """Raise `ConfigurationError` when `output_dir` is a file or cannot be created or written."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigurationError(f"--output_dir {output_dir} is a file, not a folder")
+    _check_writable(output_dir)
+
+
 def _is_inside(path: Path, folder: Path) -> bool:
     try:
         path.resolve().relative_to(folder.resolve())
@@ -124,9 +144,7 @@ def check_output_dir(output_dir: str | Path, overwrite: bool = False, resume: st
             `resume` continues nor `overwrite` allows to replace.
     """
     output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConfigurationError(f"--output_dir {output_dir} is a file, not a folder")
-    _check_writable(output_dir)
+    check_output_dir_usable(output_dir)
     if overwrite and resume == "latest":
         raise ConfigurationError(
             "--overwrite_output_dir removes the previous run, --resume_from_checkpoint latest continues it: choose one"
@@ -234,6 +252,9 @@ def resume_arguments(
     """
     values = dataclasses.asdict(arguments) if dataclasses.is_dataclass(arguments) else dict(arguments)
     values["world_size"] = world_size
+    if dataclasses.is_dataclass(arguments) and values.get("method") in available_methods() and values.get("max_steps"):
+        # the values the schedules are computed from, whether given as flags or the recipe's defaults
+        values.update(resolve_optimization(arguments, get_recipe(values["method"]).optimizer))
     if method_arguments is not None:
         values["method_arguments"] = dataclasses.asdict(method_arguments)
     return {name: _normalised(values[name]) for name in fields if name in values}
@@ -251,15 +272,22 @@ def check_resume_arguments(saved: Mapping[str, Any], given: Mapping[str, Any], f
             continue
         saved_value = _normalised(saved.get(name, _NOT_RECORDED))
         given_value = _normalised(given[name])
+        if saved_value is _NOT_RECORDED and name in SCHEDULE_FIELDS:
+            continue
         if saved_value is _NOT_RECORDED:
             differences.append(f"  --{name}: saved (not recorded), given {json.dumps(given_value)}")
         elif saved_value != given_value:
             differences.append(f"  --{name}: saved {json.dumps(saved_value)}, given {json.dumps(given_value)}")
+    if any(difference.startswith(f"  --{name}:") for name in SCHEDULE_FIELDS for difference in differences):
+        differences.append(
+            "  (the learning-rate and weight-decay schedules span --max_steps and are fixed when a run starts; to train "
+            "longer, start a new run from this one's encoder: --model <run folder>/backbone)"
+        )
     if differences:
         raise ConfigurationError(
-            f"cannot resume: {len(differences)} argument(s) differ from the checkpoint's run and must not change "
-            "(use the saved values, or start a new run with --overwrite_output_dir or another --output_dir):\n"
-            + "\n".join(differences)
+            f"cannot resume: {sum(line.startswith('  --') for line in differences)} argument(s) differ from the "
+            "checkpoint's run and must not change (use the saved values, or start a new run with "
+            "--overwrite_output_dir or another --output_dir):\n" + "\n".join(differences)
         )
 
 
@@ -277,6 +305,12 @@ def check_run_folder(arguments: Any, world_size: int, method_arguments: Any = No
     resume = arguments.resume_from_checkpoint
     check_output_dir(arguments.output_dir, overwrite=overwrite, resume=resume)
     checkpoint = resolve_resume_checkpoint(arguments.output_dir, resume)
+    step = json.loads((checkpoint / TRAINER_STATE_NAME).read_bytes()).get("step", 0) if checkpoint is not None else 0
+    if step > arguments.max_steps:
+        raise ConfigurationError(
+            f"--resume_from_checkpoint: {checkpoint} is at step {step}, beyond --max_steps {arguments.max_steps}: "
+            f"nothing would be trained, and the weights would be labelled {arguments.max_steps} steps"
+        )
     if checkpoint is not None:
         saved = read_run_arguments(checkpoint)
         if saved is None:
