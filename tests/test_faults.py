@@ -605,7 +605,9 @@ def test_sigterm_and_sigint_at_random_moments_then_resume_equals_the_uninterrupt
     targets = sorted(randomness.sample(range(1, MAX_STEPS), len(interruptions) - 1))  # steps logged before the signal
     for (number, group, twice), target in zip(interruptions[1:], targets):
         kind = f"{signal.Signals(number).name}{' to the process group' if group else ''}{' twice at once' if twice else ''}"
-        target = max(target, stopped_at + 1)
+        # past every line already logged: a run stopped at once may have logged steps after its last
+        # checkpoint, and the resumed run must be training (not importing) when the signal lands
+        target = max(target, stopped_at + 1, _log_lines(run) + 1)
         if target >= MAX_STEPS:
             break
         started = Started([*arguments, "--resume_from_checkpoint", "latest"], tmp_path)
