@@ -375,3 +375,5 @@ def test_the_verdict_says_which_label_free_baselines_the_encoder_does_not_beat()
     results["linear-10%"] = {"accuracy": 0.7, "label_setting": "10%",
                              "baselines": {"random_init": 0.2, "pretrained:org/imagenet-vit": 0.8}}
     assert verdict(results).endswith("does NOT beat org/imagenet-vit on Linear probe (10% labels) (0.7000 vs 0.8000).")
+    only_supervised = {"knn": {"accuracy": 0.6, "baselines": {"supervised": 0.95}}}
+    assert verdict(only_supervised).startswith("No verdict: none of the baselines a label-free encoder must beat")

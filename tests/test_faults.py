@@ -42,7 +42,7 @@ from safetensors.torch import load_file
 
 from hf_ssl.data import load_default_dataset
 from hf_ssl.training import verify_checkpoint
-from hf_ssl.training.interruption import REPEAT_WINDOW_S
+from hf_ssl.training.interruption import REPEAT_WINDOW_S, RunInterrupted, StopRequests
 from resume_cases import CHANGED_FLAGS
 
 pytestmark = pytest.mark.slow
@@ -625,6 +625,24 @@ def test_sigterm_and_sigint_at_random_moments_then_resume_equals_the_uninterrupt
     resumed = _run([*arguments, "--resume_from_checkpoint", "latest"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_run(reference_with_worker, run)
+
+
+def test_a_start_up_signal_whose_stop_a_library_swallowed_stops_when_training_begins(tmp_path):
+    """CI once saw a SIGTERM sent during start-up end the run at step 1: the immediate stop was
+    raised inside code that catches everything, and the loop later found the signal recorded."""
+    stop_requests = StopRequests().install()
+    stop_requests.output_dir = tmp_path
+    try:
+        try:  # a library's `except BaseException: pass` around what start-up was doing
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs here, in this thread
+        except BaseException as swallowed:
+            assert isinstance(swallowed, RunInterrupted)
+        with pytest.raises(RunInterrupted, match="stopped at once by SIGTERM: no checkpoint was written yet") as stop:
+            stop_requests.start_deferring()
+        assert stop.value.exit_code == 143 and not stop_requests.deferring
+    finally:
+        stop_requests.uninstall()
 
 
 def test_a_second_signal_stops_at_once(data, reference, injector, tmp_path):

@@ -112,6 +112,9 @@ def test_no_arguments_resolve_to_the_bundled_default_run():
     assert other.report_protocols == [] and other.total_batch_size == 256
     with pytest.raises(ConfigurationError, match="--report_protocols zero_shot: choose from knn, linear, finetune"):
         validate_arguments(resolve_arguments(parse_arguments(["--report_protocols", "zero_shot"])[0]))
+    assert arguments.report_baselines == ["random_init", "raw_pixels", "supervised"]
+    with pytest.raises(ConfigurationError, match="--report_baselines linear: choose from random_init, raw_pixels, supervised"):
+        validate_arguments(resolve_arguments(parse_arguments(["--report_baselines", "random_init", "linear"])[0]))
 
 
 @pytest.mark.parametrize(

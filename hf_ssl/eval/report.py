@@ -83,27 +83,28 @@ def verdict(results: dict[str, dict]) -> str:
     compared = sorted({baseline_title(baseline) for result in results.values() for baseline in result.get("baselines", {})
                        if baseline in BASELINES_TO_BEAT or baseline.startswith(PRETRAINED_PREFIX)})
     if not compared:
-        return "No baselines were measured: nothing to compare with."
+        return ("No verdict: none of the baselines a label-free encoder must beat (random init, raw pixels, a "
+                "pre-trained checkpoint) was measured; supervised is a reference, not a bar.")
     if lost:
         return "Verdict: the pre-trained encoder does NOT beat " + "; ".join(lost) + "."
     return f"Verdict: the pre-trained encoder beats {', '.join(compared)} on every protocol ({', '.join(protocols)})."
 
 
 def evaluate_run_after_training(run_dir: str | os.PathLike, protocols=tuple(REPORT_LABELS), dataset_name: str | None = None,
-                                seed: int = 0) -> str:
+                                seed: int = 0, baselines=BASELINES) -> str:
     """The end-of-pre-training report on labelled data: `protocols` with the labels of `REPORT_LABELS`
-    (k-NN and the validated linear probe with every label, fine-tuning with 10 %) next to random
-    init, raw pixels and supervised, plus zero-shot for an image-text model; merged into
-    ``run_dir/eval_results.json``. Returns the text to print."""
+    (k-NN and the validated linear probe with every label, fine-tuning with 10 %) next to `baselines`
+    (random init, raw pixels and supervised by default), plus zero-shot for an image-text model;
+    merged into ``run_dir/eval_results.json``. Returns the text to print."""
     run_dir = Path(run_dir)
     data = DataSelection(dataset_name)
     results: dict[str, dict] = {}
     for setting in dict.fromkeys(REPORT_LABELS[name] for name in protocols):
         chosen = [name for name in protocols if REPORT_LABELS[name] == setting]
-        results.update(evaluate_model(run_dir, chosen, data=data, label_settings=(setting,), baselines=BASELINES,
+        results.update(evaluate_model(run_dir, chosen, data=data, label_settings=(setting,), baselines=tuple(baselines),
                                       feature_cache_dir=run_dir / "eval_cache", seed=seed))
     if is_image_text_folder(run_dir):  # an image-text model also classifies from label names
-        results.update(evaluate_model(run_dir, ("zero_shot",), data=data, baselines=("random_init",), seed=seed))
+        results.update(evaluate_model(run_dir, ("zero_shot",), data=data, baselines=tuple(name for name in baselines if name == "random_init"), seed=seed))
     merge_results(run_dir / "eval_results.json", results)
     return format_report(results)
 

@@ -45,6 +45,8 @@ def bundled_backbone(recipe: Recipe) -> str:
     return "resnet-micro" if {"any", "resnet"} & set(recipe.supported_backbones) else "vit-micro"
 # The end-of-run report's protocols (`hf_ssl.eval.report.REPORT_PLAN` says with which labels).
 REPORT_PROTOCOLS = ("knn", "linear", "finetune")
+# hf_ssl.eval.runner.BASELINES, named here so that parsing arguments does not import the evaluation code
+REPORT_BASELINES = ("random_init", "raw_pixels", "supervised")
 # Any other dataset: a real run, the recipe's published optimizer settings.
 GENERAL_RUN_DEFAULTS = dict(total_batch_size=256, save_steps=1000, dataloader_num_workers=4)
 
@@ -167,6 +169,11 @@ class PretrainingArguments:
         metadata={"help": "Protocols of the report printed at the end, each next to random init, raw pixels and "
                           "supervised: any of knn linear finetune (fine-tuning with 10%% of the labels), or none. "
                           "Default: all three on bundled data or with --eval_dataset_name, none otherwise."},
+    )
+    report_baselines: list[str] | None = field(
+        default=None,
+        metadata={"help": "Baselines of that report: any of random_init raw_pixels supervised (trains the same "
+                          "architecture from random init on the labels: the slowest of the three). Default: all three."},
     )
     eval_steps: int | None = field(
         default=None,
@@ -335,6 +342,8 @@ def resolve_arguments(arguments: PretrainingArguments) -> PretrainingArguments:
     if resolved.report_protocols is None:
         resolved.report_protocols = list(REPORT_PROTOCOLS) if arguments.uses_bundled_dataset or arguments.eval_dataset_name else []
     resolved.report_protocols = [name for name in resolved.report_protocols if name != "none"]
+    if resolved.report_baselines is None:
+        resolved.report_baselines = list(REPORT_BASELINES)
     if resolved.output_dir is None:
         model_name = Path(resolved.model).name if Path(resolved.model).exists() else resolved.model.replace("/", "-")
         suffix = f"-{arguments.dataset_name}" if bundled_variant(arguments.dataset_name) == "digits" else ""
@@ -400,6 +409,9 @@ def validate_arguments(arguments: PretrainingArguments, method_arguments=None, w
     unknown_protocols = sorted(set(arguments.report_protocols or ()) - set(REPORT_PROTOCOLS))
     if unknown_protocols:
         raise ConfigurationError(f"--report_protocols {' '.join(unknown_protocols)}: choose from {', '.join(REPORT_PROTOCOLS)} or none")
+    unknown_baselines = sorted(set(arguments.report_baselines or ()) - set(REPORT_BASELINES))
+    if unknown_baselines:
+        raise ConfigurationError(f"--report_baselines {' '.join(unknown_baselines)}: choose from {', '.join(REPORT_BASELINES)}")
     trackers = [name.strip() for name in arguments.report_to.split(",") if name.strip()]
     unknown_trackers = [name for name in trackers if name not in REPORT_TO_CHOICES]
     if unknown_trackers:

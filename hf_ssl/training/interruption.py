@@ -90,6 +90,20 @@ class StopRequests:
                 tqdm.write(f"{signal_name(number)} received: stopping after this step with a checkpoint (send it "
                            f"again, {REPEAT_WINDOW_S:g} s or more later, to stop at once)", file=sys.stderr)
             return
+        self._stop_at_once(number)
+
+    def start_deferring(self) -> None:
+        """The training loop begins: from now on a first signal waits for the end of its step.
+
+        A signal that arrived earlier raised `RunInterrupted` in whatever start-up code was running;
+        code that catches everything (a library's bare ``except:`` around a worker start or a file
+        read) can swallow it. The signal is still recorded, and it stops the run here, at once.
+        """
+        if self.received is not None:
+            self._stop_at_once(self.received)
+        self.deferring = True
+
+    def _stop_at_once(self, number: int) -> None:
         checkpoints = list_checkpoints(self.output_dir) if self.output_dir is not None else []
         kept = f"the newest checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was written yet"
         raise RunInterrupted(number, f"stopped at once by {signal_name(number)}: {kept}; {RESUME_HINT}")

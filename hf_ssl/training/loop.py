@@ -181,7 +181,7 @@ def train(
     stop_requests = settings.stop_requests
     try:
         if stop_requests is not None:
-            stop_requests.deferring = True
+            stop_requests.start_deferring()
         while state.step < settings.max_steps:
             values = {name: column[state.step] for name, column in values_per_step.items()}
             apply_optimizer_schedules(optimizer, values["learning_rate"], values["weight_decay"])
