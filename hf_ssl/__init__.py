@@ -16,11 +16,8 @@ from hf_ssl.modeling.simmim import SimMIMConfig, SimMIMOutput, SwinForSimMIM, Vi
 from hf_ssl.modeling.simsiam import BackboneForSimSiam, SimSiamConfig, SimSiamOutput
 from hf_ssl.modeling.splitmask import BEiTConfig, SplitMaskConfig, SplitMaskOutput, ViTForBEiT, ViTForSplitMask
 from hf_ssl.modeling.vicreg import BackboneForVICReg, VICRegConfig, VICRegOutput
-from hf_ssl.recipes import Recipe, available_methods, get_recipe, register_recipe
-from hf_ssl.registry import register_auto_classes
+from hf_ssl.recipes import Recipe, available_methods, get_recipe, register_auto_classes, register_recipe
 from hf_ssl.visualization import save_reconstruction_figure
-
-register_auto_classes()
 
 __version__ = "0.2.0"
 

@@ -110,12 +110,3 @@ def all_reduce_sum_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return tensor
     return _AllReduceSumWithGrad.apply(tensor)
-
-
-def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Average `tensor` over processes (no gradient); returns the input when not distributed."""
-    if not is_distributed():
-        return tensor
-    reduced = tensor.detach().clone()
-    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
-    return reduced / dist.get_world_size()

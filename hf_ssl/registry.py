@@ -22,8 +22,3 @@ def register_models(registrations) -> None:
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         for auto_class_name in auto_class_names:
             getattr(transformers, auto_class_name).register(config_class, model_class, exist_ok=True)
-
-
-def register_auto_classes() -> None:
-    """Register every hf-ssl model family (importing the recipes registers them)."""
-    import hf_ssl.recipes  # noqa: F401  (each recipe module registers its models on import)

@@ -6,7 +6,7 @@ repo's) files, raises `UnsafeCheckpointError` when there are pickle weights but 
 weights, and always passes ``use_safetensors=True`` so that transformers itself never falls back
 to a pickle file (it raises instead when no safetensors weights exist).
 
-This module imports nothing from hf_ssl: `hf_ssl.hub.add_remote_code` copies it next to the
+This module imports nothing from hf_ssl: `hf_ssl.remote_code.add_remote_code` copies it next to the
 modeling files of a ``trust_remote_code`` folder, where hf_ssl may not be installed.
 """
 
@@ -62,6 +62,34 @@ def check_safetensors_only(files: list[str], source: str, subfolder: str = "") -
             "(this writes model.safetensors), then load again."
         )
     raise FileNotFoundError(f"{source} has no model weights (expected model.safetensors in {prefix or 'the root'})")
+
+
+def load_pretrained(
+    path_or_repo_id: str | os.PathLike,
+    auto_class=None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    subfolder: str = "",
+    **kwargs,
+):
+    """`auto_class.from_pretrained` after the safetensors check, with ``use_safetensors=True``.
+
+    Args:
+        path_or_repo_id: a local folder or a Hub repo id.
+        auto_class: a transformers Auto class or model class (default `AutoModel`; hf-ssl's model
+            types resolve once ``hf_ssl`` is imported).
+        revision, token, subfolder: as in `from_pretrained`.
+        **kwargs: passed on (e.g. ``trust_remote_code=True``).
+    """
+    from transformers import AutoModel
+
+    auto_class = auto_class or AutoModel
+    check_safetensors_only(list_checkpoint_files(path_or_repo_id, revision, token), str(path_or_repo_id), subfolder)
+    if subfolder:
+        kwargs["subfolder"] = subfolder
+    return auto_class.from_pretrained(
+        str(path_or_repo_id), revision=revision, token=token, use_safetensors=True, **kwargs
+    )
 
 
 class SafeLoadingMixin:

@@ -41,14 +41,20 @@ class ReconstructionPanels:
 PanelsFunction = Callable[[PreTrainedModel, torch.Tensor, torch.Generator], "ReconstructionPanels"]
 
 
-def panels_for(model: PreTrainedModel) -> PanelsFunction:
-    """The panels function of the recipe that registered `model`'s class."""
-    from hf_ssl.recipes import recipe_for_model
+_PANELS: dict[type, PanelsFunction] = {}
 
-    recipe = recipe_for_model(model)
-    if recipe is None or recipe.reconstruction_panels is None:
-        raise ValueError(f"{type(model).__name__} has no reconstruction figure (its method predicts no image content)")
-    return recipe.reconstruction_panels
+
+def register_reconstruction_panels(model_class: type, panels: PanelsFunction) -> None:
+    """Draw `model_class` (and its subclasses) with `panels` (`hf_ssl.recipes.register_recipe` calls it)."""
+    _PANELS[model_class] = panels
+
+
+def panels_for(model: PreTrainedModel) -> PanelsFunction:
+    """The panels function registered for `model`'s class or the nearest parent class."""
+    for model_class in type(model).__mro__:
+        if model_class in _PANELS:
+            return _PANELS[model_class]
+    raise ValueError(f"{type(model).__name__} has no reconstruction figure (its method predicts no image content)")
 
 
 @torch.no_grad()
@@ -150,6 +156,7 @@ __all__ = [
     "PanelsFunction",
     "ReconstructionPanels",
     "panels_for",
+    "register_reconstruction_panels",
     "reconstruction_panels",
     "save_reconstruction_figure",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hf_ssl.cli import analyze, evaluate, push
-from hf_ssl.cli.parsing import unrecognized_arguments_message
+from hf_ssl.command_line import unrecognized_arguments_message
 from hf_ssl.training import ConfigurationError, parse_arguments
 
 

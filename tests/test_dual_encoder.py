@@ -592,7 +592,7 @@ def test_short_training_on_bundled_captions_classifies_held_out_digits_zero_shot
 
 def test_remote_code_auto_map_names_the_zero_shot_class(tmp_path):
     """The pipeline loads a trust_remote_code folder through AutoModelForZeroShotImageClassification."""
-    from hf_ssl.hub.remote_code import add_remote_code
+    from hf_ssl.remote_code import add_remote_code
 
     model, context = tiny_model()
     run_dir = _run_folder(tmp_path, model, context)

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from hf_ssl.hub import PushError, UnsafeCheckpointError, load_backbone, load_pretrained, push_run_folder
 from hf_ssl.hub.push import files_to_push
-from hf_ssl.hub.remote_code import remote_code_files
+from hf_ssl.remote_code import remote_code_files
 from hf_ssl.modeling.splitmask import SplitMaskConfig, ViTForSplitMask
 from hub_server import HubServer, OlahMirror, free_port
 from run_folders import EVAL_RESULTS, tiny_splitmask_run

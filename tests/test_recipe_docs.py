@@ -4,14 +4,14 @@ from pathlib import Path
 
 import hf_ssl  # noqa: F401  (registers the recipes)
 from hf_ssl.recipes import get_recipe
-from hf_ssl.recipes.docs import render_markdown
+from hf_ssl.cli.recipe_docs import render_markdown
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
 
 
 def test_committed_recipes_md_is_in_sync_with_the_recipes():
     assert DOCS.read_text() == render_markdown(), (
-        "docs/recipes.md is out of date: run `python -m hf_ssl.recipes.docs > docs/recipes.md`"
+        "docs/recipes.md is out of date: run `python -m hf_ssl.cli.recipe_docs > docs/recipes.md`"
     )
 
 

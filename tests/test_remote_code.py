@@ -8,8 +8,8 @@ import textwrap
 
 import pytest
 
-import hf_ssl.hub.remote_code as remote_code
-from hf_ssl.hub.remote_code import RemoteCodeError, defining_module, remote_code_files
+import hf_ssl.remote_code as remote_code
+from hf_ssl.remote_code import RemoteCodeError, defining_module, remote_code_files
 
 # ----- the rules, on a throw-away package laid out like hf_ssl (library + modeling/<method>)
 

@@ -18,7 +18,7 @@ from transformers import ViTConfig, ViTModel
 from hf_ssl.backbones import default_image_processor
 from hf_ssl.hub import write_model_card
 from hf_ssl.recipes import build_model
-from hf_ssl.training.outputs import hardware_description, save_run_folder
+from hf_ssl.training.outputs import hardware_description, read_training_arguments, save_run_folder
 
 IMAGE_SIZE = 32
 TINY_VIT = dict(image_size=IMAGE_SIZE, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -109,3 +109,12 @@ def test_hardware_says_one_thread_not_one_threads(monkeypatch):
     assert hardware_description(torch.device("cpu")).endswith(", 1 thread)")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert hardware_description(torch.device("cpu")).endswith(", 2 threads)")
+
+
+def test_the_recorded_arguments_read_back_and_a_damaged_record_reads_as_none(tmp_path):
+    run_dir = _run_folder(tmp_path)
+    assert read_training_arguments(run_dir)["dataset_name"] == "digits"
+    assert read_training_arguments(run_dir / "backbone") == {}  # a folder without one
+    for damaged in ("{not json", "[1, 2]", ""):
+        (run_dir / "training_args.json").write_text(damaged)
+        assert read_training_arguments(run_dir) == {}

@@ -1,7 +1,7 @@
 """A ViT encoder ready for analysis: loaded from any checkpoint folder, eager attention, inputs.
 
 `load_vit_encoder` accepts a plain transformers ViT folder, an hf-ssl run folder (its exported
-``backbone/`` or its model's `get_backbone()`, through `hf_ssl.hub.loading.load_backbone`) or a
+``backbone/`` or its model's `get_backbone()`, through `hf_ssl.backbones.loading.load_backbone`) or a
 backbone folder. Attention probabilities only come back from the eager attention path: with
 transformers 5.x's default sdpa, ``output_attentions=True`` returns an empty tuple.
 """
@@ -104,7 +104,7 @@ def load_vit_encoder(path_or_repo_id: str | os.PathLike) -> nn.Module:
     Raises:
         AnalysisInputError: missing or unloadable checkpoint, or not a ViT.
     """
-    from hf_ssl.hub.loading import load_backbone
+    from hf_ssl.backbones.loading import load_backbone
 
     source = str(path_or_repo_id)
     local = Path(source)

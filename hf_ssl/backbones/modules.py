@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .spec import config_from_dict
@@ -141,17 +140,12 @@ def copy_backbone_weights(target: nn.Module, source: nn.Module) -> None:
     target.load_state_dict({name: source_state[name] for name in target_state}, strict=True)
 
 
-def is_transformers_model(module: nn.Module) -> bool:
-    return isinstance(module, PreTrainedModel)
-
-
 __all__ = [
     "VisionBackbone",
     "build_backbone",
     "copy_backbone_weights",
     "feature_dimension",
     "is_timm_module",
-    "is_transformers_model",
     "load_pretrained_backbone",
     "pooled_features",
 ]

@@ -51,7 +51,7 @@ from hf_ssl.analysis.statistics import (
     cross_model_cka,
     layer_representations,
 )
-from hf_ssl.cli.parsing import CommandParser
+from hf_ssl.command_line import CommandParser
 from hf_ssl.data.default import DEFAULT_VARIANTS
 from hf_ssl.local_paths import check_local_path
 

@@ -21,7 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
-from hf_ssl.cli.parsing import CommandParser
+from hf_ssl.command_line import CommandParser
 from hf_ssl.eval import BASELINES, evaluate_model
 from hf_ssl.eval.data import DataSelection, default_dataset_name
 from hf_ssl.eval.protocol import available_protocols, get_protocol, settings_values

@@ -153,7 +153,8 @@ def run(argv: list[str] | None = None, stop_requests: StopRequests | None = None
     arguments = resolve_arguments(requested)
     refuse_unsupported_launch()
     world_size = PartialState(cpu=multi_process_cpu_run()).num_processes
-    # the folder first: sizing from the data reads its first rows
+    # the folder first, since sizing from the data reads its first rows; checked again under the lock below
+    # (another run may have written it in between)
     check_output_dir(arguments.output_dir, overwrite=arguments.overwrite_output_dir, resume=arguments.resume_from_checkpoint)
     if stop_requests is not None:
         stop_requests.output_dir, stop_requests.announce = Path(arguments.output_dir), PartialState().is_main_process

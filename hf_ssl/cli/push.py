@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from hf_ssl.cli.parsing import CommandParser
+from hf_ssl.command_line import CommandParser
 from hf_ssl.hub import PushError, push_run_folder
 
 

@@ -3,7 +3,6 @@ and a label column, preprocessed once with the checkpoint's own image processor.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from transformers import AutoImageProcessor
 
 from hf_ssl.data.default import BUNDLED_DATASET_LABELS, bundled_variant
 from hf_ssl.data.images import decode_image
+from hf_ssl.training.outputs import read_training_arguments
 
 
 def is_bundled_dataset(dataset_name: str | None) -> bool:
@@ -30,13 +30,7 @@ def dataset_label(dataset_name: str | None) -> str:
 def default_dataset_name(model_path: str | os.PathLike) -> str | None:
     """The labelled data an evaluation reads when none is named: the bundled data a run folder was
     pre-trained on (its ``training_args.json``), else None (the bundled default, the digit scenes)."""
-    arguments = Path(model_path) / "training_args.json"
-    if not arguments.is_file():
-        return None
-    try:
-        name = json.loads(arguments.read_text()).get("dataset_name")
-    except (ValueError, AttributeError):
-        return None
+    name = read_training_arguments(model_path).get("dataset_name")
     return name if isinstance(name, str) and is_bundled_dataset(name) else None
 
 

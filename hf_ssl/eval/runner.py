@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel
 
-from hf_ssl.hub.loading import load_backbone
+from hf_ssl.backbones.loading import load_backbone
 
 from . import finetune as _finetune  # noqa: F401  (each protocol module registers itself)
 from . import knn as _knn  # noqa: F401

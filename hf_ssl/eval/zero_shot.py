@@ -105,7 +105,7 @@ def load_image_text_model(model_path: str | os.PathLike, random_init: bool = Fal
     Raises:
         ValueError: the folder holds no image-text model or no tokenizer.
     """
-    from hf_ssl.hub.loading import load_pretrained
+    from hf_ssl.safe_loading import load_pretrained
 
     model = load_pretrained(model_path)
     if not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):

@@ -23,6 +23,7 @@ from safetensors import safe_open
 
 from hf_ssl.plots import save_loss_curve
 from hf_ssl.recipes.base import MethodCard
+from hf_ssl.training.outputs import read_training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ def save_figures(run_dir: Path, training_args: dict, recipe) -> list[dict]:
     """Draw the recipe's figures into the run folder; ``[{"file", "title", "caption"}]`` of those drawn."""
     from transformers import AutoImageProcessor
 
-    from .loading import load_pretrained
+    from hf_ssl.safe_loading import load_pretrained
 
     figures = recipe.figures() if recipe is not None else ()
     if not figures:
@@ -300,7 +301,7 @@ def build_model_card(
     """
     run_dir = Path(run_dir)
     config = _read_json(run_dir / "config.json")
-    training_args = _read_json(run_dir / "training_args.json")
+    training_args = read_training_arguments(run_dir)
     eval_results = _read_json(run_dir / "eval_results.json")
     method = _method_name(training_args, config)
     recipe = _recipe_of(training_args, config)
@@ -376,7 +377,7 @@ def build_model_card(
 def build_backbone_card(run_dir: str | os.PathLike, repo_id: str | None = None, license: str | None = None) -> ModelCard:
     """The card of ``run_dir/backbone`` (pushed as ``<repo_id>-backbone``)."""
     run_dir = Path(run_dir)
-    training_args = _read_json(run_dir / "training_args.json")
+    training_args = read_training_arguments(run_dir)
     eval_results = _read_json(run_dir / "eval_results.json")
     config = _read_json(run_dir / "config.json")
     method = _method_name(training_args, config)

@@ -23,8 +23,8 @@ import stat
 from pathlib import Path
 
 from .cards import write_model_card
-from .loading import check_safetensors_only, list_checkpoint_files
-from .remote_code import add_remote_code
+from hf_ssl.safe_loading import check_safetensors_only, list_checkpoint_files
+from hf_ssl.remote_code import add_remote_code
 
 logger = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from .base import (
     parameter_groups,
     recipe_for_model,
     recipe_for_model_type,
+    register_auto_classes,
     register_recipe,
 )
 from . import dual_encoder, mae, simmim, splitmask  # noqa: E402,F401  (each module registers its method)
@@ -36,5 +37,6 @@ __all__ = [
     "parameter_groups",
     "recipe_for_model",
     "recipe_for_model_type",
+    "register_auto_classes",
     "register_recipe",
 ]

@@ -39,7 +39,9 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from hf_ssl.backbones import BackboneSpec
+from hf_ssl.registry import register_models
 from hf_ssl.schedules import constant_schedule, cosine_schedule_with_warmup
+from hf_ssl.visualization import register_reconstruction_panels, save_reconstruction_figure
 
 # Parameters that no official recipe (BEiT, MAE, SimMIM, DINO, MoCo v3, timm's no_weight_decay())
 # decays, matched against any component of the parameter's dotted name; on top of these, every
@@ -360,8 +362,6 @@ class Recipe(ABC):
         """Pictures for the model card; masked image modeling gets its reconstruction figure."""
         if self.reconstruction_panels is None:
             return ()
-        from hf_ssl.visualization import save_reconstruction_figure
-
         panels = self.reconstruction_panels
 
         def draw(model, pixel_values, image_mean, image_std, path):
@@ -397,10 +397,19 @@ def register_recipe(recipe: Recipe) -> Recipe:
     if recipe.arguments_class is not None and not dataclasses.is_dataclass(recipe.arguments_class):
         raise TypeError(f"{type(recipe).__name__}.arguments_class must be a dataclass")
     _RECIPES[recipe.name] = recipe
-    from hf_ssl.registry import register_models
-
     register_models(recipe.registrations)
+    if recipe.reconstruction_panels is not None:
+        for _, model_classes, _ in recipe.registrations:  # one class, or a tuple (SimMIM: Swin and ViT)
+            for model_class in model_classes if isinstance(model_classes, tuple) else (model_classes,):
+                register_reconstruction_panels(model_class, recipe.reconstruction_panels)
     return recipe
+
+
+def register_auto_classes() -> None:
+    """Register the configs and models of every registered method with the transformers Auto
+    classes again (idempotent; ``import hf_ssl`` has done it once)."""
+    for recipe in _RECIPES.values():
+        register_models(recipe.registrations)
 
 
 def get_recipe(name: str) -> Recipe:

@@ -42,6 +42,7 @@ from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedModel, Vis
 from hf_ssl.backbones import default_image_processor
 from hf_ssl.data import DatasetConfigurationError
 from hf_ssl.modeling.dual_encoder import BackboneForDualEncoder, DualEncoderConfig
+from hf_ssl.safe_loading import load_pretrained
 from hf_ssl.text import (
     CLIP_CONTEXT_LENGTH,
     ImageCaptionTransform,
@@ -220,8 +221,6 @@ class DualEncoderRecipe(Recipe):
         settings.update(context.model_overrides)
         model = BackboneForDualEncoder(DualEncoderConfig(**settings))
         if spec.weights is not None and model.logit_scale.device.type != "meta":
-            from hf_ssl.hub.loading import load_pretrained
-
             model.text_model.load_state_dict(load_pretrained(spec.weights).state_dict(), strict=True)
             logger.info("Text tower initialised from %s", spec.weights)
         return model

@@ -1,5 +1,5 @@
 """Published settings of a recipe, for docs/recipes.md: the published value and its source next to
-a reader of hf-ssl's own default (see `hf_ssl.recipes.docs`)."""
+a reader of hf-ssl's own default (see `hf_ssl.cli.recipe_docs`)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class PublishedSetting:
 def paper_config(method: str, model: str, image_size: int | None = None):
     """The config the recipe `method` builds for backbone `model` (on the meta device: no weights)."""
     from hf_ssl.backbones import resolve_backbone
-    from hf_ssl.recipes import BuildContext, get_recipe
+    from .base import BuildContext, get_recipe
 
     recipe = get_recipe(method)
     image_size = image_size or recipe.image_size_for(model)

@@ -101,7 +101,7 @@ class MaskedImageModelingRecipe(Recipe):
         augmentation: its `hf_ssl.transforms.masked.MaskedImageAugmentation`.
         decay_exemptions: parameter-name components exempt from weight decay besides < 2-D
             parameters (`decay_groups`).
-        published_settings: rows of docs/recipes.md (`hf_ssl.recipes.docs.PublishedSetting`).
+        published_settings: rows of docs/recipes.md (`hf_ssl.cli.recipe_docs.PublishedSetting`).
         documentation_notes: a paragraph printed under the method's table.
     """
 

@@ -1,13 +1,13 @@
 """Training machinery for ``hf-ssl pretrain``: arguments, optimizer, checkpoints, loop."""
 
 from .arguments import (
-    ConfigurationError,
     PretrainingArguments,
     build_context,
     parse_arguments,
     resolve_arguments,
     validate_arguments,
 )
+from .errors import ConfigurationError
 from .checkpointing import (
     DamagedCheckpointError,
     latest_checkpoint,

@@ -25,10 +25,12 @@ import yaml
 from transformers import HfArgumentParser
 
 from hf_ssl.backbones import BackboneSpec, available_presets, resolve_backbone
-from hf_ssl.cli.parsing import OneLineHelpFormatter, flag_names, unrecognized_arguments_message
+from hf_ssl.command_line import OneLineHelpFormatter, flag_names, unrecognized_arguments_message
 from hf_ssl.data.default import bundled_image_size, bundled_variant
 from hf_ssl.recipes import BuildContext, Preset, Recipe, available_methods, get_recipe
 from hf_ssl.training.attention import AttentionChoice
+
+from .errors import ConfigurationError
 
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
 REPORT_TO_CHOICES = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "all", "none")
@@ -49,10 +51,6 @@ REPORT_PROTOCOLS = ("knn", "linear", "finetune")
 REPORT_BASELINES = ("random_init", "raw_pixels", "supervised")
 # Any other dataset: a real run, the recipe's published optimizer settings.
 GENERAL_RUN_DEFAULTS = dict(total_batch_size=256, save_steps=1000, dataloader_num_workers=4)
-
-
-class ConfigurationError(ValueError):
-    """The arguments cannot produce a working run; the message names the field and the fix."""
 
 
 @dataclass

@@ -54,7 +54,7 @@ from safetensors.torch import save_model as save_model_weights
 from hf_ssl.distributed import largest_over_processes
 from hf_ssl.plots import read_training_log
 
-from .arguments import ConfigurationError
+from .errors import ConfigurationError
 from .disk_space import disk_full_error, folder_bytes, is_disk_full
 from .sharding import (
     full_model_state,

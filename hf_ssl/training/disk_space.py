@@ -14,7 +14,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from .arguments import ConfigurationError
+from .errors import ConfigurationError
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # How safetensors (Rust's std::io::Error, debug-formatted) names ENOSPC / EDQUOT.

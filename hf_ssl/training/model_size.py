@@ -14,7 +14,7 @@ import torch
 from accelerate import PartialState
 from torch import nn
 
-from .arguments import ConfigurationError
+from .errors import ConfigurationError
 
 # fp32 weight, gradient and AdamW's two moments: 4 bytes each, whatever the mixed precision (the
 # masters stay fp32). Activations come on top; this is the floor, not an estimate.

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from transformers import PreTrainedModel, ViTImageProcessor
 
 from hf_ssl.backbones import is_timm_module
-from hf_ssl.hub.remote_code import add_remote_code
+from hf_ssl.remote_code import add_remote_code
 
 from .disk_space import disk_full_error, is_disk_full
 
@@ -28,6 +28,18 @@ logger = logging.getLogger(__name__)
 
 BACKBONE_FOLDER = "backbone"
 TIMM_BACKBONE_FOLDER = "backbone_timm"
+TRAINING_ARGUMENTS_FILE = "training_args.json"
+
+
+def read_training_arguments(run_dir: str | Path) -> dict:
+    """What a run folder records of the run that made it (method, model, data, steps, hardware, ...);
+    {} for a folder without a readable one (a backbone folder, a model from elsewhere)."""
+    path = Path(run_dir) / TRAINING_ARGUMENTS_FILE
+    try:
+        arguments = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return arguments if isinstance(arguments, dict) else {}
 
 
 def hardware_description(device: torch.device) -> str:
@@ -60,7 +72,7 @@ def save_run_folder(
     training_arguments: dict,
 ) -> Path:
     """Write config.json + model.safetensors + preprocessor_config.json + training_args.json at
-    `output_dir`, the method's modeling code with ``auto_map`` (`hf_ssl.hub.add_remote_code`), the
+    `output_dir`, the method's modeling code with ``auto_map`` (`hf_ssl.remote_code.add_remote_code`), the
     encoder as a plain transformers checkpoint under ``backbone/`` and, where timm has an
     equivalent (ViTs, timm backbones), in timm's format under ``backbone_timm/``.
 
@@ -93,4 +105,4 @@ def _write_run_folder(model: PreTrainedModel, output_dir: Path, image_processor:
         raise RuntimeError(f"{type(model).__name__}.export_backbone wrote no config.json")
     if not is_timm_module(model.get_backbone()):  # a timm backbone's export already is timm's format
         _write_timm_copy(model, output_dir / TIMM_BACKBONE_FOLDER, image_processor)
-    (output_dir / "training_args.json").write_text(json.dumps(training_arguments, indent=2, default=str) + "\n")
+    (output_dir / TRAINING_ARGUMENTS_FILE).write_text(json.dumps(training_arguments, indent=2, default=str) + "\n")

@@ -22,7 +22,7 @@ from typing import Any
 
 from hf_ssl.recipes import available_methods, get_recipe
 
-from .arguments import ConfigurationError
+from .errors import ConfigurationError
 from .optimizer import resolve_optimization
 from .checkpointing import (
     TRAINER_STATE_NAME,

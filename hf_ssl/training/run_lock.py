@@ -19,7 +19,7 @@ from pathlib import Path
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 
-from .arguments import ConfigurationError
+from .errors import ConfigurationError
 from .run_folder import check_output_dir_usable
 
 LOCK_NAME = ".hf-ssl-run.lock"

@@ -135,7 +135,7 @@ def choose_mixed_precision(requested: str, use_cpu: bool = False) -> tuple[str, 
         ConfigurationError: ``--mixed_precision`` contradicts the launcher's bf16 / fp16, or the
             launcher asks for a precision hf-ssl does not train in (fp8).
     """
-    from .arguments import ConfigurationError
+    from .errors import ConfigurationError
 
     launcher = launcher_mixed_precision()
     if launcher is not None and launcher not in TRAINABLE_PRECISIONS:

@@ -31,7 +31,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from .arguments import ConfigurationError
+from .errors import ConfigurationError
 
 
 def launch_flag(variable: str) -> bool:

@@ -31,7 +31,8 @@ from hf_ssl.data import DatasetConfigurationError, load_image_dataset, stream_so
 from hf_ssl.data.images import UndecodableImageError, image_dimensions
 from hf_ssl.recipes import get_recipe
 
-from .arguments import GENERAL_RUN_DEFAULTS, ConfigurationError, PretrainingArguments
+from .arguments import GENERAL_RUN_DEFAULTS, PretrainingArguments
+from .errors import ConfigurationError
 
 SIZE_SAMPLE_ROWS = 64
 BATCHES_PER_WORKER = 4

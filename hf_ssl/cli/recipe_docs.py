@@ -1,6 +1,6 @@
 """docs/recipes.md from the recipes: published value vs hf-ssl default vs source, per method.
 
-    python -m hf_ssl.recipes.docs > docs/recipes.md
+    python -m hf_ssl.cli.recipe_docs > docs/recipes.md
 
 Each masked-image-modeling recipe lists its `hf_ssl.recipes.published.PublishedSetting` rows
 (``published_settings``): the published value and its source are written by hand next to the code;
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .published import number
+from hf_ssl.recipes.published import number
 
 
 def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> list[str]:
@@ -46,7 +46,7 @@ def _preset_rows(recipe) -> list[tuple[str, ...]]:
 INTRODUCTION = """\
 # Published recipes of the masked-image-modeling methods
 
-Generated from the recipes by `python -m hf_ssl.recipes.docs > docs/recipes.md`; do not edit by
+Generated from the recipes by `python -m hf_ssl.cli.recipe_docs > docs/recipes.md`; do not edit by
 hand (tests/test_recipe_docs.py fails when this file and the code disagree).
 
 `--method X` alone trains with the hf-ssl default column below; `--recipe NAME` starts from a

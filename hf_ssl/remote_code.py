@@ -46,9 +46,6 @@ def resolve_model_classes(config_dict: dict) -> tuple[type, type]:
     """
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    from hf_ssl.registry import register_auto_classes
-
-    register_auto_classes()
     model_type = config_dict.get("model_type")
     if model_type not in CONFIG_MAPPING:
         raise ValueError(f"config.json has model_type {model_type!r}, which is not registered with AutoConfig")
@@ -305,9 +302,6 @@ def add_remote_code(save_directory: str | Path) -> dict[str, str]:
     config_dict = json.loads(config_path.read_text(encoding="utf-8"))
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    from hf_ssl.registry import register_auto_classes
-
-    register_auto_classes()
     model_type = config_dict.get("model_type")
     if model_type in CONFIG_MAPPING and not is_hf_ssl_class(CONFIG_MAPPING[model_type]):
         return {}
