@@ -12,9 +12,8 @@ with a, b L2-normalised, j running over the batch of every process; the loss is 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from hf_ssl.distributed import gather_with_grad, rank_and_world_size
+from .embeddings import matched_rows_cross_entropy
 
 
 def info_nce_loss(
@@ -41,18 +40,7 @@ def info_nce_loss(
         raise ValueError(f"query and key must both be (B, D); got {tuple(query.shape)} and {tuple(key.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    query = F.normalize(query.float(), dim=-1)
-    key = F.normalize(key.float(), dim=-1)
-
-    rank, _ = rank_and_world_size()
-    local_batch = query.shape[0]
-    all_keys = gather_with_grad(key) if gather_distributed else key  # (W*B, D)
-    # The positive of local row i sits at global row rank * B + i.
-    offset = rank * local_batch if gather_distributed else 0
-    targets = torch.arange(local_batch, device=query.device) + offset
-
-    loss = F.cross_entropy(query @ all_keys.T / temperature, targets)  # (B, W*B) logits
+    loss = matched_rows_cross_entropy(query, key, 1 / temperature, gather_distributed)
     if symmetric:
-        all_queries = gather_with_grad(query) if gather_distributed else query
-        loss = 0.5 * (loss + F.cross_entropy(key @ all_queries.T / temperature, targets))
+        loss = 0.5 * (loss + matched_rows_cross_entropy(key, query, 1 / temperature, gather_distributed))
     return loss

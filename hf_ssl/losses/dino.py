@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from hf_ssl.distributed import all_reduce_sum_with_grad
-from hf_ssl.losses.joint_embedding import _to_compute_dtype
+
+from .embeddings import to_compute_dtype
 
 
 def dino_loss(
@@ -77,9 +78,9 @@ def dino_loss(
         if not value > 0:
             raise ValueError(f"{name} must be > 0, got {value}")
 
-    centred = _to_compute_dtype(teacher_output.detach()) - center.reshape(1, -1)
+    centred = to_compute_dtype(teacher_output.detach()) - center.reshape(1, -1)
     teacher_probabilities = F.softmax(centred / teacher_temperature, dim=-1).chunk(num_global_crops)
-    student_log_probabilities = F.log_softmax(_to_compute_dtype(student_output) / student_temperature, dim=-1)
+    student_log_probabilities = F.log_softmax(to_compute_dtype(student_output) / student_temperature, dim=-1)
     student_log_probabilities = student_log_probabilities.chunk(student_output.shape[0] // batch)
 
     pair_losses = [
@@ -115,7 +116,7 @@ def update_dino_center(center: torch.Tensor, teacher_output: torch.Tensor, momen
         )
     if not 0 <= momentum <= 1:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-    outputs = _to_compute_dtype(teacher_output)
+    outputs = to_compute_dtype(teacher_output)
     row_sum = all_reduce_sum_with_grad(outputs.sum(dim=0))  # (K,)
     local_rows = torch.tensor(float(outputs.shape[0]), dtype=outputs.dtype, device=outputs.device)
     row_count = all_reduce_sum_with_grad(local_rows)

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from hf_ssl.distributed import gather_with_grad
-from hf_ssl.losses.joint_embedding import _check_pair, _global_row_indices, _normalized
+
+from .embeddings import check_pair, global_row_indices, matched_rows_cross_entropy, normalized
 
 
 def clip_loss(
@@ -46,13 +47,9 @@ def clip_loss(
     Returns:
         Scalar: the mean of the two directions over this process's B rows.
     """
-    _check_pair(image_embeddings, text_embeddings, "image_embeddings", "text_embeddings")
-    images, texts = _normalized(image_embeddings), _normalized(text_embeddings)
-    all_images = gather_with_grad(images) if gather_distributed else images  # (N, D)
-    all_texts = gather_with_grad(texts) if gather_distributed else texts
-    labels = _global_row_indices(images.shape[0], gather_distributed, images.device)
-    image_to_text = F.cross_entropy(logit_scale * images @ all_texts.T, labels)  # (B, N) logits
-    text_to_image = F.cross_entropy(logit_scale * texts @ all_images.T, labels)
+    check_pair(image_embeddings, text_embeddings, "image_embeddings", "text_embeddings")
+    image_to_text = matched_rows_cross_entropy(image_embeddings, text_embeddings, logit_scale, gather_distributed)
+    text_to_image = matched_rows_cross_entropy(text_embeddings, image_embeddings, logit_scale, gather_distributed)
     return (image_to_text + text_to_image) / 2
 
 
@@ -89,12 +86,12 @@ def siglip_loss(
     Returns:
         Scalar: this process's images' summed pair losses divided by its B images.
     """
-    _check_pair(image_embeddings, text_embeddings, "image_embeddings", "text_embeddings")
-    images, texts = _normalized(image_embeddings), _normalized(text_embeddings)
+    check_pair(image_embeddings, text_embeddings, "image_embeddings", "text_embeddings")
+    images, texts = normalized(image_embeddings), normalized(text_embeddings)
     all_texts = gather_with_grad(texts) if gather_distributed else texts  # (N, D)
     logits = logit_scale * images @ all_texts.T + logit_bias  # (B, N)
     local_rows = images.shape[0]
     signs = -torch.ones_like(logits)
-    positives = _global_row_indices(local_rows, gather_distributed, images.device)
+    positives = global_row_indices(local_rows, gather_distributed, images.device)
     signs[torch.arange(local_rows, device=images.device), positives] = 1.0
     return -F.logsigmoid(signs * logits).sum() / local_rows

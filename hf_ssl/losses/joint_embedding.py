@@ -18,35 +18,16 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from hf_ssl.distributed import all_reduce_sum_with_grad, gather_with_grad, is_distributed, rank_and_world_size
+from hf_ssl.distributed import all_reduce_sum_with_grad, gather_with_grad, is_distributed
 
-
-def _check_pair(first: torch.Tensor, second: torch.Tensor, first_name: str, second_name: str) -> None:
-    if first.dim() != 2 or first.shape != second.shape:
-        raise ValueError(
-            f"{first_name} and {second_name} must both be (B, D) with equal shapes; "
-            f"got {tuple(first.shape)} and {tuple(second.shape)}"
-        )
-
-
-def _check_positive(value: float, name: str) -> None:
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-
-
-def _to_compute_dtype(tensor: torch.Tensor) -> torch.Tensor:
-    # Softmaxes and batch statistics are unstable in bf16/fp16; float64 stays float64 (gradcheck).
-    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
-
-
-def _normalized(tensor: torch.Tensor) -> torch.Tensor:
-    return F.normalize(_to_compute_dtype(tensor), dim=-1)
-
-
-def _global_row_indices(local_rows: int, gathered: bool, device: torch.device) -> torch.Tensor:
-    """Index of this process's rows inside a batch gathered with `gather_with_grad`."""
-    rank = rank_and_world_size()[0] if gathered else 0
-    return torch.arange(local_rows, device=device) + rank * local_rows
+from .embeddings import (
+    check_pair,
+    check_positive,
+    global_row_indices,
+    matched_rows_cross_entropy,
+    normalized,
+    to_compute_dtype,
+)
 
 
 def nt_xent_loss(
@@ -82,9 +63,9 @@ def nt_xent_loss(
     Returns:
         Scalar: the mean over this process's 2B anchors.
     """
-    _check_pair(embeddings_1, embeddings_2, "embeddings_1", "embeddings_2")
-    _check_positive(temperature, "temperature")
-    view_1, view_2 = _normalized(embeddings_1), _normalized(embeddings_2)
+    check_pair(embeddings_1, embeddings_2, "embeddings_1", "embeddings_2")
+    check_positive(temperature, "temperature")
+    view_1, view_2 = normalized(embeddings_1), normalized(embeddings_2)
     all_view_1 = gather_with_grad(view_1) if gather_distributed else view_1  # (N, D)
     all_view_2 = gather_with_grad(view_2) if gather_distributed else view_2
     global_batch = all_view_1.shape[0]
@@ -92,7 +73,7 @@ def nt_xent_loss(
     anchors = torch.cat([view_1, view_2])  # (2B, D)
     logits = anchors @ candidates.T / temperature  # (2B, 2N)
 
-    own_rows = _global_row_indices(view_1.shape[0], gather_distributed, view_1.device)
+    own_rows = global_row_indices(view_1.shape[0], gather_distributed, view_1.device)
     anchor_index = torch.cat([own_rows, own_rows + global_batch])
     positive_index = torch.cat([own_rows + global_batch, own_rows])
     is_self = torch.zeros_like(logits, dtype=torch.bool)
@@ -136,15 +117,11 @@ def moco_v3_loss(
         Scalar: the sum of the two directions, each averaged over this process's B queries.
     """
     for name, tensor in (("query_2", query_2), ("key_1", key_1), ("key_2", key_2)):
-        _check_pair(query_1, tensor, "query_1", name)
-    _check_positive(temperature, "temperature")
-    labels = _global_row_indices(query_1.shape[0], gather_distributed, query_1.device)
+        check_pair(query_1, tensor, "query_1", name)
+    check_positive(temperature, "temperature")
 
     def contrastive(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-        key = _normalized(key.detach())
-        all_keys = gather_with_grad(key) if gather_distributed else key  # (N, D)
-        logits = _normalized(query) @ all_keys.T / temperature  # (B, N)
-        return F.cross_entropy(logits, labels) * (2 * temperature)
+        return matched_rows_cross_entropy(query, key.detach(), 1 / temperature, gather_distributed) * (2 * temperature)
 
     return contrastive(query_1, key_2) + contrastive(query_2, key_1)
 
@@ -173,10 +150,10 @@ def byol_loss(
         Scalar in [0, 8].
     """
     for name, tensor in (("prediction_2", prediction_2), ("target_1", target_1), ("target_2", target_2)):
-        _check_pair(prediction_1, tensor, "prediction_1", name)
+        check_pair(prediction_1, tensor, "prediction_1", name)
 
     def regression(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return 2 - 2 * (_normalized(prediction) * _normalized(target.detach())).sum(dim=-1)  # (B,)
+        return 2 - 2 * (normalized(prediction) * normalized(target.detach())).sum(dim=-1)  # (B,)
 
     return (regression(prediction_1, target_2) + regression(prediction_2, target_1)).mean()
 
@@ -205,10 +182,10 @@ def simsiam_loss(
     """
     others = (("prediction_2", prediction_2), ("projection_1", projection_1), ("projection_2", projection_2))
     for name, tensor in others:
-        _check_pair(prediction_1, tensor, "prediction_1", name)
+        check_pair(prediction_1, tensor, "prediction_1", name)
 
     def negative_cosine(prediction: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
-        return -(_normalized(prediction) * _normalized(projection.detach())).sum(dim=-1).mean()
+        return -(normalized(prediction) * normalized(projection.detach())).sum(dim=-1).mean()
 
     return 0.5 * (negative_cosine(prediction_1, projection_2) + negative_cosine(prediction_2, projection_1))
 
@@ -301,9 +278,9 @@ def barlow_twins_loss_terms(
         `BarlowTwinsLossTerms` ``(loss, on_diagonal, off_diagonal)``, equal on every process; the
         two terms are unweighted.
     """
-    _check_pair(embeddings_1, embeddings_2, "embeddings_1", "embeddings_2")
-    _check_positive(eps, "eps")
-    views = _to_compute_dtype(torch.stack([embeddings_1, embeddings_2]))  # (2, B, D)
+    check_pair(embeddings_1, embeddings_2, "embeddings_1", "embeddings_2")
+    check_positive(eps, "eps")
+    views = to_compute_dtype(torch.stack([embeddings_1, embeddings_2]))  # (2, B, D)
     local_rows = torch.tensor(float(views.shape[1]), dtype=views.dtype, device=views.device)
     distributed = gather_distributed and is_distributed()
     global_rows = all_reduce_sum_with_grad(local_rows) if distributed else local_rows
@@ -385,9 +362,9 @@ def vicreg_loss(
         `VICRegLossTerms` ``(loss, invariance, variance, covariance)``; the three terms are
         unweighted.
     """
-    _check_pair(embeddings_1, embeddings_2, "embeddings_1", "embeddings_2")
-    _check_positive(eps, "eps")
-    first, second = _to_compute_dtype(embeddings_1), _to_compute_dtype(embeddings_2)
+    check_pair(embeddings_1, embeddings_2, "embeddings_1", "embeddings_2")
+    check_positive(eps, "eps")
+    first, second = to_compute_dtype(embeddings_1), to_compute_dtype(embeddings_2)
     if gather_distributed:
         first, second = gather_with_grad(first), gather_with_grad(second)  # (N, D)
     global_rows, dimensions = first.shape
