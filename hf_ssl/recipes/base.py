@@ -223,26 +223,31 @@ class StepContext:
     values: dict[str, float]
 
 
+def weight_decay_groups(model: nn.Module, weight_decay: float, is_exempt: Callable[[str, nn.Parameter], bool]) -> list[dict]:
+    """The two AdamW groups of `model`'s trainable parameters: decayed, and exempt where
+    ``is_exempt(name, parameter)``. Each group carries ``apply_weight_decay`` so that a weight-decay
+    schedule only moves the decayed group."""
+    decayed, exempt = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (exempt if is_exempt(name, parameter) else decayed).append(parameter)
+    return [
+        {"params": decayed, "weight_decay": weight_decay, "apply_weight_decay": True},
+        {"params": exempt, "weight_decay": 0.0, "apply_weight_decay": False},
+    ]
+
+
 def parameter_groups(model: nn.Module, weight_decay: float, extra_exemptions: Iterable[str] = ()) -> list[dict]:
     """AdamW groups: decayed weights, and exempt ones (biases, norms, tokens, position tables).
 
     A parameter is exempt when it has fewer than 2 dimensions, when any component of its dotted
     name is in `NO_WEIGHT_DECAY_NAMES` or `extra_exemptions`, or when the model's
-    ``no_weight_decay()`` (timm's convention) names it. Each group carries
-    ``apply_weight_decay`` so that a weight-decay schedule only moves the decayed group.
+    ``no_weight_decay()`` (timm's convention) names it.
     """
     exempt_names = set(NO_WEIGHT_DECAY_NAMES) | set(extra_exemptions)
     model_exemptions = set(model.no_weight_decay()) if callable(getattr(model, "no_weight_decay", None)) else set()
-    decayed, exempt = [], []
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        is_exempt = parameter.ndim < 2 or name in model_exemptions or bool(exempt_names & set(name.split(".")))
-        (exempt if is_exempt else decayed).append(parameter)
-    return [
-        {"params": decayed, "weight_decay": weight_decay, "apply_weight_decay": True},
-        {"params": exempt, "weight_decay": 0.0, "apply_weight_decay": False},
-    ]
+    return weight_decay_groups(model, weight_decay, lambda name, parameter: (
+        parameter.ndim < 2 or name in model_exemptions or bool(exempt_names & set(name.split(".")))))
 
 
 class Recipe(ABC):

@@ -56,7 +56,16 @@ from hf_ssl.modeling.dino import BackboneForDINO, DINOConfig
 from hf_ssl.transforms import ImageRowTransform
 from hf_ssl.transforms.multicrop import BLUR_RADIUS, GLOBAL_CROP_SIZE, DINOMultiCrop, proportional_local_crop_size
 
-from .base import BuildContext, MethodCard, OptimizerDefaults, Recipe, ScheduleContext, StepContext, register_recipe
+from .base import (
+    BuildContext,
+    MethodCard,
+    OptimizerDefaults,
+    Recipe,
+    ScheduleContext,
+    StepContext,
+    register_recipe,
+    weight_decay_groups,
+)
 
 # A stream of unknown length counts as this many epochs (the official --epochs default).
 OFFICIAL_EPOCHS = 100
@@ -265,15 +274,7 @@ class DINORecipe(Recipe):
     def parameter_groups(self, model, weight_decay: float) -> list[dict]:
         """The official ``utils.get_params_groups``: biases and 1-D parameters are not decayed, everything
         else is (the CLS token and position embeddings included)."""
-        decayed, exempt = [], []
-        for name, parameter in model.named_parameters():
-            if not parameter.requires_grad:
-                continue
-            (exempt if name.endswith(".bias") or parameter.ndim == 1 else decayed).append(parameter)
-        return [
-            {"params": decayed, "weight_decay": weight_decay, "apply_weight_decay": True},
-            {"params": exempt, "weight_decay": 0.0, "apply_weight_decay": False},
-        ]
+        return weight_decay_groups(model, weight_decay, lambda name, parameter: name.endswith(".bias") or parameter.ndim == 1)
 
     def schedules(self, context: ScheduleContext) -> dict[str, torch.Tensor]:
         """Learning rate and weight decay (base class), plus ``ema_momentum``, ``teacher_temperature``

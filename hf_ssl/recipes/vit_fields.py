@@ -15,7 +15,7 @@ from torch import nn
 
 from hf_ssl.backbones import BackboneSpec
 
-from .base import BuildContext, Recipe
+from .base import BuildContext, Recipe, weight_decay_groups
 
 VIT_FIELDS = (
     "image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -78,19 +78,10 @@ def decay_groups(model: nn.Module, weight_decay: float, exempt_names: Iterable[s
     (biases, norms, layer scales) and those with a component of their dotted name in
     `exempt_names` get no weight decay; every other trainable parameter does.
 
-    Each group carries ``apply_weight_decay`` for the loop's weight-decay schedule.
     """
     exempt_names = set(exempt_names)
-    decayed, exempt = [], []
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        is_exempt = parameter.ndim < 2 or bool(exempt_names & set(name.split(".")))
-        (exempt if is_exempt else decayed).append(parameter)
-    return [
-        {"params": decayed, "weight_decay": weight_decay, "apply_weight_decay": True},
-        {"params": exempt, "weight_decay": 0.0, "apply_weight_decay": False},
-    ]
+    return weight_decay_groups(model, weight_decay, lambda name, parameter: (
+        parameter.ndim < 2 or bool(exempt_names & set(name.split(".")))))
 
 
 class MaskedImageModelingRecipe(Recipe):
