@@ -346,7 +346,7 @@ def run(argv: list[str] | None = None, stop_requests: StopRequests | None = None
         if arguments.report_protocols:
             from hf_ssl.eval.report import evaluate_run_after_training
 
-            # the DataLoader workers are gone: the report computes on the cores they had (65 s -> 42 s measured)
+            # the DataLoader workers are gone: the report computes on the cores they had too
             configure_cpu_threads(accelerator.device, accelerator.num_processes, dataloader_num_workers=0)
             print(evaluate_run_after_training(output_dir, arguments.report_protocols,
                                               dataset_name=arguments.eval_dataset_name or arguments.dataset_name,

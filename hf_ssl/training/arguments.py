@@ -131,15 +131,14 @@ class PretrainingArguments:
     attention: AttentionChoice = field(
         default="auto",
         metadata={"help": "auto / sdpa / eager: the attention kernel while training. auto = eager (explicit matmuls, "
-                          "fp32 softmax) on CPU under bf16, where torch's SDPA kernels measured 2x slower at ViT lengths, "
+                          "fp32 softmax) on CPU under bf16, where torch's SDPA kernels are slower at ViT lengths, "
                           "else SDPA. Saved models load with SDPA either way."},
     )
     cpu_allocator_cache: bool = field(
         default=True,
         metadata={"help": "On CPU (Linux, glibc): keep the memory a step frees for the next step instead of returning it "
-                          "to the OS, which otherwise page-faults every step's activations in again (ViT-S SplitMask, "
-                          "measured: 2.89 -> 3.43 images/s in fp32, 5.43 -> 5.96 in bf16). --cpu_allocator_cache false "
-                          "keeps glibc's default."},
+                          "to the OS, which otherwise page-faults every step's activations in again (README: Training). "
+                          "--cpu_allocator_cache false keeps glibc's default."},
     )
     seed: int = field(default=0, metadata={"help": "Seed for weights, data order, augmentations and masks."})
     preparation_rows: int = field(

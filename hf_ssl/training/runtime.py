@@ -58,9 +58,8 @@ def keep_freed_host_memory(device: torch.device) -> bool:
     a fresh mapping, unmapped again at free, and trims the heap top back to the OS: a training
     step allocates and frees the same activations every step, so each step page-faults (and the
     kernel zeroes) them again. A SplitMask ViT-S bf16 step at batch 8 took 66-135 thousand minor
-    page faults (0.26-0.53 GiB); with both thresholds raised, 0 after the first step, and the
-    benchmark suite measured 2.89 -> 3.43 images/s in fp32 and 5.43 -> 5.96 in bf16 (BEiT, whose
-    blocks stay under glibc's 32 MiB, unchanged). The memory kept is the step's own high-water
+    page faults (0.26-0.53 GiB); with both thresholds raised, 0 after the first step (the
+    throughput gained is in README, Training). The memory kept is the step's own high-water
     mark, which the next step reuses, as PyTorch's caching allocator does on a GPU.
 
     Nothing changes off CPU, off glibc, or when the environment already sets glibc's malloc
