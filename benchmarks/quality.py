@@ -136,20 +136,28 @@ def plot(report: dict):
     for axis, backbone in zip(axes[:, 0], backbones):
         rows = sorted((row for row in report["results"] if row.endswith(f"({backbone})") and not row.startswith(BASELINES)),
                       key=lambda row: -report["results"][row].get("linear", {"mean": 0})["mean"])
-        width = 0.8 / len(shown)
+        width, labelled = 0.8 / len(shown), set()
         for index, key in enumerate(shown):
+            positions = np.arange(len(rows)) + index * width
             values = [report["results"][row].get(key) for row in rows]
-            axis.bar(np.arange(len(rows)) + index * width, [100 * v["mean"] if v else 0 for v in values], width,
+            axis.bar(positions, [100 * v["mean"] if v else 0 for v in values], width,
                      yerr=[100 * v["std"] if v else 0 for v in values], label=key, capsize=2)
-            for baseline, style in (("random init", ":"), ("raw pixels", "-.")):
+            # each bar's own baselines, measured with its protocol and labels, as a tick across it
+            for baseline, style, color in (("random init", ":", "black"), ("raw pixels", "-.", "dimgrey"),
+                                           ("supervised", "-", "black")):
                 value = report["results"].get(f"{baseline} ({backbone})", {}).get(key)
-                if value is not None and index == 1:  # the linear probe's baselines, the headline protocol
-                    axis.axhline(100 * value["mean"], linestyle=style, color="grey", label=f"{baseline}, linear probe")
+                if value is None or (baseline == "random init" and key.startswith("finetune")):
+                    continue  # fine-tuning from random init is the supervised row
+                axis.hlines([100 * value["mean"]] * len(rows), positions - width / 2, positions + width / 2,
+                            linestyles=style, colors=color, linewidth=1.6,
+                            label=None if baseline in labelled else f"{baseline} (same protocol)")
+                labelled.add(baseline)
         axis.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, [row.rsplit(" (", 1)[0] for row in rows], rotation=20)
         axis.set_ylabel("top-1 accuracy (%)")
         axis.set_title(f"{backbone} on {configuration['dataset_name']}, {configuration['max_steps']} steps per run")
         axis.grid(alpha=0.3, axis="y")
-        axis.legend(fontsize=7, ncol=3)
+        axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figure.subplots_adjust(left=0.06, right=0.8, hspace=0.5)
     return figure
 
 
