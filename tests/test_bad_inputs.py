@@ -44,7 +44,7 @@ BAD_INPUTS = [
     ("pretrain --dataset_name ./no_such_folder --max_steps 5", "--dataset_name './no_such_folder': no such folder", {}),
     ("pretrain --method simclrr", "--method 'simclrr' is not a registered method", {}),
     ("pretrain --model vit-smal --max_steps 5", "--model 'vit-smal' is not a preset", {}),
-    ("pretrain --recipe mae-vit-base --max_steps 5", "--recipe 'mae-vit-base' is not a published configuration", {}),
+    ("pretrain --recipe mae-vit-base --max_steps 5", "--preset 'mae-vit-base' is not a published configuration", {}),
     ("pretrain --model timm/resnet181 --max_steps 5", "timm has no model 'resnet181'", {}),
     ("pretrain --model ./no_such_model --max_steps 5", "--model './no_such_model': no such folder", {"HF_HUB_OFFLINE": None}),
     ("pretrain --method mae --model timm/resnet18 --max_steps 5", "--method mae needs a vit backbone", {}),

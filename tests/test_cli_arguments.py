@@ -42,7 +42,7 @@ def _help(main, argv, capsys) -> str:
 def test_pretrain_help_names_the_command_lists_choices_and_each_default_once(capsys):
     text = _help(parse_arguments, ["--help"], capsys)
     assert text.startswith("usage: hf-ssl pretrain ")
-    assert "--method {barlow_twins,beit,byol,dino," in text and "--recipe {beit-base," in text
+    assert "--method {barlow_twins,beit,byol,dino," in text and "--preset {beit-base," in text
     assert "resnet-micro" in text  # every backbone preset
     flat = " ".join(text.split())
     assert "(default: None)" not in flat and "(default: the recipe's). (default" not in flat

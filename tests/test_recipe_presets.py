@@ -1,5 +1,6 @@
-"""``--recipe NAME``: published configurations as presets under YAML and explicit flags."""
+"""``--preset NAME`` (earlier ``--recipe``): published configurations under YAML and explicit flags."""
 
+import dataclasses
 import json
 
 import pytest
@@ -38,9 +39,9 @@ def test_published_presets_exist_and_names_are_unique():
 
 @pytest.mark.parametrize("method, preset", all_presets(), ids=lambda value: getattr(value, "name", value))
 def test_every_preset_parses_and_builds_its_model(method, preset):
-    arguments, method_arguments = parse_arguments(["--recipe", preset.name, "--max_steps", "1000",
+    arguments, method_arguments = parse_arguments(["--preset", preset.name, "--max_steps", "1000",
                                                    "--dataset_name", "org/images"])
-    assert arguments.method == method and arguments.recipe == preset.name
+    assert arguments.method == method and arguments.preset == preset.name
     assert preset.arguments.get("total_batch_size"), "a preset states the published batch size"
     resolved = resolve_arguments(arguments)
     backbone = validate_arguments(resolved, method_arguments)
@@ -53,22 +54,22 @@ def test_every_preset_parses_and_builds_its_model(method, preset):
 
 
 def test_mae_preset_values_and_linear_scaling():
-    arguments, _ = parse_arguments(["--recipe", "mae-vit-base-1600ep", "--max_steps", "16000"])
+    arguments, _ = parse_arguments(["--preset", "mae-vit-base-1600ep", "--max_steps", "16000"])
     assert (arguments.method, arguments.model, arguments.image_size, arguments.total_batch_size) == ("mae", "vit-base", 224, 4096)
     assert arguments.learning_rate == pytest.approx(1.5e-4 * 4096 / 256)
     assert arguments.warmup_steps == 400  # 40 of 1600 epochs
     assert json.loads(arguments.model_overrides) == {"mask_ratio": 0.75, "norm_pix_loss": True}
     # a smaller batch scales the learning rate down by the same rule
-    smaller, _ = parse_arguments(["--recipe", "mae-vit-base-1600ep", "--max_steps", "100", "--total_batch_size", "512"])
+    smaller, _ = parse_arguments(["--preset", "mae-vit-base-1600ep", "--max_steps", "100", "--total_batch_size", "512"])
     assert smaller.learning_rate == pytest.approx(1.5e-4 * 512 / 256)
 
 
 def test_simmim_presets_set_schedule_and_encoder():
-    arguments, method_arguments = parse_arguments(["--recipe", "simmim-swin-base-100ep", "--max_steps", "1000"])
+    arguments, method_arguments = parse_arguments(["--preset", "simmim-swin-base-100ep", "--max_steps", "1000"])
     assert (arguments.model, arguments.image_size) == ("swin-base", 192)
     assert arguments.learning_rate == pytest.approx(2e-4 * 2048 / 512) and arguments.warmup_steps == 100
     assert method_arguments.learning_rate_schedule == "cosine"
-    vit, vit_arguments = parse_arguments(["--recipe", "simmim-vit-base-800ep"])
+    vit, vit_arguments = parse_arguments(["--preset", "simmim-vit-base-800ep"])
     assert vit.learning_rate == pytest.approx(1e-4 * 2048 / 512) and vit.warmup_steps is None  # the recipe's 10/800
     assert vit_arguments.learning_rate_schedule == "multistep" and vit_arguments.learning_rate_milestones == [0.875]
     overrides = json.loads(vit.model_overrides)
@@ -76,9 +77,9 @@ def test_simmim_presets_set_schedule_and_encoder():
 
 
 def test_beit_and_splitmask_presets():
-    beit, _ = parse_arguments(["--recipe", "beit-base"])
+    beit, _ = parse_arguments(["--preset", "beit-base"])
     assert (beit.method, beit.model, beit.total_batch_size, beit.learning_rate) == ("beit", "vit-base", 2048, 1.5e-3)
-    splitmask, _ = parse_arguments(["--recipe", "splitmask-vit-base", "--max_steps", "3000"])
+    splitmask, _ = parse_arguments(["--preset", "splitmask-vit-base", "--max_steps", "3000"])
     assert splitmask.warmup_steps == 100 and splitmask.learning_rate == 1.5e-3
     overrides = json.loads(splitmask.model_overrides)
     assert overrides["decoder_num_hidden_layers"] == 2 and overrides["tokenizer_vocab_size"] == 8192
@@ -88,7 +89,7 @@ def test_beit_and_splitmask_presets():
 def test_explicit_flags_and_yaml_win_over_the_preset(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("total_batch_size: 1024\nimage_size: 160\n")
-    arguments, _ = parse_arguments(["--recipe", "mae-vit-base-1600ep", "--config", str(config), "--image_size", "192",
+    arguments, _ = parse_arguments(["--preset", "mae-vit-base-1600ep", "--config", str(config), "--image_size", "192",
                                     "--learning_rate", "1e-3", "--warmup_steps", "7", "--max_steps", "50",
                                     "--model_overrides", '{"mask_ratio": 0.6}'])
     assert arguments.total_batch_size == 1024  # YAML over the preset
@@ -96,29 +97,40 @@ def test_explicit_flags_and_yaml_win_over_the_preset(tmp_path):
     assert arguments.learning_rate == 1e-3 and arguments.warmup_steps == 7
     assert json.loads(arguments.model_overrides) == {"mask_ratio": 0.6, "norm_pix_loss": True}  # merged, user wins
     from_yaml = tmp_path / "preset.yaml"
-    from_yaml.write_text("recipe: beit-base\n")
+    from_yaml.write_text("preset: beit-base\n")
     arguments, _ = parse_arguments(["--config", str(from_yaml)])
     assert arguments.method == "beit" and arguments.model == "vit-base"
 
 
+def test_the_earlier_name_recipe_still_selects_a_preset(tmp_path):
+    """``--recipe`` and a YAML ``recipe:`` key, as written before presets had their own name."""
+    expected, _ = parse_arguments(["--preset", "beit-base"])
+    for argv in (["--recipe", "beit-base"], ["--recipe=beit-base"]):
+        assert parse_arguments(argv)[0] == expected
+    legacy_yaml = tmp_path / "run.yaml"
+    legacy_yaml.write_text("recipe: beit-base\n")
+    from_yaml, _ = parse_arguments(["--config", str(legacy_yaml)])
+    assert dataclasses.replace(from_yaml, config=None) == expected
+
+
 def test_preset_errors_are_configuration_errors():
     with pytest.raises(ConfigurationError, match="not a published configuration; available: beit-base"):
-        parse_arguments(["--recipe", "beit-huge"])
+        parse_arguments(["--preset", "beit-huge"])
     with pytest.raises(ConfigurationError, match="is a mae configuration, not --method simmim"):
-        parse_arguments(["--recipe", "mae-vit-base-1600ep", "--method", "simmim"])
+        parse_arguments(["--preset", "mae-vit-base-1600ep", "--method", "simmim"])
     with pytest.raises(ConfigurationError, match="give --max_steps"):
-        parse_arguments(["--recipe", "mae-vit-base-1600ep"])
+        parse_arguments(["--preset", "mae-vit-base-1600ep"])
     assert find_preset("beit-base")[0] == "beit"
 
 
 def test_cli_rejects_an_unknown_recipe_with_exit_code_2(capsys):
     from hf_ssl.cli.pretrain import main
 
-    assert main(["--recipe", "nope"]) == 2
+    assert main(["--preset", "nope"]) == 2
     assert "not a published configuration" in capsys.readouterr().err
 
 
 def test_no_preset_leaves_arguments_untouched():
     arguments, _ = parse_arguments(["--method", "mae"])
-    assert arguments.recipe is None and arguments.learning_rate is None and arguments.model_overrides is None
-    assert PretrainingArguments().recipe is None
+    assert arguments.preset is None and arguments.learning_rate is None and arguments.model_overrides is None
+    assert PretrainingArguments().preset is None

@@ -49,7 +49,7 @@ INTRODUCTION = """\
 Generated from the recipes by `python -m hf_ssl.cli.recipe_docs > docs/recipes.md`; do not edit by
 hand (tests/test_recipe_docs.py fails when this file and the code disagree).
 
-`--method X` alone trains with the hf-ssl default column below; `--recipe NAME` starts from a
+`--method X` alone trains with the hf-ssl default column below; `--preset NAME` starts from a
 published configuration (model, batch size, optimizer, schedule, model fields; the augmentation
 is the method's own) and explicit flags (or `--config` YAML) win over it. The learning rate
 always follows the linear scaling rule `learning_rate = base x total_batch_size / reference`
@@ -85,8 +85,8 @@ def render_markdown() -> str:
         if notes:
             lines += [notes.strip(), ""]
         if recipe.presets:
-            lines += ["Presets (`--recipe NAME`):", ""]
-            lines += _table(_preset_rows(recipe), ("--recipe", "configuration", "sets", "source"))
+            lines += ["Presets (`--preset NAME`):", ""]
+            lines += _table(_preset_rows(recipe), ("--preset", "configuration", "sets", "source"))
             lines.append("")
     lines += ["## Fine-tuning presets (`hf-ssl evaluate --protocol finetune --finetune_preset NAME`)", ""]
     rows = []

@@ -20,7 +20,7 @@ ask the recipe:
   `after_optimizer_step` (e.g. an EMA update);
 - its model card text and tags (`card`), figures (`figures`) and any file the run folder needs
   besides the model and image processor (`save_extra_files`, e.g. a tokenizer and processor);
-- published configurations selectable with ``--recipe NAME`` (`presets`).
+- published configurations selectable with ``--preset NAME`` (`presets`).
 
 Every scalar tensor the model output carries (``loss``, ``mim_loss``, ``contrastive_loss``, a
 collapse metric, ...) is logged by the loop.
@@ -94,14 +94,14 @@ class OptimizerDefaults:
 
 @dataclass(frozen=True)
 class Preset:
-    """A published configuration of a method, selected with ``--recipe <name>``.
+    """A published configuration of a method, selected with ``--preset <name>``.
 
     A preset sets pre-training arguments and model config fields as a paper published them;
     ``--config`` YAML values and explicit flags win over it (its model overrides are merged under
     the user's ``--model_overrides``).
 
     Args:
-        name: the ``--recipe`` value (unique over all methods).
+        name: the ``--preset`` value (unique over all methods).
         description: one line: paper, model, published schedule length.
         source: where the values come from (paper section, official config file).
         arguments: values of pre-training flags, common ones (``model``, ``image_size``,
@@ -273,7 +273,7 @@ class Recipe(ABC):
         prepares_model: call `prepare_model` before training (it reads training images first).
         reconstruction_panels: for masked image modeling, ``(model, pixel_values, generator) ->
             ReconstructionPanels`` (see `hf_ssl.visualization`); None otherwise.
-        presets: published configurations (`Preset`), selectable with ``--recipe <name>``.
+        presets: published configurations (`Preset`), selectable with ``--preset <name>``.
     """
 
     name: str = ""

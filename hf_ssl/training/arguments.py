@@ -1,7 +1,7 @@
 """Arguments of ``hf-ssl pretrain``: the common dataclass plus the method's own, from flags and/or YAML.
 
 Every field is a command-line flag (``--max_steps 1000``); ``--config run.yaml`` reads the same
-names from a file, and flags given next to it win. ``--recipe NAME`` starts from a published
+names from a file, and flags given next to it win. ``--preset NAME`` starts from a published
 configuration of a method (`Recipe.presets`, listed in docs/recipes.md), under YAML and flags. The chosen method's recipe may add flags of
 its own (`Recipe.arguments_class`, e.g. DINO's ``--local_crops_number``); ``--method X --help``
 lists them. Fields left at None are resolved from the method's recipe (model, image size,
@@ -59,10 +59,11 @@ class PretrainingArguments:
 
     # --- method and model
     method: str = field(default="simclr", metadata={"help": "Pre-training method (a registered recipe)."})
-    recipe: str | None = field(
+    preset: str | None = field(
         default=None,
         metadata={"help": "A published configuration (model, optimizer, schedule, augmentation; docs/recipes.md), "
-                          "e.g. mae-vit-base-1600ep; it implies --method, and explicit flags win."},
+                          "e.g. mae-vit-base-1600ep; it implies --method, and explicit flags win. --recipe, its earlier "
+                          "name, is still accepted."},
     )
     model: str | None = field(
         default=None,
@@ -198,7 +199,7 @@ class PretrainingArguments:
 
 
 def preset_names() -> list[str]:
-    """Every ``--recipe`` value: the presets of every registered method."""
+    """Every ``--preset`` value: the presets of every registered method."""
     return sorted(preset.name for method in available_methods() for preset in get_recipe(method).presets)
 
 
@@ -207,7 +208,7 @@ def find_preset(name: str) -> tuple[str, Preset]:
     found = [(method, preset) for method in available_methods() for preset in get_recipe(method).presets
              if preset.name == name]
     if not found:
-        raise ConfigurationError(f"--recipe {name!r} is not a published configuration; available: {', '.join(preset_names())}")
+        raise ConfigurationError(f"--preset {name!r} is not a published configuration; available: {', '.join(preset_names())}")
     return found[0]
 
 
@@ -232,11 +233,11 @@ def _unrecognized_flags(unknown: list[str], parser: HfArgumentParser, method: st
 
 def _method_and_config(argv: list[str]) -> tuple[str, dict, str | None, Preset | None]:
     """``--method`` (flag, else YAML, else the preset's, else the default), the YAML values and the
-    ``--recipe`` preset, read before the full parse."""
+    ``--preset``, read before the full parse."""
     early = argparse.ArgumentParser(add_help=False)
     early.add_argument("--method", default=None)
     early.add_argument("--config", default=None)
-    early.add_argument("--recipe", default=None)
+    early.add_argument("--preset", default=None)
     known, _ = early.parse_known_args(argv)
     values: dict = {}
     if known.config is not None:
@@ -250,11 +251,13 @@ def _method_and_config(argv: list[str]) -> tuple[str, dict, str | None, Preset |
             raise ConfigurationError(f"--config {known.config}: expected a mapping of argument names to values")
     method = known.method or values.get("method")
     preset = None
-    preset_name = known.recipe or values.get("recipe")
+    if "recipe" in values:  # a YAML written before presets had their name
+        values["preset"] = values.pop("recipe")
+    preset_name = known.preset or values.get("preset")
     if preset_name:
         preset_method, preset = find_preset(preset_name)
         if method not in (None, preset_method):
-            raise ConfigurationError(f"--recipe {preset_name} is a {preset_method} configuration, not --method {method}")
+            raise ConfigurationError(f"--preset {preset_name} is a {preset_method} configuration, not --method {method}")
         method = preset_method
     return method or PretrainingArguments.method, values, known.config, preset
 
@@ -271,17 +274,20 @@ def _apply_preset_rules(arguments: PretrainingArguments, preset: Preset, recipe:
     if arguments.warmup_steps is None and preset.warmup_fraction is not None:
         if arguments.max_steps is None:
             raise ConfigurationError(
-                f"--recipe {preset.name} warms up for {preset.warmup_fraction:g} of the run: give --max_steps "
+                f"--preset {preset.name} warms up for {preset.warmup_fraction:g} of the run: give --max_steps "
                 f"(its {preset.epochs} published epochs are {preset.epochs} x images / total_batch_size steps)"
             )
         arguments.warmup_steps = int(round(preset.warmup_fraction * arguments.max_steps))
 
 
 def parse_arguments(argv: list[str] | None = None) -> tuple[PretrainingArguments, object | None]:
-    """Parse flags into ``(arguments, method_arguments)``; ``--recipe NAME`` and ``--config file.yaml``
+    """Parse flags into ``(arguments, method_arguments)``; ``--preset NAME`` and ``--config file.yaml``
     supply defaults (the YAML over the preset) that explicit flags override. `method_arguments` is
     the recipe's `arguments_class` instance (None when the method has no flags of its own)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # --recipe: the earlier name of --preset, still accepted
+    argv = [f"--preset{item[len('--recipe'):]}" if item == "--recipe" or item.startswith("--recipe=") else item
+            for item in argv]
     method, values, config_path, preset = _method_and_config(argv)
     if method not in available_methods():
         raise ConfigurationError(f"--method {method!r} is not a registered method; available: {', '.join(available_methods())}")
@@ -292,14 +298,14 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[PretrainingArguments
     for action in parser._actions:  # list the registered names in --help (the early parse has checked them)
         if action.dest == "method":
             action.choices = available_methods()
-        elif action.dest == "recipe":
+        elif action.dest == "preset":
             action.choices = preset_names()
     known = {item.name for dataclass_type in dataclass_types for item in dataclasses.fields(dataclass_type)}
     if values:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigurationError(f"--config {config_path}: unknown argument(s) {', '.join(unknown)} for --method {method}")
-    defaults = {**preset.arguments, "method": method, "recipe": preset.name} if preset else {}
+    defaults = {**preset.arguments, "method": method, "preset": preset.name} if preset else {}
     defaults.update(values)
     if defaults:
         parser.set_defaults(**defaults)

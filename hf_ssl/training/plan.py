@@ -51,7 +51,7 @@ def describe_plan(
     _, precision_reason = choose_mixed_precision(requested.mixed_precision, use_cpu=multi_process_cpu_run())
     micro_batch = arguments.total_batch_size // (world_size * arguments.gradient_accumulation_steps)
     rows = [
-        ("method", arguments.method, f"--recipe {arguments.recipe}" if arguments.recipe else None),
+        ("method", arguments.method, f"--preset {arguments.preset}" if arguments.preset else None),
         ("model", arguments.model, _origin("model", requested, arguments, sized, "the recipe's default")),
         ("image size", f"{arguments.image_size} px", _origin("image_size", requested, arguments, sized, "the recipe's default")),
         ("inputs", views, None),

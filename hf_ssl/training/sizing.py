@@ -2,7 +2,7 @@
 
 The recipes' defaults assume ImageNet on GPUs: 224-px inputs and batches of 256. On a folder of
 200 small images they fail (a batch larger than the data) or crawl (DINO's 2 x 224 + 8 x 96 crops
-of 64-px pictures). So, unless a flag, the YAML or a ``--recipe`` preset sets them, and outside the
+of 64-px pictures). So, unless a flag, the YAML or a ``--preset`` sets them, and outside the
 bundled data (whose defaults were measured):
 
 - image size: the median shorter side of the first `SIZE_SAMPLE_ROWS` images, rounded to what
