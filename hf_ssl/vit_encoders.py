@@ -23,7 +23,7 @@ import math
 
 import torch
 from torch import nn
-from transformers import BeitConfig, BeitModel, ViTModel
+from transformers import BeitConfig, BeitModel, ViTConfig, ViTModel
 
 ENCODER_TYPES = ("vit", "beit")
 
@@ -44,6 +44,13 @@ VIT_ENCODER_FIELDS = (
     "intermediate_size", "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps",
     "initializer_range",
 )
+
+
+def vit_encoder_config(config, encoder_stride: int | None = None) -> ViTConfig:
+    """The plain `ViTConfig` of a pre-training encoder, from a method config holding the ViT fields
+    flat (and `qkv_bias`); `encoder_stride` defaults to the patch size."""
+    fields = {name: getattr(config, name) for name in VIT_ENCODER_FIELDS}
+    return ViTConfig(qkv_bias=config.qkv_bias, encoder_stride=encoder_stride or config.patch_size, **fields)
 
 
 def beit_encoder_config(config) -> BeitConfig:
@@ -231,4 +238,5 @@ __all__ = [
     "encode_tokens",
     "initialize_beit_encoder",
     "shared_relative_position_bias",
+    "vit_encoder_config",
 ]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from transformers import ViTConfig, ViTMAEConfig
 
+from hf_ssl.vit_encoders import vit_encoder_config
+
 
 class MAEConfig(ViTMAEConfig):
     r"""Configuration of [`ViTForMAE`]: every field of `ViTMAEConfig`, paper defaults.
@@ -55,22 +57,7 @@ class MAEConfig(ViTMAEConfig):
 
     def encoder_config(self) -> ViTConfig:
         """The plain `ViTConfig` of the encoder: what `export_backbone` writes."""
-        config = ViTConfig(
-            image_size=self.image_size,
-            patch_size=self.patch_size,
-            num_channels=self.num_channels,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            intermediate_size=self.intermediate_size,
-            hidden_act=self.hidden_act,
-            hidden_dropout_prob=self.hidden_dropout_prob,
-            attention_probs_dropout_prob=self.attention_probs_dropout_prob,
-            layer_norm_eps=self.layer_norm_eps,
-            qkv_bias=self.qkv_bias,
-            initializer_range=self.initializer_range,
-            encoder_stride=self.patch_size,
-        )
+        config = vit_encoder_config(self)
         config._attn_implementation = self._attn_implementation
         return config
 

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from transformers import BeitConfig, PreTrainedConfig, SwinConfig, ViTConfig
 
-from hf_ssl.vit_encoders import BEIT_ENCODER_DEFAULTS, ENCODER_TYPES, beit_encoder_config, check_beit_fields
+from hf_ssl.vit_encoders import (
+    BEIT_ENCODER_DEFAULTS,
+    ENCODER_TYPES,
+    beit_encoder_config,
+    check_beit_fields,
+    vit_encoder_config,
+)
 
 BACKBONES = ("vit", "swin")
 MASK_STRATEGIES = ("random", "square", "blockwise")
@@ -195,35 +201,26 @@ class SimMIMConfig(PreTrainedConfig):
         """The plain `ViTConfig` / `BeitConfig` / `SwinConfig` of the encoder: what `export_backbone` writes."""
         if self.backbone == "vit" and self.encoder_type == "beit":
             return beit_encoder_config(self)
-        shared = dict(
-            image_size=self.image_size,
-            patch_size=self.patch_size,
-            num_channels=self.num_channels,
-            hidden_act=self.hidden_act,
-            hidden_dropout_prob=self.hidden_dropout_prob,
-            attention_probs_dropout_prob=self.attention_probs_dropout_prob,
-            qkv_bias=self.qkv_bias,
-            layer_norm_eps=self.layer_norm_eps,
-            initializer_range=self.initializer_range,
-            encoder_stride=self.encoder_stride,
-        )
         if self.backbone == "vit":
-            config = ViTConfig(
-                hidden_size=self.hidden_size,
-                num_hidden_layers=self.num_hidden_layers,
-                num_attention_heads=self.num_attention_heads,
-                intermediate_size=self.intermediate_size,
-                **shared,
-            )
+            config = vit_encoder_config(self, encoder_stride=self.encoder_stride)
         else:
             config = SwinConfig(
+                image_size=self.image_size,
+                patch_size=self.patch_size,
+                num_channels=self.num_channels,
+                hidden_act=self.hidden_act,
+                hidden_dropout_prob=self.hidden_dropout_prob,
+                attention_probs_dropout_prob=self.attention_probs_dropout_prob,
+                qkv_bias=self.qkv_bias,
+                layer_norm_eps=self.layer_norm_eps,
+                initializer_range=self.initializer_range,
+                encoder_stride=self.encoder_stride,
                 embed_dim=self.embed_dim,
                 depths=list(self.depths),
                 num_heads=list(self.num_heads),
                 window_size=self.window_size,
                 mlp_ratio=self.mlp_ratio,
                 drop_path_rate=self.drop_path_rate,
-                **shared,
             )
         config._attn_implementation = self._attn_implementation
         return config

@@ -9,7 +9,7 @@ from __future__ import annotations
 from transformers import BeitConfig, PreTrainedConfig, ViTConfig
 
 from hf_ssl.masking import beit_num_masked_patches
-from hf_ssl.vit_encoders import ENCODER_TYPES, beit_encoder_config, check_beit_fields
+from hf_ssl.vit_encoders import ENCODER_TYPES, beit_encoder_config, check_beit_fields, vit_encoder_config
 
 OBJECTIVES = ("splitmask", "beit")
 MASK_STRATEGIES = ("blockwise", "random")
@@ -196,22 +196,7 @@ class SplitMaskConfig(PreTrainedConfig):
         """The `ViTConfig` / `BeitConfig` of the encoder: what `export_backbone` writes."""
         if self.encoder_type == "beit":
             return beit_encoder_config(self)
-        return ViTConfig(
-            image_size=self.image_size,
-            patch_size=self.patch_size,
-            num_channels=self.num_channels,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            intermediate_size=self.intermediate_size,
-            hidden_act=self.hidden_act,
-            hidden_dropout_prob=self.hidden_dropout_prob,
-            attention_probs_dropout_prob=self.attention_probs_dropout_prob,
-            layer_norm_eps=self.layer_norm_eps,
-            qkv_bias=self.qkv_bias,
-            initializer_range=self.initializer_range,
-            encoder_stride=self.patch_size,
-        )
+        return vit_encoder_config(self)
 
     def decoder_config(self) -> ViTConfig:
         """A `ViTConfig` describing one decoder block (transformers' `ViTLayer` is reused)."""
