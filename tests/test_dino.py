@@ -21,7 +21,7 @@ import hf_ssl
 from hf_ssl import BackboneForDINO, DINOConfig
 from hf_ssl.modeling.dino import crops_to_batch
 from hf_ssl.recipes import BuildContext, ScheduleContext, StepContext, get_recipe
-from hf_ssl.recipes.dino import DINOArguments, crop_scales, dino_backbone_config, local_crop_size
+from hf_ssl.modeling.dino.recipe import DINOArguments, crop_scales, dino_backbone_config, local_crop_size
 from hf_ssl.transforms.multicrop import DINOMultiCrop, proportional_local_crop_size
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,7 +26,7 @@ from hf_ssl.eval.retrieval import caption_positives, retrieval_recall
 from hf_ssl.eval.zero_shot import class_embeddings, embed_texts
 from hf_ssl.modeling.dual_encoder import BackboneForDualEncoder, DualEncoderConfig
 from hf_ssl.recipes import BuildContext, get_recipe, parameter_groups
-from hf_ssl.recipes.dual_encoder import PLAIN_MODEL_FOLDER
+from hf_ssl.modeling.dual_encoder.recipe import PLAIN_MODEL_FOLDER
 from hf_ssl.text import ImageCaptionTransform, byte_level_tokenizer, caption_texts, train_caption_tokenizer
 from hf_ssl.training import PretrainingArguments
 from hf_ssl.training.outputs import save_run_folder

@@ -68,7 +68,9 @@ def _layer(module: str) -> int | None:
     parts = module.split(".")
     if len(parts) < 2:
         return None  # the package itself imports everything, to register it
-    return next((number for number, names in enumerate(LAYERS) if parts[1] in names), None)
+    # a method folder's recipe.py sits with the recipes; its configuration and model below them
+    group = "recipes" if parts[1] == "modeling" and parts[-1] == "recipe" else parts[1]
+    return next((number for number, names in enumerate(LAYERS) if group in names), None)
 
 
 def _climbing(graph: dict[str, set[str]]) -> list[str]:

@@ -10,7 +10,7 @@ from transformers import BeitModel, SwinModel, ViTModel
 
 import hf_ssl
 from hf_ssl.recipes import BuildContext, ScheduleContext, build_model, get_recipe
-from hf_ssl.recipes.simmim import SimMIMArguments, simmim_learning_rates
+from hf_ssl.modeling.simmim.recipe import SimMIMArguments, simmim_learning_rates
 from hf_ssl.transforms.masked import MaskedImageView
 from run_folders import DIGITS_VIT_RUN
 

@@ -136,6 +136,53 @@ def test_names_follow_one_pattern():
                 assert output_annotation.endswith("Output"), (model_class, output_annotation)
 
 
+def test_each_shipped_method_is_one_folder():
+    """A method's recipe, config and model classes live in one folder, ``modeling/<method>/``, and
+    every folder with a ``recipe.py`` registers at least one method."""
+    from pathlib import Path
+
+    folders = {path.parent.name for path in (Path(hf_ssl.modeling.__file__).parent).glob("*/recipe.py")}
+    registered_from = {}
+    for method in METHODS:
+        module = type(get_recipe(method)).__module__
+        if not module.startswith("hf_ssl.modeling."):
+            continue  # a method that a test module defines
+        folder = module.split(".")[2]
+        assert module == f"hf_ssl.modeling.{folder}.recipe", (method, module)
+        registered_from.setdefault(folder, []).append(method)
+        for config_class, model_classes, _ in get_recipe(method).registrations:
+            for cls in (config_class, *(model_classes if isinstance(model_classes, tuple) else (model_classes,))):
+                assert cls.__module__.startswith(f"hf_ssl.modeling.{folder}."), (method, cls)
+    assert set(registered_from) == folders
+
+
+def test_a_new_method_folder_is_found_without_editing_anything_else(tmp_path):
+    """Dropping a folder with a ``recipe.py`` next to the shipped ones registers its method."""
+    folder = tmp_path / "more_methods" / "toy_method"
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text("")
+    (folder / "recipe.py").write_text(textwrap.dedent("""
+        from hf_ssl.modeling.simclr.recipe import SimCLRRecipe
+        from hf_ssl.recipes import register_recipe
+
+        class ToyRecipe(SimCLRRecipe):
+            name = "toy-method"
+
+        register_recipe(ToyRecipe())
+    """))
+    script = textwrap.dedent(f"""
+        import hf_ssl.modeling
+        hf_ssl.modeling.__path__.append({str(folder.parent)!r})  # as if the folder sat in modeling/
+        from hf_ssl.recipes import available_methods, get_recipe, load_method_folders
+        assert "toy-method" not in available_methods()
+        print(load_method_folders())
+        print(type(get_recipe("toy-method")).__module__)
+    """)
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "hf_ssl.modeling.toy_method.recipe" in completed.stdout
+
+
 def test_config_docstrings_link_only_to_classes_that_exist():
     """MAEConfig's docstring named MAEForPreTraining, a class renamed ViTForMAE long before."""
     import transformers

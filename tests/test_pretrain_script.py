@@ -166,7 +166,7 @@ import hashlib, importlib.util, os, sys
 import hf_ssl, hf_ssl.training
 import hf_ssl.training.loop as loop
 from hf_ssl.recipes import register_recipe
-from hf_ssl.recipes.splitmask import SplitMaskRecipe
+from hf_ssl.modeling.splitmask.recipe import SplitMaskRecipe
 from hf_ssl.transforms import ImageRowTransform, build_transform
 
 class SplitMaskWithEvaluationViews(SplitMaskRecipe):

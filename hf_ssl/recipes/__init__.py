@@ -1,4 +1,4 @@
-"""Method registry: one recipe module per method, registered on import."""
+"""Method registry: each method folder's ``recipe.py`` registers its method, found and imported here."""
 
 from .base import (
     BuildContext,
@@ -12,15 +12,14 @@ from .base import (
     available_methods,
     build_model,
     get_recipe,
+    load_method_folders,
     parameter_groups,
-    recipe_for_model,
     recipe_for_model_type,
     register_auto_classes,
     register_recipe,
 )
-from . import dual_encoder, mae, simmim, splitmask  # noqa: E402,F401  (each module registers its method)
-from . import barlow_twins, byol, moco_v3, simclr, simsiam, vicreg  # noqa: E402,F401  (joint-embedding family)
-from . import dino  # noqa: E402,F401
+
+load_method_folders()
 
 __all__ = [
     "BuildContext",
@@ -34,8 +33,8 @@ __all__ = [
     "available_methods",
     "build_model",
     "get_recipe",
+    "load_method_folders",
     "parameter_groups",
-    "recipe_for_model",
     "recipe_for_model_type",
     "register_auto_classes",
     "register_recipe",

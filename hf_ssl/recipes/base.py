@@ -1,7 +1,9 @@
 """The method contract: everything a pre-training method plugs into the training loop.
 
-A method is one modeling folder (``modeling/<method>/``: config + model) plus one recipe module in
-``hf_ssl/recipes/``, which subclasses `Recipe` and registers an instance. The loop,
+A method is one folder, ``modeling/<method>/`` (installed as ``hf_ssl.modeling.<method>``): its
+config and model (``configuration_<method>.py``, ``modeling_<method>.py``) and its ``recipe.py``,
+which subclasses `Recipe` and registers an instance; `load_method_folders` finds the folders, so a
+new method needs nothing outside its own. The loop,
 ``hf_ssl.cli.pretrain``, the model card and the figures never branch on the method name; they
 ask the recipe:
 
@@ -29,6 +31,9 @@ collapse metric, ...) is logged by the loop.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
+import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +47,9 @@ from hf_ssl.backbones import BackboneSpec
 from hf_ssl.registry import register_models
 from hf_ssl.schedules import constant_schedule, cosine_schedule_with_warmup
 from hf_ssl.visualization import register_reconstruction_panels, save_reconstruction_figure
+
+# Where the method folders are (``modeling/`` in the source tree).
+METHODS_PACKAGE = "hf_ssl.modeling"
 
 # Parameters that no official recipe (BEiT, MAE, SimMIM, DINO, MoCo v3, timm's no_weight_decay())
 # decays, matched against any component of the parameter's dotted name; on top of these, every
@@ -410,6 +418,19 @@ def register_recipe(recipe: Recipe) -> Recipe:
     return recipe
 
 
+def load_method_folders(package: str = METHODS_PACKAGE) -> list[str]:
+    """Import the ``recipe`` module of every sub-package of `package` that has one (each registers
+    its method on import); returns the imported modules' names. Folders without a ``recipe.py``
+    (shared family code) are skipped."""
+    loaded = []
+    for folder in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        name = f"{package}.{folder.name}.recipe"
+        if folder.ispkg and importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
+            loaded.append(name)
+    return loaded
+
+
 def register_auto_classes() -> None:
     """Register the configs and models of every registered method with the transformers Auto
     classes again (idempotent; ``import hf_ssl`` has done it once)."""
@@ -433,14 +454,6 @@ def recipe_for_model_type(model_type: str) -> Recipe | None:
     """The recipe whose registered config has `model_type` (None when no recipe has it)."""
     for recipe in _RECIPES.values():
         if any(config_class.model_type == model_type for config_class, _, _ in recipe.registrations):
-            return recipe
-    return None
-
-
-def recipe_for_model(model: nn.Module) -> Recipe | None:
-    """The recipe that registered `model`'s class (or a parent class of it)."""
-    for recipe in _RECIPES.values():
-        if any(isinstance(model, model_class) for _, model_class, _ in recipe.registrations):
             return recipe
     return None
 

@@ -1,6 +1,6 @@
 """What the six joint-embedding recipes share (SimCLR, MoCo v3, BYOL, SimSiam, Barlow Twins, VICReg).
 
-Each method keeps its own recipe module (``hf_ssl/recipes/<method>.py``) with its published settings
+Each method keeps its own recipe module (``modeling/<method>/recipe.py``) with its published settings
 and their sources; this module holds the parts that are the same for all of them:
 
 - any backbone (``supported_backbones = ("any",)``), 224 px by default, two views per image from

@@ -9,7 +9,7 @@ and utils.py (``MultiCropWrapper``). One training step::
     loss = dino_loss(student_output, teacher_output, center, teacher_temperature)
     center <- 0.9 center + 0.1 mean(teacher_output)         # all processes, training mode only
 
-The recipe (hf_ssl/recipes/dino.py) schedules the teacher temperature, cancels the prototype
+The recipe (recipe.py) schedules the teacher temperature, cancels the prototype
 layer's gradients during the first epoch and moves the teacher towards the student by EMA after
 every optimizer step.
 """

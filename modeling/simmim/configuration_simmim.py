@@ -3,7 +3,7 @@
 SimMIM: Xie et al. 2021, "SimMIM: a Simple Framework for Masked Image Modeling", arXiv:2111.09886.
 The encoder is transformers' own `ViTModel` / `SwinModel`; this config holds its fields (flat, HF
 names) plus every objective setting that changes `forward`: mask ratio, mask patch size and mask
-strategy. Optimizer settings live in the training recipe (`hf_ssl/recipes/simmim.py`).
+strategy. Optimizer settings live in the training recipe (`modeling/simmim/recipe.py`).
 """
 
 from __future__ import annotations

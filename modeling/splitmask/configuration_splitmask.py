@@ -22,7 +22,7 @@ class SplitMaskConfig(PreTrainedConfig):
 
     The loss is ``mim_loss_weight * (MIM(A) + MIM(B)) + contrastive_loss_weight * InfoNCE`` (the SplitMask paper:
     "MIM(A) + MIM(B) + InfoNCE"); each row of the paper's ablation (split / inpaint / match) is
-    one setting of `use_mim_loss` and `use_contrastive_loss` (see `hf_ssl/recipes/splitmask.py`).
+    one setting of `use_mim_loss` and `use_contrastive_loss` (see `recipe.py`).
     Configs saved before these fields existed (no ``mim_loss_weight`` key) load with the loss they
     were trained with: the two MIM terms averaged, and the projection head on.
 

@@ -52,11 +52,7 @@ from hf_ssl.backbones import BackboneSpec
 from hf_ssl.ema import momentum_schedule, update_ema
 from hf_ssl.heads import cancel_last_layer_gradients
 from hf_ssl.losses import teacher_temperature_schedule
-from hf_ssl.modeling.dino import BackboneForDINO, DINOConfig
-from hf_ssl.transforms import ImageRowTransform
-from hf_ssl.transforms.multicrop import BLUR_RADIUS, GLOBAL_CROP_SIZE, DINOMultiCrop, proportional_local_crop_size
-
-from .base import (
+from hf_ssl.recipes.base import (
     BuildContext,
     MethodCard,
     OptimizerDefaults,
@@ -66,6 +62,10 @@ from .base import (
     register_recipe,
     weight_decay_groups,
 )
+from hf_ssl.transforms import ImageRowTransform
+from hf_ssl.transforms.multicrop import BLUR_RADIUS, GLOBAL_CROP_SIZE, DINOMultiCrop, proportional_local_crop_size
+
+from . import BackboneForDINO, DINOConfig
 
 # A stream of unknown length counts as this many epochs (the official --epochs default).
 OFFICIAL_EPOCHS = 100

@@ -41,7 +41,7 @@ from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedModel, Vis
 
 from hf_ssl.backbones import default_image_processor
 from hf_ssl.data import DatasetConfigurationError
-from hf_ssl.modeling.dual_encoder import BackboneForDualEncoder, DualEncoderConfig
+from hf_ssl.recipes.base import BuildContext, MethodCard, OptimizerDefaults, Recipe, StepContext, register_recipe
 from hf_ssl.safe_loading import load_pretrained
 from hf_ssl.text import (
     CLIP_CONTEXT_LENGTH,
@@ -52,7 +52,7 @@ from hf_ssl.text import (
     train_caption_tokenizer,
 )
 
-from .base import BuildContext, MethodCard, OptimizerDefaults, Recipe, StepContext, register_recipe
+from . import BackboneForDualEncoder, DualEncoderConfig
 
 logger = logging.getLogger(__name__)
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 import torch
 
 from hf_ssl.masking.simmim import upsample_patch_mask
-from hf_ssl.modeling.mae import MAEConfig, ViTForMAE
+from hf_ssl.recipes.base import BuildContext, MethodCard, OptimizerDefaults, Preset, register_recipe
+from hf_ssl.recipes.published import PublishedSetting, learning_rate_rule, number, paper_config
+from hf_ssl.recipes.vit_fields import MaskedImageModelingRecipe, masked_vit_fields
 from hf_ssl.transforms.masked import MAE_AUGMENTATION
 from hf_ssl.visualization import ReconstructionPanels
 
-from .base import BuildContext, MethodCard, OptimizerDefaults, Preset, register_recipe
-from .published import PublishedSetting, learning_rate_rule, number, paper_config
-from .vit_fields import MaskedImageModelingRecipe, masked_vit_fields
+from . import MAEConfig, ViTForMAE
 
 # The paper's decoder (512-d, 8 blocks) is heavier than the whole vit-micro encoder; models up to
 # vit-micro's width get a decoder of their own width so tests and the bundled run stay quick.

@@ -49,13 +49,13 @@ import torch.nn.functional as F
 
 from hf_ssl.masking import beit_mask, random_split_mask, split_indices
 from hf_ssl.masking.simmim import upsample_patch_mask
-from hf_ssl.modeling.splitmask import BEiTConfig, LegacySplitMaskConfig, SplitMaskConfig, ViTForBEiT, ViTForSplitMask
+from hf_ssl.recipes.base import BuildContext, MethodCard, OptimizerDefaults, Preset, register_recipe
+from hf_ssl.recipes.published import PublishedSetting, learning_rate_rule, number, paper_config
+from hf_ssl.recipes.vit_fields import MaskedImageModelingRecipe, beit_pretraining_encoder, masked_vit_fields
 from hf_ssl.transforms.masked import BEIT_AUGMENTATION, SPLITMASK_AUGMENTATION
 from hf_ssl.visualization import ReconstructionPanels
 
-from .base import BuildContext, MethodCard, OptimizerDefaults, Preset, register_recipe
-from .published import PublishedSetting, learning_rate_rule, number, paper_config
-from .vit_fields import MaskedImageModelingRecipe, beit_pretraining_encoder, masked_vit_fields
+from . import BEiTConfig, LegacySplitMaskConfig, SplitMaskConfig, ViTForBEiT, ViTForSplitMask
 
 # Small images (the bundled 32-px data): a vocabulary of 256 and a decoder of the micro model's
 # width. Measured on digits at 32 px with 8-px patches: kNN 0.74 vs 0.60 at random init after 750 steps.

@@ -28,10 +28,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hf_ssl.joint_embedding import is_vision_transformer
-from hf_ssl.modeling.moco_v3 import MOCO_V3_RESNET_FIELDS, BackboneForMoCoV3, MoCoV3Config
+from hf_ssl.recipes.base import BuildContext, MethodCard, register_recipe
+from hf_ssl.recipes.joint_embedding import MomentumArguments, MomentumRecipe
 
-from .base import BuildContext, MethodCard, register_recipe
-from .joint_embedding import MomentumArguments, MomentumRecipe
+from . import MOCO_V3_RESNET_FIELDS, BackboneForMoCoV3, MoCoV3Config
 
 
 @dataclass

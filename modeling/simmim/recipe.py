@@ -38,13 +38,13 @@ import torch
 
 from hf_ssl.backbones import SMALL_IMAGE_SIZE, backbone_preset, is_preset
 from hf_ssl.masking.simmim import upsample_patch_mask
-from hf_ssl.modeling.simmim import SimMIMConfig, SwinForSimMIM, ViTForSimMIM
+from hf_ssl.recipes.base import BuildContext, MethodCard, OptimizerDefaults, Preset, ScheduleContext, register_recipe
+from hf_ssl.recipes.published import PublishedSetting, learning_rate_rule, number, paper_config
+from hf_ssl.recipes.vit_fields import MaskedImageModelingRecipe, beit_pretraining_encoder, decay_groups, masked_vit_fields
 from hf_ssl.transforms.masked import SIMMIM_AUGMENTATION
 from hf_ssl.visualization import ReconstructionPanels
 
-from .base import BuildContext, MethodCard, OptimizerDefaults, Preset, ScheduleContext, register_recipe
-from .published import PublishedSetting, learning_rate_rule, number, paper_config
-from .vit_fields import MaskedImageModelingRecipe, beit_pretraining_encoder, decay_groups, masked_vit_fields
+from . import SimMIMConfig, SwinForSimMIM, ViTForSimMIM
 
 SIMMIM_SOURCE = "microsoft/SimMIM configs/{}, config.py, main_simmim.py"
 # Warm-up starts at WARMUP_LR = 5e-7 for BASE_LR 1e-4 (800 epochs), 1e-6 for 2e-4 (100 epochs).

@@ -19,10 +19,10 @@ Where every default comes from (paper section 4.1; facebookresearch/vicreg main_
 
 from __future__ import annotations
 
-from hf_ssl.modeling.vicreg import BackboneForVICReg, VICRegConfig
+from hf_ssl.recipes.base import MethodCard, register_recipe
+from hf_ssl.recipes.joint_embedding import JointEmbeddingRecipe
 
-from .base import MethodCard, register_recipe
-from .joint_embedding import JointEmbeddingRecipe
+from . import BackboneForVICReg, VICRegConfig
 
 
 class VICRegRecipe(JointEmbeddingRecipe):

@@ -20,10 +20,10 @@ Where every default comes from (paper section 4; facebookresearch/barlowtwins ma
 
 from __future__ import annotations
 
-from hf_ssl.modeling.barlow_twins import BackboneForBarlowTwins, BarlowTwinsConfig
+from hf_ssl.recipes.base import MethodCard, register_recipe
+from hf_ssl.recipes.joint_embedding import JointEmbeddingRecipe
 
-from .base import MethodCard, register_recipe
-from .joint_embedding import JointEmbeddingRecipe
+from . import BackboneForBarlowTwins, BarlowTwinsConfig
 
 
 class BarlowTwinsRecipe(JointEmbeddingRecipe):

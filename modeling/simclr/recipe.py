@@ -26,10 +26,10 @@ Where every default comes from:
 
 from __future__ import annotations
 
-from hf_ssl.modeling.simclr import BackboneForSimCLR, SimCLRConfig
+from hf_ssl.recipes.base import MethodCard, register_recipe
+from hf_ssl.recipes.joint_embedding import JointEmbeddingRecipe
 
-from .base import MethodCard, register_recipe
-from .joint_embedding import JointEmbeddingRecipe
+from . import BackboneForSimCLR, SimCLRConfig
 
 
 class SimCLRRecipe(JointEmbeddingRecipe):

@@ -22,10 +22,10 @@ Where every default comes from (paper section 4 and appendix A; facebookresearch
 
 from __future__ import annotations
 
-from hf_ssl.modeling.simsiam import BackboneForSimSiam, SimSiamConfig
+from hf_ssl.recipes.base import MethodCard, register_recipe
+from hf_ssl.recipes.joint_embedding import JointEmbeddingRecipe
 
-from .base import MethodCard, register_recipe
-from .joint_embedding import JointEmbeddingRecipe
+from . import BackboneForSimSiam, SimSiamConfig
 
 
 class SimSiamRecipe(JointEmbeddingRecipe):

@@ -24,10 +24,10 @@ Where every default comes from (paper section 3.3 and appendix C; deepmind-resea
 
 from __future__ import annotations
 
-from hf_ssl.modeling.byol import BackboneForBYOL, BYOLConfig
+from hf_ssl.recipes.base import MethodCard, register_recipe
+from hf_ssl.recipes.joint_embedding import MomentumRecipe
 
-from .base import MethodCard, register_recipe
-from .joint_embedding import MomentumRecipe
+from . import BackboneForBYOL, BYOLConfig
 
 
 class BYOLRecipe(MomentumRecipe):
