@@ -6,6 +6,7 @@ every pre-training method with the method registry used by ``hf-ssl pretrain``.
 
 from hf_ssl.backbones import BackboneContractMixin, BackboneSpec, VisionBackbone, backbone_preset, resolve_backbone
 from hf_ssl.modeling.barlow_twins import BackboneForBarlowTwins, BarlowTwinsConfig, BarlowTwinsOutput
+from hf_ssl.modeling.beit import BEiTConfig, BEiTOutput, ViTForBEiT
 from hf_ssl.modeling.byol import BackboneForBYOL, BYOLConfig, BYOLOutput
 from hf_ssl.modeling.dino import BackboneForDINO, DINOConfig, DINOOutput
 from hf_ssl.modeling.dual_encoder import BackboneForDualEncoder, DualEncoderConfig, DualEncoderOutput
@@ -14,7 +15,7 @@ from hf_ssl.modeling.moco_v3 import BackboneForMoCoV3, MoCoV3Config, MoCoV3Outpu
 from hf_ssl.modeling.simclr import BackboneForSimCLR, SimCLRConfig, SimCLROutput
 from hf_ssl.modeling.simmim import SimMIMConfig, SimMIMOutput, SwinForSimMIM, ViTForSimMIM
 from hf_ssl.modeling.simsiam import BackboneForSimSiam, SimSiamConfig, SimSiamOutput
-from hf_ssl.modeling.splitmask import BEiTConfig, SplitMaskConfig, SplitMaskOutput, ViTForBEiT, ViTForSplitMask
+from hf_ssl.modeling.splitmask import SplitMaskConfig, SplitMaskOutput, ViTForSplitMask
 from hf_ssl.modeling.vicreg import BackboneForVICReg, VICRegConfig, VICRegOutput
 from hf_ssl.recipes import Recipe, available_methods, get_recipe, register_auto_classes, register_recipe
 from hf_ssl.visualization import save_reconstruction_figure
@@ -23,6 +24,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "BEiTConfig",
+    "BEiTOutput",
     "BYOLConfig",
     "BYOLOutput",
     "BackboneContractMixin",

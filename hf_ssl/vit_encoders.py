@@ -85,6 +85,27 @@ def check_beit_fields(require, config) -> None:
                 "encoder_type='beit' needs absolute position embeddings or a relative position bias")
 
 
+def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size: int) -> None:
+    """Raise a TypeError / ValueError unless `pixel_values` is a float ``(B, num_channels, image_size, image_size)``."""
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
+    if not pixel_values.is_floating_point():
+        raise TypeError(
+            f"pixel_values must be a floating-point tensor (normalised images), got {pixel_values.dtype}; "
+            "use the image processor or divide uint8 images by 255 and normalise"
+        )
+    if pixel_values.dim() != 4:
+        raise ValueError(f"pixel_values must be (batch, channels, height, width), got shape {tuple(pixel_values.shape)}")
+    _, channels, height, width = pixel_values.shape
+    if channels != num_channels:
+        raise ValueError(f"pixel_values has {channels} channels but the model expects num_channels={num_channels}")
+    if (height, width) != (image_size, image_size):
+        raise ValueError(
+            f"pixel_values is {height}x{width} but the model expects {image_size}x{image_size} "
+            "(config.image_size); resize the images or build the model for this size"
+        )
+
+
 def build_encoder(encoder_type: str, config, use_mask_token: bool = False) -> ViTModel | BeitModel:
     """A freshly built encoder: ``ViTModel(config, add_pooling_layer=False)`` or ``BeitModel(config)``.
 

@@ -14,7 +14,7 @@ LAYERS = (
     ("safe_loading", "remote_code", "command_line", "local_paths", "schedules", "distributed", "ema", "monitoring",
      "plots", "registry", "visualization"),
     ("backbones", "data", "transforms", "masking", "losses", "text", "tokenizer", "heads"),
-    ("vit_encoders", "joint_embedding", "modeling"),
+    ("vit_encoders", "token_prediction", "joint_embedding", "modeling"),
     ("recipes",),
     ("training",),
     ("eval", "analysis"),

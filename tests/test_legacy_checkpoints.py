@@ -1,12 +1,13 @@
 """Checkpoints saved by hf-ssl 0.1 (tests/fixtures/legacy_v0_1) load with `AutoModel` and give the
 loss they gave when they were saved, on the inputs saved next to them."""
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel
+from transformers import AutoConfig, AutoModel
 
 import hf_ssl  # noqa: F401  (registers the hf-ssl model types)
 
@@ -27,3 +28,21 @@ def test_legacy_checkpoint_loads_with_its_saved_loss(name):
     with torch.no_grad():
         loss = model(**reference).loss
     torch.testing.assert_close(loss.reshape(1), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_beit_saved_as_a_splitmask_objective_loads_as_its_own_method(tmp_path):
+    """BEiT was SplitMask's ``objective="beit"``: its saved config loads as a BEiTConfig without
+    SplitMask's fields, and configs that only the old class could build fail with a reason."""
+    beit = AutoModel.from_pretrained(FIXTURES / "beit")
+    assert type(beit).__name__ == "ViTForBEiT" and not hasattr(beit.config, "objective")
+    assert not hasattr(AutoModel.from_pretrained(FIXTURES / "splitmask").config, "objective")
+    config = json.loads((FIXTURES / "splitmask" / "config.json").read_text())
+    for name, changes, message in (
+        ("beit-objective", {"objective": "beit"}, "BEiT is its own method"),
+        ("beit-decoder", {"model_type": "hf-ssl-beit", "objective": "beit", "decoder_num_hidden_layers": 1},
+         "BEiT has not"),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({**config, **changes}))
+        with pytest.raises(ValueError, match=message):
+            AutoConfig.from_pretrained(tmp_path / name)

@@ -19,6 +19,9 @@ TINY_VIT = dict(
     projection_dim=16,
 )
 
+# BEiT has no decoder and no contrastive head.
+TINY_BEIT = {key: value for key, value in TINY_VIT.items() if not key.startswith("decoder_") and key != "projection_dim"}
+
 
 def tiny_splitmask(fitted: bool = True, **overrides) -> ViTForSplitMask:
     torch.manual_seed(0)
@@ -32,7 +35,7 @@ def tiny_splitmask(fitted: bool = True, **overrides) -> ViTForSplitMask:
 
 def tiny_beit(fitted: bool = True, **overrides) -> ViTForBEiT:
     torch.manual_seed(0)
-    model = ViTForBEiT(BEiTConfig(**{**TINY_VIT, **overrides}))
+    model = ViTForBEiT(BEiTConfig(**{**TINY_BEIT, **overrides}))
     if fitted:
         images = torch.randn(8, 3, model.config.image_size, model.config.image_size, generator=torch.Generator().manual_seed(1))
         model.fit_tokenizer([images], num_epochs=2, progress=False)

@@ -1,6 +1,6 @@
-"""SplitMask and BEiT-style masked image modeling on ViT."""
+"""SplitMask (El-Nouby et al. 2021, arXiv:2112.10740) masked image modeling on ViT."""
 
-from .configuration_splitmask import BEiTConfig, LegacySplitMaskConfig, SplitMaskConfig
-from .modeling_splitmask import SplitMaskOutput, SplitMaskPreTrainedModel, ViTForBEiT, ViTForSplitMask
+from .configuration_splitmask import LegacySplitMaskConfig, SplitMaskConfig
+from .modeling_splitmask import SplitMaskOutput, SplitMaskPreTrainedModel, ViTForSplitMask
 
-__all__ = ["BEiTConfig", "LegacySplitMaskConfig", "SplitMaskConfig", "SplitMaskOutput", "SplitMaskPreTrainedModel", "ViTForBEiT", "ViTForSplitMask"]
+__all__ = ["LegacySplitMaskConfig", "SplitMaskConfig", "SplitMaskOutput", "SplitMaskPreTrainedModel", "ViTForSplitMask"]

@@ -1,4 +1,4 @@
-"""SplitMask and BEiT-style masked image modeling on transformers' ViT.
+"""SplitMask masked image modeling on transformers' ViT.
 
 SplitMask: El-Nouby et al. 2021, arXiv:2112.10740. Each image's patches are split at random into
 two disjoint halves; each half is a masked view whose visible patches alone go through the ViT
@@ -6,9 +6,6 @@ encoder (half of BEiT's encoder cost), a shallow ViT decoder places a learned ma
 hidden positions and a linear classifier predicts the patch-tokenizer token of every hidden patch
 (cross-entropy). The mean of each branch's decoder outputs is a global descriptor; InfoNCE
 matches the two branches of an image against the rest of the (global) batch.
-
-BEiT: Bao et al. 2021, arXiv:2106.08254: one random mask, the encoder sees every position with a
-mask token at the hidden ones, no contrastive term.
 
 The encoder is transformers' plain `ViTModel` or, with ``encoder_type="beit"``, its `BeitModel`
 (drop path, layer scale, shared relative position bias: the published BEiT encoder; see
@@ -20,19 +17,19 @@ the shared relative position bias at the kept positions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
-from transformers import BeitModel, PreTrainedModel, ViTModel
 from transformers.modeling_outputs import ModelOutput
-from transformers.models.vit.modeling_vit import ViTEmbeddings, ViTLayer
+from transformers.models.vit.modeling_vit import ViTLayer
 
-from hf_ssl.backbones.contract import BackboneContractMixin
 from hf_ssl.losses import info_nce_loss, masked_token_cross_entropy
-from hf_ssl.masking import beit_mask, random_split_mask, split_indices
-from hf_ssl.tokenizer import PatchTokenizer, codebook_fingerprint
-from hf_ssl.vit_encoders import build_encoder, embed_patches, encode_tokens, initialize_beit_encoder
+from hf_ssl.masking import random_split_mask, split_indices
+from hf_ssl.token_prediction import PatchTokenPreTrainedModel
+from hf_ssl.tokenizer import PatchTokenizer
+from hf_ssl.vit_encoders import build_encoder, check_pixel_values, embed_patches, encode_tokens, initialize_beit_encoder
 
-from .configuration_splitmask import BEiTConfig, SplitMaskConfig
+from .configuration_splitmask import SplitMaskConfig
 
 
 @dataclass
@@ -40,20 +37,18 @@ class SplitMaskOutput(ModelOutput):
     """Output of [`ViTForSplitMask`].
 
     Args:
-        loss: SplitMask: ``mim_loss_weight * (MIM(A) + MIM(B)) + contrastive_loss_weight * InfoNCE``;
-            BEiT: ``mim_loss_weight * MIM``.
-        mim_loss: mean cross-entropy of the token predictions at hidden patches (the mean of the
-            two branches' MIM for SplitMask; None with ``use_mim_loss=False``).
-        contrastive_loss: InfoNCE between the two branches (None for BEiT or ``use_contrastive_loss=False``).
-        logits: ``(V_b * B, M, vocab)`` token scores at the M hidden patches of each view
-            (V_b = 2 views for SplitMask, 1 for BEiT), views stacked along the batch dim.
-        target_token_ids: ``(V_b * B, M)`` tokenizer targets of those patches.
-        hidden_patch_indices: ``(V_b * B, M)`` patch index of each prediction (row-major grid).
-        bool_masked_pos: ``(B, N)``: for SplitMask the split (True = group A, hidden in view 1,
-            visible in view 2); for BEiT the mask (True = hidden).
-        global_descriptors: ``(2, B, D)`` branch descriptors given to InfoNCE (SplitMask with the
-            contrastive term; D = `projection_dim` with the projection head, else the decoder width).
-        encoder_last_hidden_state: ``(V_b * B, 1 + K, hidden)`` encoder outputs (CLS first).
+        loss: ``mim_loss_weight * (MIM(A) + MIM(B)) + contrastive_loss_weight * InfoNCE``.
+        mim_loss: mean cross-entropy of the token predictions at hidden patches, the mean of the
+            two branches' MIM (None with ``use_mim_loss=False``).
+        contrastive_loss: InfoNCE between the two branches (None with ``use_contrastive_loss=False``).
+        logits: ``(2 * B, M, vocab)`` token scores at the M hidden patches of each view, views
+            stacked along the batch dim (None for an odd number of patches, whose views differ in M).
+        target_token_ids: ``(2 * B, M)`` tokenizer targets of those patches.
+        hidden_patch_indices: ``(2 * B, M)`` patch index of each prediction (row-major grid).
+        bool_masked_pos: ``(B, N)`` the split (True = group A, hidden in view 1, visible in view 2).
+        global_descriptors: ``(2, B, D)`` branch descriptors given to InfoNCE (with the contrastive
+            term; D = `projection_dim` with the projection head, else the decoder width).
+        encoder_last_hidden_state: ``(2 * B, 1 + K, hidden)`` encoder outputs (CLS first).
     """
 
     loss: torch.FloatTensor | None = None
@@ -67,36 +62,17 @@ class SplitMaskOutput(ModelOutput):
     encoder_last_hidden_state: torch.FloatTensor | None = None
 
 
-class SplitMaskPreTrainedModel(BackboneContractMixin, PreTrainedModel):
+class SplitMaskPreTrainedModel(PatchTokenPreTrainedModel):
     config_class = SplitMaskConfig
     base_model_prefix = "splitmask"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-    supports_gradient_checkpointing = True
-    _no_split_modules = ["ViTEmbeddings", "ViTLayer", "BeitEmbeddings", "BeitLayer"]
-    _supports_sdpa = True
-    _supports_flash_attn = True
 
     @torch.no_grad()
     def _init_weights(self, module):
-        std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            nn.init.trunc_normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, ViTEmbeddings):
-            nn.init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
-            nn.init.trunc_normal_(module.cls_token, mean=0.0, std=std)
-            if module.mask_token is not None:
-                nn.init.trunc_normal_(module.mask_token, mean=0.0, std=std)
-        elif isinstance(module, SplitMaskDecoder):
+        super()._init_weights(module)
+        if isinstance(module, SplitMaskDecoder):
+            std = self.config.initializer_range
             nn.init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
             nn.init.trunc_normal_(module.mask_token, mean=0.0, std=std)
-        elif isinstance(module, ViTForSplitMask) and module.mask_token is not None:
-            nn.init.trunc_normal_(module.mask_token, mean=0.0, std=std, a=-std, b=std)
 
 
 class SplitMaskDecoder(nn.Module):
@@ -140,33 +116,21 @@ class SplitMaskDecoder(nn.Module):
 
 
 class ViTForSplitMask(SplitMaskPreTrainedModel):
-    """SplitMask (or BEiT with `config.objective="beit"`) pre-training on a ViT encoder.
+    """SplitMask pre-training on a ViT encoder.
 
     Submodules: `vit` (a plain `ViTModel`) or `beit` (a `BeitModel`, ``encoder_type="beit"``): the
-    encoder you export; `mask_token` (BEiT objective on a `BeitModel`; a `ViTModel` keeps its own);
-    `decoder` (shallow ViT decoder, absent when `decoder_num_hidden_layers=0`); `token_classifier`
-    (linear, to the vocabulary); `tokenizer` (the fixed patch codebook, a buffer); `projection`
-    (optional MLP on the global descriptor before InfoNCE).
+    encoder you export; `decoder` (shallow ViT decoder); `token_classifier` (linear, to the
+    vocabulary); `tokenizer` (the fixed patch codebook, a buffer); `projection` (optional MLP on
+    the global descriptor before InfoNCE).
     """
 
     def __init__(self, config: SplitMaskConfig):
         super().__init__(config)
-        beit_objective = config.objective == "beit"
-        encoder = build_encoder(config.encoder_type, config.encoder_config(),
-                                use_mask_token=beit_objective and config.encoder_type == "vit")
+        encoder = build_encoder(config.encoder_type, config.encoder_config())
         encoder.config._attn_implementation = config._attn_implementation
         setattr(self, config.encoder_type, encoder)  # `vit` or `beit`: the name says which checkpoint it exports
-        # BeitModel keeps no mask token (its config would carry it into the export): the model holds it.
-        self.mask_token = (
-            nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if beit_objective and config.encoder_type == "beit" else None
-        )
-        attn_implementation = config._attn_implementation
-        if config.decoder_num_hidden_layers > 0:
-            self.decoder = SplitMaskDecoder(config, attn_implementation)
-            classifier_width = config.decoder_hidden_size
-        else:
-            self.decoder = None
-            classifier_width = config.hidden_size
+        self.decoder = SplitMaskDecoder(config, config._attn_implementation)
+        classifier_width = config.decoder_hidden_size
         self.token_classifier = nn.Linear(classifier_width, config.tokenizer_vocab_size)
         self.projection = (
             nn.Sequential(
@@ -178,7 +142,6 @@ class ViTForSplitMask(SplitMaskPreTrainedModel):
         self.tokenizer = PatchTokenizer(
             config.tokenizer_vocab_size, config.patch_size, config.tokenizer_resolution, config.num_channels
         )
-        self._verified_fingerprint: str | None = None
         self.post_init()
         if config.encoder_type == "beit" and self.beit.embeddings.cls_token.device.type != "meta":
             # BEiT's own initialisation (beit/modeling_pretrain.py: truncated at one std, then
@@ -186,73 +149,7 @@ class ViTForSplitMask(SplitMaskPreTrainedModel):
             std = config.initializer_range
             initialize_beit_encoder(self.beit, std=std, truncation=std)
 
-    # ----- backbone -------------------------------------------------------------------------
-
-    def get_backbone(self) -> ViTModel | BeitModel:
-        """The encoder, a transformers `ViTModel` or `BeitModel` (weights shared with this model;
-        a `ViTModel`'s BEiT mask token is dropped by `export_backbone`)."""
-        return getattr(self, self.config.encoder_type)
-
-    # ----- tokenizer ------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def fit_tokenizer(self, image_batches, num_epochs: int = 3, seed: int = 0, progress: bool = True) -> list[float]:
-        """Build the patch vocabulary from training images with `config.tokenizer_method`.
-
-        Args:
-            image_batches: iterable of ``(B, C, H, W)`` pixel batches, normalised as in training.
-
-        Returns:
-            The k-means quantization error of each mini-batch (empty for the other methods).
-        """
-        errors = self.tokenizer.fit(
-            image_batches, method=self.config.tokenizer_method, num_epochs=num_epochs, seed=seed, progress=progress
-        )
-        self.config.tokenizer_fingerprint = codebook_fingerprint(self.tokenizer.codebook)
-        self._verified_fingerprint = self.config.tokenizer_fingerprint
-        return errors
-
-    def _check_tokenizer(self) -> None:
-        expected = self.config.tokenizer_fingerprint
-        if expected is None:
-            raise RuntimeError(
-                "The patch tokenizer of this model has no vocabulary yet, so MIM targets would be "
-                "meaningless. Fit it on training images first: model.fit_tokenizer(image_batches) "
-                "(trainers/pretrain.py does this before training)."
-            )
-        if self._verified_fingerprint == expected or self.tokenizer.codebook.dtype != torch.float32:
-            return
-        actual = codebook_fingerprint(self.tokenizer.codebook)
-        if actual != expected:
-            raise RuntimeError(
-                f"The tokenizer vocabulary does not match config.tokenizer_fingerprint ({actual} != {expected}): "
-                "the weights and the config come from different runs, or the checkpoint was loaded with a "
-                f"different tokenizer_vocab_size (this model: {self.config.tokenizer_vocab_size}) and its "
-                "vocabulary was re-initialised."
-            )
-        self._verified_fingerprint = expected
-
     # ----- forward --------------------------------------------------------------------------
-
-    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
-        config = self.config
-        if not isinstance(pixel_values, torch.Tensor):
-            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
-        if not pixel_values.is_floating_point():
-            raise TypeError(
-                f"pixel_values must be a floating-point tensor (normalised images), got {pixel_values.dtype}; "
-                "use the image processor or divide uint8 images by 255 and normalise"
-            )
-        if pixel_values.dim() != 4:
-            raise ValueError(f"pixel_values must be (batch, channels, height, width), got shape {tuple(pixel_values.shape)}")
-        _, channels, height, width = pixel_values.shape
-        if channels != config.num_channels:
-            raise ValueError(f"pixel_values has {channels} channels but the model expects num_channels={config.num_channels}")
-        if (height, width) != (config.image_size, config.image_size):
-            raise ValueError(
-                f"pixel_values is {height}x{width} but the model expects {config.image_size}x{config.image_size} "
-                "(config.image_size); resize the images or build the model for this size"
-            )
 
     def _encode_visible(self, patch_tokens: torch.Tensor, visible_indices: torch.Tensor) -> torch.Tensor:
         """Run the encoder on the visible patches only.
@@ -287,13 +184,12 @@ class ViTForSplitMask(SplitMaskPreTrainedModel):
 
         Args:
             pixel_values: ``(B, C, H, W)`` normalised images, H = W = `config.image_size`.
-            bool_masked_pos: optional ``(B, N)`` bool. SplitMask: the split, True = group A (exactly
-                ``N // 2`` per row); BEiT: True = hidden patch. Sampled here when omitted.
+            bool_masked_pos: optional ``(B, N)`` bool, the split: True = group A (exactly ``N // 2``
+                per row). Sampled here when omitted.
         """
-        self._check_pixel_values(pixel_values)
         config = self.config
-        if config.use_mim_loss:
-            self._check_tokenizer()
+        check_pixel_values(pixel_values, config.num_channels, config.image_size)
+        target_tokens = self.target_tokens(pixel_values) if config.use_mim_loss else None  # (B, N)
         batch_size = pixel_values.shape[0]
         num_patches = config.num_patches
         if bool_masked_pos is not None:
@@ -303,14 +199,7 @@ class ViTForSplitMask(SplitMaskPreTrainedModel):
                     f"got {tuple(bool_masked_pos.shape)}"
                 )
             bool_masked_pos = bool_masked_pos.to(device=pixel_values.device, dtype=torch.bool)
-        target_tokens = self.tokenizer.encode(pixel_values) if config.use_mim_loss else None  # (B, N)
-        if config.objective == "splitmask":
-            return self._forward_splitmask(pixel_values, target_tokens, bool_masked_pos)
-        return self._forward_beit(pixel_values, target_tokens, bool_masked_pos)
-
-    def _forward_splitmask(self, pixel_values, target_tokens, split):
-        config = self.config
-        batch_size, num_patches = pixel_values.shape[0], config.num_patches
+        split = bool_masked_pos
         if split is None:
             split = random_split_mask(batch_size, num_patches, device=pixel_values.device)
         elif not bool(torch.all(split.sum(dim=1) == num_patches // 2)):
@@ -384,39 +273,4 @@ class ViTForSplitMask(SplitMaskPreTrainedModel):
             encoder_last_hidden_state=encoded_all,
         )
 
-    def _forward_beit(self, pixel_values, target_tokens, mask):
-        config = self.config
-        batch_size, num_patches = target_tokens.shape
-        if mask is None:
-            mask = beit_mask(config.mask_strategy, batch_size, config.grid_size, config.mask_ratio).to(pixel_values.device)
-        counts = mask.sum(dim=1)
-        if not bool(torch.all(counts == counts[0])) or int(counts[0]) == 0:
-            raise ValueError("a BEiT mask must hide the same, non-zero number of patches in every image")
-        hidden_indices, visible_indices = split_indices(mask)
-        encoder = self.get_backbone()
-        mask_token = self.mask_token if self.mask_token is not None else encoder.embeddings.mask_token
-        tokens = embed_patches(encoder, pixel_values, bool_masked_pos=mask, mask_token=mask_token)  # (B, N, D)
-        encoded = encode_tokens(encoder, tokens, config.grid_size)  # (B, 1 + N, D)
-        decoded = self.decoder(self.decoder.embed(encoded)) if self.decoder is not None else encoded
-        logits = self._predict_hidden(decoded, hidden_indices)
-        targets = target_tokens.gather(1, hidden_indices)
-        mim_loss = masked_token_cross_entropy(logits, targets)
-        return SplitMaskOutput(
-            loss=config.mim_loss_weight * mim_loss,
-            mim_loss=mim_loss,
-            logits=logits,
-            target_token_ids=targets,
-            hidden_patch_indices=hidden_indices,
-            bool_masked_pos=mask,
-            encoder_last_hidden_state=encoded,
-        )
-
-
-class ViTForBEiT(ViTForSplitMask):
-    """BEiT pre-training (one block-wise mask, encoder over all positions, token targets from the
-    patch tokenizer). Same machinery as [`ViTForSplitMask`] with a [`BEiTConfig`]."""
-
-    config_class = BEiTConfig
-
-
-__all__ = ["BEiTConfig", "SplitMaskConfig", "SplitMaskOutput", "SplitMaskPreTrainedModel", "ViTForBEiT", "ViTForSplitMask"]
+__all__ = ["SplitMaskConfig", "SplitMaskOutput", "SplitMaskPreTrainedModel", "ViTForSplitMask"]

@@ -1,0 +1,103 @@
+"""Configuration of BEiT pre-training with patch-tokenizer targets.
+
+BEiT: Bao et al. 2021, "BEiT: BERT Pre-Training of Image Transformers", arXiv:2106.08254; the
+targets are the k-means patch tokens of the SplitMask paper (El-Nouby et al. 2021,
+arXiv:2112.10740) instead of BEiT's dVAE.
+"""
+
+from __future__ import annotations
+
+from hf_ssl.masking import beit_num_masked_patches
+from hf_ssl.token_prediction import PatchTokenConfig
+
+MASK_STRATEGIES = ("blockwise", "random")
+# What configs saved while BEiT was an objective of SplitMask carry besides BEiT's own fields.
+SPLITMASK_ONLY_FIELDS = (
+    "objective", "use_mim_loss", "use_contrastive_loss", "contrastive_temperature", "contrastive_loss_weight",
+    "use_projection_head", "projection_dim", "gather_negatives_across_processes", "decoder_hidden_size",
+    "decoder_num_hidden_layers", "decoder_num_attention_heads", "decoder_intermediate_size",
+)
+
+
+class BEiTConfig(PatchTokenConfig):
+    r"""Configuration of [`ViTForBEiT`]: a ViT encoder (exported as a plain `ViTModel` or `BeitModel`)
+    that sees every patch, a mask token at the hidden ones, and a linear classifier that predicts
+    their patch-tokenizer tokens. The loss is ``mim_loss_weight * MIM``.
+
+    The mask size is the paper's nominal ratio, `mask_ratio=0.4`, not the official count: the
+    official recipe hides ``--num_mask_patches 75`` of the 196 patches of a 224-px image (0.383),
+    and `num_masked_patches` turns the ratio into that count (75 at 0.4 on 14x14, scaled to other
+    grids and ratios), so one field works at every resolution and the recipe's count stays exact.
+
+    Args:
+        image_size (`int`, defaults to 224): input resolution (square).
+        patch_size (`int`, defaults to 16): ViT patch size; must divide `image_size`.
+        num_channels (`int`, defaults to 3): input channels.
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, hidden_act,
+        hidden_dropout_prob, attention_probs_dropout_prob, layer_norm_eps, qkv_bias:
+            the encoder, as in `ViTConfig` (defaults: ViT-S/16).
+        initializer_range (`float`, defaults to 0.02): std of the truncated-normal init.
+        encoder_type (`"vit"` or `"beit"`, defaults to `"vit"`): transformers' `ViTModel`, or its
+            `BeitModel` (the ViT of the BEiT paper: the fields below).
+        drop_path_rate (`float`, defaults to 0.0): stochastic depth of the last block, linear from 0
+            over depth (BEiT: 0.1); `"beit"` only.
+        layer_scale_init_value (`float`, defaults to 0.0): initial layer-scale value, 0 disables it
+            (BEiT: 0.1 for base, 1e-5 for large); `"beit"` only.
+        use_absolute_position_embeddings (`bool`, defaults to `True`): learned absolute positions
+            (BEiT pre-training: off, it uses the shared relative position bias instead).
+        use_shared_relative_position_bias (`bool`, defaults to `False`): one relative position bias
+            table shared by all blocks (BEiT pre-training); `"beit"` only.
+        use_relative_position_bias (`bool`, defaults to `False`): one table per block (BEiT
+            fine-tuning); `"beit"` only.
+        mask_ratio (`float`, defaults to 0.4): fraction of hidden patches (see above).
+        mask_strategy (`"blockwise"` or `"random"`, defaults to `"blockwise"`): BEiT's mask shape.
+        tokenizer_vocab_size (`int`, defaults to 8192): vocabulary size V of the patch tokenizer.
+        tokenizer_resolution (`int`, defaults to 8): patches are downsampled to r x r x C vectors.
+        tokenizer_method (`"kmeans"`, `"random_patches"` or `"uniform"`): how the vocabulary is built.
+        tokenizer_fingerprint (`str`, *optional*): content hash of the fitted vocabulary, set by
+            `fit_tokenizer`; `None` means "not fitted" and the model refuses to compute targets.
+        mim_loss_weight (`float`, defaults to 1.0): weight of the MIM cross-entropy.
+    """
+
+    model_type = "hf-ssl-beit"
+
+    mask_ratio: float = 0.4
+    mask_strategy: str = "blockwise"
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.check_fields()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """Load a saved config, also one saved while BEiT was SplitMask's ``objective="beit"`` (its
+        SplitMask-only fields are dropped; a decoder, which BEiT has not, cannot be loaded)."""
+        if config_dict.get("decoder_num_hidden_layers", 0) and config_dict.get("objective") == "beit":
+            raise ValueError(
+                "This BEiT checkpoint has a decoder (decoder_num_hidden_layers="
+                f"{config_dict['decoder_num_hidden_layers']}), which BEiT has not: it was trained as SplitMask's "
+                "objective='beit' with a decoder, a setting hf-ssl no longer builds"
+            )
+        config_dict = {key: value for key, value in config_dict.items() if key not in SPLITMASK_ONLY_FIELDS}
+        return super().from_dict(config_dict, **kwargs)
+
+    def check_fields(self) -> None:
+        """Raise a ValueError naming the first invalid field and what it allows."""
+
+        def require(condition: bool, message: str) -> None:
+            if not condition:
+                raise ValueError(f"BEiTConfig: {message}")
+
+        self.check_shared_fields(require)
+        require(self.mask_strategy in MASK_STRATEGIES,
+                f"mask_strategy must be one of {MASK_STRATEGIES}, got {self.mask_strategy!r}")
+        require(0.0 < self.mask_ratio < 1.0, f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+
+    @property
+    def num_masked_patches(self) -> int:
+        """Patches a mask hides: 75 of 196 at ratio 0.4 on a 14x14 grid (the official
+        ``--num_mask_patches 75``), scaled to other grids and ratios (`hf_ssl.masking.beit_num_masked_patches`)."""
+        return beit_num_masked_patches(self.grid_size, self.mask_ratio)
+
+
+__all__ = ["BEiTConfig"]
