@@ -28,6 +28,7 @@ import torch
 from transformers import AutoModel
 
 from hf_ssl.backbones.loading import load_backbone
+from hf_ssl.training.arguments import REPORT_BASELINES
 
 from . import finetune as _finetune  # noqa: F401  (each protocol module registers itself)
 from . import knn as _knn  # noqa: F401
@@ -42,7 +43,8 @@ from .protocol import available_protocols, get_protocol
 
 logger = logging.getLogger(__name__)
 
-BASELINES = ("random_init", "raw_pixels", "supervised")
+# What an encoder is compared with, the end-of-run report's default (`--report_baselines`).
+BASELINES = REPORT_BASELINES
 PRETRAINED_PREFIX = "pretrained:"
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .embeddings import matched_rows_cross_entropy
+from .embeddings import check_pair, check_positive, matched_rows_cross_entropy, normalized
 
 
 def info_nce_loss(
@@ -36,10 +36,9 @@ def info_nce_loss(
     Returns:
         Scalar loss.
     """
-    if query.shape != key.shape or query.dim() != 2:
-        raise ValueError(f"query and key must both be (B, D); got {tuple(query.shape)} and {tuple(key.shape)}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_pair(query, key, "query", "key")
+    check_positive(temperature, "temperature")
+    query, key = normalized(query), normalized(key)
     loss = matched_rows_cross_entropy(query, key, 1 / temperature, gather_distributed)
     if symmetric:
         loss = 0.5 * (loss + matched_rows_cross_entropy(key, query, 1 / temperature, gather_distributed))

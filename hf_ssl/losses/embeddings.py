@@ -46,19 +46,19 @@ def matched_rows_cross_entropy(
 
         l_i = -log( exp(s q_i . k_i) / sum_j exp(s q_i . k_j) ),   mean over this process's rows i
 
-    with q, k L2-normalised and j running over the keys of every process when `gather_distributed`
-    (gathered with gradients flowing back to their owners; detach `key` for none).
+    with j running over the keys of every process when `gather_distributed` (gathered with
+    gradients flowing back to their owners; detach `key` for none).
 
     Args:
-        query: ``(B, D)``.
-        key: ``(B, D)``; row i is the positive of query row i.
+        query: ``(B, D)`` rows already L2-normalised in the compute dtype (`normalized`: the
+            symmetric losses normalise each side once for both directions).
+        key: ``(B, D)`` likewise; row i is the positive of query row i.
         scale: s > 0, 1 / temperature (or CLIP's learned exp(t), a scalar tensor).
         gather_distributed: take the negatives from every process.
 
     Returns:
         Scalar.
     """
-    query, key = normalized(query), normalized(key)
     all_keys = gather_with_grad(key) if gather_distributed else key  # (W*B, D)
     labels = global_row_indices(query.shape[0], gather_distributed, query.device)
     return F.cross_entropy(scale * query @ all_keys.T, labels)  # (B, W*B) logits

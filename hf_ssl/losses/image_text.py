@@ -48,8 +48,9 @@ def clip_loss(
         Scalar: the mean of the two directions over this process's B rows.
     """
     check_pair(image_embeddings, text_embeddings, "image_embeddings", "text_embeddings")
-    image_to_text = matched_rows_cross_entropy(image_embeddings, text_embeddings, logit_scale, gather_distributed)
-    text_to_image = matched_rows_cross_entropy(text_embeddings, image_embeddings, logit_scale, gather_distributed)
+    images, texts = normalized(image_embeddings), normalized(text_embeddings)
+    image_to_text = matched_rows_cross_entropy(images, texts, logit_scale, gather_distributed)
+    text_to_image = matched_rows_cross_entropy(texts, images, logit_scale, gather_distributed)
     return (image_to_text + text_to_image) / 2
 
 

@@ -121,7 +121,8 @@ def moco_v3_loss(
     check_positive(temperature, "temperature")
 
     def contrastive(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-        return matched_rows_cross_entropy(query, key.detach(), 1 / temperature, gather_distributed) * (2 * temperature)
+        return matched_rows_cross_entropy(normalized(query), normalized(key.detach()), 1 / temperature,
+                                          gather_distributed) * (2 * temperature)
 
     return contrastive(query_1, key_2) + contrastive(query_2, key_1)
 

@@ -47,7 +47,8 @@ def bundled_backbone(recipe: Recipe) -> str:
     return "resnet-micro" if {"any", "resnet"} & set(recipe.supported_backbones) else "vit-micro"
 # The end-of-run report's protocols (`hf_ssl.eval.report.REPORT_PLAN` says with which labels).
 REPORT_PROTOCOLS = ("knn", "linear", "finetune")
-# hf_ssl.eval.runner.BASELINES, named here so that parsing arguments does not import the evaluation code
+# The baselines an encoder is compared with (hf_ssl.eval.runner.BASELINES), named here so that parsing
+# arguments does not import the evaluation code.
 REPORT_BASELINES = ("random_init", "raw_pixels", "supervised")
 # Any other dataset: a real run, the recipe's published optimizer settings.
 GENERAL_RUN_DEFAULTS = dict(total_batch_size=256, save_steps=1000, dataloader_num_workers=4)

@@ -24,6 +24,7 @@ from hf_ssl.recipes import available_methods, get_recipe
 
 from .errors import ConfigurationError
 from .optimizer import resolve_optimization
+from .outputs import TRAINING_ARGUMENTS_FILE
 from .checkpointing import (
     TRAINER_STATE_NAME,
     checkpoints_root,
@@ -73,11 +74,11 @@ RESUME_INVARIANT_FIELDS: tuple[str, ...] = (
     *SCHEDULE_FIELDS,
 )
 # Files and folders that only a run writes: finding one means the folder holds a run.
-RUN_MARKERS = ("config.json", "model.safetensors", "training_log.jsonl", "training_args.json", "eval_results.json", "checkpoints")
+RUN_MARKERS = ("config.json", "model.safetensors", "training_log.jsonl", TRAINING_ARGUMENTS_FILE, "eval_results.json", "checkpoints")
 # Everything a run writes at the top of its folder (removed by --overwrite_output_dir).
 RUN_FOLDER_ENTRIES = (
     "config.json", "model.safetensors", "model.safetensors.index.json", "preprocessor_config.json",
-    "training_args.json", "training_log.jsonl", "training_log.jsonl.tmp", "eval_results.json", "README.md",
+    TRAINING_ARGUMENTS_FILE, "training_log.jsonl", "training_log.jsonl.tmp", "eval_results.json", "README.md",
     "checkpoints", "logs", "backbone", "backbone_timm",
 )
 RUN_FOLDER_PATTERNS = ("model-*.safetensors", "*.png", "configuration_*.py", "modeling_*.py", "hf_ssl_*.py")
