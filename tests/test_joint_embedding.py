@@ -373,8 +373,7 @@ def test_two_view_transform_rejects_bad_arguments():
 # Steps per method for the slow test: enough for kNN to beat random init on the bundled digits
 # (measured: see each recipe's bundled_run_defaults), short enough for ~a minute on 2 cores.
 SLOW_TEST_STEPS = 150
-# Barlow Twins and BYOL need longer (measured kNN, random init 0.490: Barlow Twins 0.474 after 150 steps,
-# 0.521 after 300; BYOL 0.485 after 150, 0.474 after 300, 0.554 after 600).
+# Barlow Twins and BYOL need longer (docs/small-image-defaults.md).
 SLOW_TEST_STEPS_BY_METHOD = {"barlow_twins": 300, "byol": 600}
 
 

@@ -44,9 +44,9 @@ MOCO_V3_VIT_ADAMW = OptimizerDefaults(
 )
 
 # The published crops keep 8-100 % (20-100 % for SimSiam) of a 224-px photo. On 32-px digits an 8 %
-# crop is a 9-px fragment of one stroke; measured on the bundled digits (see each recipe's
-# tests/test_joint_embedding.py), a 25-100 % crop is what lets every method beat random init. A
-# recipe may measure its own (`JointEmbeddingRecipe.small_image_crop_scale`).
+# crop is a 9-px fragment of one stroke; on the bundled digits a 25-100 % crop is what lets every
+# method beat random init (docs/small-image-defaults.md; tests/test_joint_embedding.py). A recipe
+# may measure its own (`JointEmbeddingRecipe.small_image_crop_scale`).
 SMALL_IMAGE_CROP_SCALE = (0.25, 1.0)
 
 

@@ -43,10 +43,8 @@ def masked_vit_fields(recipe, backbone: BackboneSpec) -> dict:
     return fields
 
 
-# Up to this input side the plain ViT is kept (a small-image setting, like 8-px patches). Measured
-# on the bundled digits at 32 px (vit-micro, 4x4 patches, 300 steps, kNN k=20 with the run's
-# image processor): SplitMask with BEiT's ViT 0.462 vs 0.471 at random init (with absolute
-# positions added 0.499), with the plain ViT 0.618 vs 0.490.
+# Up to this input side the plain ViT is kept (a small-image setting, like 8-px patches): on the
+# bundled digits SplitMask learns with it and not with BEiT's ViT (docs/small-image-defaults.md).
 SMALL_IMAGE_PLAIN_VIT_SIZE = 64
 
 

@@ -23,8 +23,8 @@ def configure_cpu_threads(device: torch.device, processes_per_machine: int, data
     """On CPU, give the training process the cores its DataLoader workers do not use.
 
     OpenMP threads spin-wait for each other: when workers (or a second process) take one of the
-    cores, a 2-thread matmul stalls on the thread that lost its core. On 2 shared cores we
-    measured a vit-micro step at 0.15 s with 1 thread and 0.6-9 s with 2. An explicit
+    cores, a 2-thread matmul stalls on the thread that lost its core (on 2 shared cores a step
+    gets several times slower: docs/small-image-defaults.md). An explicit
     OMP_NUM_THREADS is respected; LOCAL_WORLD_SIZE (set by the launchers) counts processes on this machine. Returns the thread count set (None when nothing changed).
     """
     if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:

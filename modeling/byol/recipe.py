@@ -18,8 +18,8 @@ Where every default comes from (paper section 3.3 and appendix C; deepmind-resea
   tuned values that hf-ssl does not reproduce.
 - Small images (< 128 px): projector and predictor 512 -> 128 and 25-100 % crops; bundled digits run:
   the common bundled settings (`hf_ssl.training.arguments.BUNDLED_RUN_DEFAULTS`); BYOL needs 600
-  steps there to beat random init in kNN (measured 0.485 / 0.474 / 0.554 after 150 / 300 / 600 steps,
-  random init 0.490), checked by tests/test_joint_embedding.py.
+  steps there to beat random init in kNN (docs/small-image-defaults.md), checked by
+  tests/test_joint_embedding.py.
 """
 
 from __future__ import annotations

@@ -72,14 +72,10 @@ OFFICIAL_EPOCHS = 100
 GLOBAL_CROPS_SCALE = (0.4, 1.0)
 LOCAL_CROPS_SCALE = (0.05, 0.4)
 # Small images (up to this side; the bundled 32-px digits, 1,438 images) get a small head with
-# BatchNorm (the official --use_bn_in_head) and milder crops. Measured on the digits with vit-micro
-# (8-px patches), 300 steps at batch 64, LR 5e-4 (kNN k=20 on mean-pooled patch tokens / on the CLS
-# token; random init 0.485 / 0.415): the published head and crops collapse to a uniform teacher
-# (loss -> log K, normalised embedding std 0.08; K 4096: kNN 0.496 / 0.415), and lightly's DINO
-# modules collapse the same way; milder crops alone collapse too (0.501 / 0.382); a BatchNorm head
-# alone keeps the teacher informative (0.488 / 0.554); both together learn (0.543 / 0.652). A 5 %
-# crop of a 32-px digit is a 7-px square, less than one 8-px patch: two such views share too little
-# for the teacher's targets to be predictable from one another.
+# BatchNorm (the official --use_bn_in_head) and milder crops: on the digits the published head and
+# crops collapse to a uniform teacher, and only both changes together learn (docs/small-image-defaults.md).
+# A 5 % crop of a 32-px digit is a 7-px square, less than one 8-px patch: two such views share too
+# little for the teacher's targets to be predictable from one another.
 SMALL_IMAGE_SIZE = 64
 SMALL_IMAGE_HEAD = dict(head_output_dim=1024, head_hidden_dim=512, head_bottleneck_dim=128, use_batch_norm_in_head=True)
 SMALL_IMAGE_GLOBAL_CROPS_SCALE = (0.7, 1.0)
