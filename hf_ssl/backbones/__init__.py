@@ -11,6 +11,7 @@ from .modules import (
     is_timm_module,
     load_pretrained_backbone,
     pooled_features,
+    spatial_features,
 )
 from .presets import (
     SMALL_IMAGE_SIZE,
@@ -43,6 +44,7 @@ __all__ = [
     "is_timm_module",
     "load_pretrained_backbone",
     "pooled_features",
+    "spatial_features",
     "preset_config",
     "resolve_backbone",
     "swin_window_size",

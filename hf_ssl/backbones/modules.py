@@ -1,4 +1,5 @@
-"""Build any backbone from its nested config, and read one feature vector per image from it.
+"""Build any backbone from its nested config, and read its features: one vector per image
+(`pooled_features`) or its last feature map (`spatial_features`).
 
 `build_backbone(nested_config)` returns the ecosystem's own module (a transformers `ViTModel`,
 `ConvNextModel`, ... or a timm model), randomly initialised and without downloading anything, so
@@ -10,6 +11,7 @@ any size for ViTs (position embeddings interpolated), and the plain module for e
 from __future__ import annotations
 
 import inspect
+import math
 from pathlib import Path
 
 import torch
@@ -91,6 +93,47 @@ def pooled_features(module: nn.Module, pixel_values: torch.Tensor) -> torch.Tens
         return hidden[:, 0]
     pooled = module(pixel_values=pixel_values).pooler_output  # (B, D) or (B, D, 1, 1) for ResNet
     return pooled.flatten(1)
+
+
+def spatial_features(module: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W) -> (B, h, w, D)``: the backbone's last feature map, channels last.
+
+    ViT-family encoders give their patch tokens on the patch grid (whatever precedes them, CLS,
+    a distillation token or register tokens, is dropped: the tokens beyond the grid's count); conv
+    nets and Swin give their last stage.
+    """
+    height, width = pixel_values.shape[-2:]
+    timm_model = module if is_timm_module(module) else getattr(module, "timm_model", None)
+    if timm_model is not None:
+        features = timm_model.forward_features(pixel_values)
+        if features.dim() == 4:  # (B, D, h, w), or (B, h, w, D) for the models that say NHWC (Swin)
+            return features if getattr(timm_model, "output_fmt", "NCHW") == "NHWC" else features.permute(0, 2, 3, 1)
+        patch = getattr(getattr(timm_model, "patch_embed", None), "patch_size", None)
+        grid = (height // patch[0], width // patch[1]) if patch else None
+        return _tokens_to_map(features, grid, height, width)
+    model_type = module.config.model_type
+    extra = {"interpolate_pos_encoding": True} if model_type in CLS_TOKEN_MODEL_TYPES else {}
+    hidden = module(pixel_values=pixel_values, **extra).last_hidden_state
+    if hidden.dim() == 4:  # ConvNeXt, ResNet: (B, D, h, w)
+        return hidden.permute(0, 2, 3, 1)
+    patch = getattr(module.config, "patch_size", None)
+    if isinstance(patch, (tuple, list)):
+        patch = patch[0]
+    grid = (height // patch, width // patch) if patch and "depths" not in module.config.to_dict() else None
+    return _tokens_to_map(hidden, grid, height, width)
+
+
+def _tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int] | None, height: int, width: int) -> torch.Tensor:
+    """``(B, T, D)`` tokens -> ``(B, h, w, D)``: the last ``h * w`` tokens on `grid`, or all of them on
+    the grid of the image's aspect (Swin's last stage) when `grid` is None."""
+    if grid is None:
+        count = tokens.shape[1]
+        rows = round(math.sqrt(count * height / width))
+        grid = (rows, count // rows)
+    rows, cols = grid
+    if rows * cols > tokens.shape[1] or rows * cols <= 0:
+        raise ValueError(f"cannot place {tokens.shape[1]} tokens on a {rows}x{cols} grid")
+    return tokens[:, tokens.shape[1] - rows * cols:].reshape(tokens.shape[0], rows, cols, tokens.shape[-1])
 
 
 class VisionBackbone(nn.Module):

@@ -5,12 +5,14 @@
 - negative-free: `byol_loss`, `simsiam_loss`, `barlow_twins_loss` (terms: `barlow_twins_loss_terms`), `vicreg_loss` (-> `VICRegLossTerms`)
 - self-distillation: `dino_loss`, `update_dino_center`, `teacher_temperature_schedule`
 - image-text: `clip_loss`, `siglip_loss`
+- distillation from a frozen teacher: `queue_distillation_loss`, `patch_similarity_distillation_loss`
 
 Batch-level terms cover every process's rows when a process group runs (``gather_distributed``).
 """
 
 from .contrastive import info_nce_loss
 from .dino import dino_loss, teacher_temperature_schedule, update_dino_center
+from .distillation import patch_similarity_distillation_loss, queue_distillation_loss
 from .image_text import clip_loss, siglip_loss
 from .joint_embedding import (
     BarlowTwinsLossTerms,
@@ -39,6 +41,8 @@ __all__ = [
     "masked_token_cross_entropy",
     "moco_v3_loss",
     "nt_xent_loss",
+    "patch_similarity_distillation_loss",
+    "queue_distillation_loss",
     "siglip_loss",
     "simsiam_loss",
     "teacher_temperature_schedule",
