@@ -12,8 +12,11 @@ Adding a method = one `Case` entry in `CASES` (and a reference builder if it has
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -133,6 +136,8 @@ class Case:
         references: ``{implementation name: CaseInputs -> ModelStep}``.
         model_overrides: config fields set on the hf-ssl model (e.g. a tokenizer that needs no fitting).
         with_captions: rows carry a ``"caption"`` next to the ``"image"``.
+        method_arguments: ``(size, image_size) -> {flag: value}`` set on the recipe's own flags
+            (e.g. the teacher a distillation step runs).
     """
 
     method: str
@@ -141,6 +146,7 @@ class Case:
     references: dict[str, Callable[[CaseInputs], ModelStep]]
     model_overrides: dict = field(default_factory=dict)
     with_captions: bool = False
+    method_arguments: Callable[[Size, int], dict] | None = None
 
 
 def synthetic_image(index: int, side: int, seed: int = 0) -> Image.Image:
@@ -216,8 +222,11 @@ def prepare_case(case: Case, size: Size, batch_size: int, seed: int = 0) -> Case
         recipe.check_backbone(backbone)
     except ValueError as error:
         raise NotApplicable(str(error)) from error
+    method_arguments = recipe.method_arguments_defaults()
+    if case.method_arguments is not None:
+        method_arguments = dataclasses.replace(method_arguments, **case.method_arguments(size, image_size))
     context = BuildContext(backbone=backbone, image_size=image_size, model_overrides=dict(case.model_overrides),
-                           method_arguments=recipe.method_arguments_defaults())
+                           method_arguments=method_arguments)
     if recipe.prepares_inputs:
         recipe.prepare_inputs(context, rows)
     transform = recipe.build_transform(context)
@@ -269,6 +278,20 @@ _UNIFORM_TOKENIZER = {"tokenizer_method": "uniform"}
 _VIT_SIZES = ("micro", "tiny", "small")
 _ANY_SIZES = ("micro", "tiny", "small", "resnet18")
 _BEIT = {"transformers BeitForMaskedImageModeling": transformers_beit}
+_TEACHERS = tempfile.TemporaryDirectory(prefix="hf-ssl-benchmark-teachers-")  # removed when the suite exits
+
+
+def _teacher_of_the_students_size(size: Size, image_size: int) -> dict:
+    """``--teacher``: the student's own preset at random init, saved once per size, so that the row
+    measures what a distillation step costs with an equal-size teacher (its forward on top)."""
+    from hf_ssl.backbones import build_backbone, resolve_backbone
+
+    folder = Path(_TEACHERS.name) / f"{size.model}-{image_size}"
+    if not (folder / "model.safetensors").is_file():
+        torch.manual_seed(0)
+        build_backbone(resolve_backbone(size.model, image_size).nested()).save_pretrained(folder)
+    return {"teacher": str(folder)}
+
 
 CASES: dict[str, Case] = {
     case.method: case
@@ -283,6 +306,8 @@ CASES: dict[str, Case] = {
             Case(method, _ANY_SIZES, _image_views("simclr"), {"lightly": LIGHTLY_REFERENCES[method]})
             for method in ("simclr", "moco_v3", "byol", "simsiam", "barlow_twins", "vicreg")
         ),
+        # No reference: no library at hand ships an unlabelled distillation step (lightly has none).
+        Case("distillation", _VIT_SIZES, _image_views("light"), {}, method_arguments=_teacher_of_the_students_size),
         Case("dual_encoder", _VIT_SIZES, CaptionFallbackTransform,
              {"transformers VisionTextDualEncoderModel": transformers_dual_encoder}, with_captions=True),
     )

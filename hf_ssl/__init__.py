@@ -9,6 +9,7 @@ from hf_ssl.modeling.barlow_twins import BackboneForBarlowTwins, BarlowTwinsConf
 from hf_ssl.modeling.beit import BEiTConfig, BEiTOutput, ViTForBEiT
 from hf_ssl.modeling.byol import BackboneForBYOL, BYOLConfig, BYOLOutput
 from hf_ssl.modeling.dino import BackboneForDINO, DINOConfig, DINOOutput
+from hf_ssl.modeling.distillation import BackboneForDistillation, DistillationConfig, DistillationOutput
 from hf_ssl.modeling.dual_encoder import BackboneForDualEncoder, DualEncoderConfig, DualEncoderOutput
 from hf_ssl.modeling.mae import MAEConfig, MAEOutput, ViTForMAE
 from hf_ssl.modeling.moco_v3 import BackboneForMoCoV3, MoCoV3Config, MoCoV3Output
@@ -31,6 +32,7 @@ __all__ = [
     "BackboneForBYOL",
     "BackboneForBarlowTwins",
     "BackboneForDINO",
+    "BackboneForDistillation",
     "BackboneForDualEncoder",
     "BackboneForMoCoV3",
     "BackboneForSimCLR",
@@ -41,6 +43,8 @@ __all__ = [
     "BarlowTwinsOutput",
     "DINOConfig",
     "DINOOutput",
+    "DistillationConfig",
+    "DistillationOutput",
     "DualEncoderConfig",
     "DualEncoderOutput",
     "MAEConfig",

@@ -148,7 +148,7 @@ def test_micro_run_measures_every_other_method_next_to_its_reference(tmp_path):
     for method in methods:
         assert (method, "hf-ssl") in measured, method
         references = {implementation for name, implementation in measured if name == method} - {"hf-ssl"}
-        if "lightly" not in CASES[method].references or (lightly / "lightly").is_dir():
+        if CASES[method].references and ("lightly" not in CASES[method].references or (lightly / "lightly").is_dir()):
             assert references, f"{method} has no reference row"
 
 

@@ -13,12 +13,14 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from transformers import AutoModel
+from transformers import AutoModel, ViTConfig, ViTModel
 
 import hf_ssl
 from hf_ssl.backbones import default_image_processor, is_timm_module
@@ -38,9 +40,24 @@ def tiny_backbone_name(method: str) -> str:
     return "vit-micro" if ("vit" in supported or "any" in supported) else "swin-micro"
 
 
+_TEACHERS = tempfile.TemporaryDirectory(prefix="hf-ssl-test-teacher-")  # removed when the tests exit
+
+
+def tiny_teacher() -> str:
+    """A saved tiny ViT with weights, for a method that distils from a ``teacher`` flag."""
+    folder = Path(_TEACHERS.name) / "vit"
+    if not (folder / "model.safetensors").is_file():
+        torch.manual_seed(1)
+        ViTModel(ViTConfig(image_size=IMAGE_SIZE, patch_size=8, hidden_size=24, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=48), add_pooling_layer=False).save_pretrained(folder)
+    return str(folder)
+
+
 def tiny_context(method: str) -> BuildContext:
     recipe = get_recipe(method)
     method_arguments = recipe.method_arguments_defaults()
+    if getattr(method_arguments, "teacher", "") is None:
+        method_arguments.teacher = tiny_teacher()
     return BuildContext(
         backbone=hf_ssl.resolve_backbone(tiny_backbone_name(method), IMAGE_SIZE),
         image_size=IMAGE_SIZE,
@@ -62,6 +79,15 @@ def recipe_batch(method: str, context: BuildContext, count: int = 4) -> dict[str
     batch = collate_samples(samples)
     batch.pop("skipped_samples")
     return batch
+
+
+def with_teacher_inputs(model, batch: dict) -> dict:
+    """A model that distils from an attached teacher gets the teacher's outputs as inputs, so that a
+    copy loaded without the teacher (a checkpoint never holds it) computes the same loss."""
+    if not hasattr(model, "teacher_targets") or model.teacher is None:
+        return batch
+    embeddings, features = model.teacher_targets(batch["pixel_values"])
+    return {**batch, "teacher_embeddings": embeddings, "teacher_features": features}
 
 
 def build_tiny(method: str):
@@ -86,7 +112,7 @@ def seeded_loss(model, batch: dict, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("method", METHODS)
 def test_forward_backward_and_save_load(method, tmp_path):
     model, context = build_tiny(method)
-    batch = recipe_batch(method, context)
+    batch = with_teacher_inputs(model, recipe_batch(method, context))
     model.train()
     loss = seeded_loss(model, batch)
     assert loss.ndim == 0 and torch.isfinite(loss)
@@ -253,7 +279,8 @@ def test_trust_remote_code_folder_loads_without_hf_ssl_and_matches(method, tmp_p
     from remote_code_check import assert_remote_code_matches
 
     model, context = build_tiny(method)
-    report = assert_remote_code_matches(model.eval(), recipe_batch(method, context, count=2), tmp_path / "model")
+    report = assert_remote_code_matches(model.eval(), with_teacher_inputs(model, recipe_batch(method, context, count=2)),
+                                        tmp_path / "model")
     assert report["class"].endswith(type(model).__name__) and report["class"].startswith("transformers_modules")
 
 

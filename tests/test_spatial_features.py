@@ -48,3 +48,15 @@ def test_conv_maps_are_the_last_stage_permuted():
     with torch.no_grad():
         torch.testing.assert_close(spatial_features(module, images),
                                    module(pixel_values=images).last_hidden_state.permute(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("name", ["vit-micro", "resnet-micro", "swin-micro", "timm/resnet10t"])
+def test_one_pass_gives_the_pooled_features_too(name):
+    from hf_ssl.backbones import backbone_features, pooled_features
+
+    module = build_backbone(resolve_backbone(name, 32).nested()).eval()
+    images = _images(32, 32)
+    with torch.no_grad():
+        pooled, features = backbone_features(module, images)
+        torch.testing.assert_close(pooled, pooled_features(module, images))
+        torch.testing.assert_close(features, spatial_features(module, images))

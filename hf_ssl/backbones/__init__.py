@@ -5,6 +5,7 @@ from .contract import BackboneContractMixin
 from .export import default_image_processor, export_backbone_folder, export_vit_to_timm, vit_to_timm_state_dict
 from .modules import (
     VisionBackbone,
+    backbone_features,
     build_backbone,
     copy_backbone_weights,
     feature_dimension,
@@ -32,6 +33,7 @@ __all__ = [
     "BackboneSpec",
     "VisionBackbone",
     "available_presets",
+    "backbone_features",
     "backbone_preset",
     "build_backbone",
     "config_from_dict",

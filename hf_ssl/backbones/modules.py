@@ -1,5 +1,5 @@
 """Build any backbone from its nested config, and read its features: one vector per image
-(`pooled_features`) or its last feature map (`spatial_features`).
+(`pooled_features`), its last feature map (`spatial_features`) or both (`backbone_features`).
 
 `build_backbone(nested_config)` returns the ecosystem's own module (a transformers `ViTModel`,
 `ConvNextModel`, ... or a timm model), randomly initialised and without downloading anything, so
@@ -91,12 +91,12 @@ def pooled_features(module: nn.Module, pixel_values: torch.Tensor) -> torch.Tens
     if model_type in CLS_TOKEN_MODEL_TYPES:
         hidden = module(pixel_values=pixel_values, interpolate_pos_encoding=True).last_hidden_state  # (B, T, D)
         return hidden[:, 0]
-    pooled = module(pixel_values=pixel_values).pooler_output  # (B, D) or (B, D, 1, 1) for ResNet
-    return pooled.flatten(1)
+    return _pooled(module(pixel_values=pixel_values))
 
 
-def spatial_features(module: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """``(B, C, H, W) -> (B, h, w, D)``: the backbone's last feature map, channels last.
+def backbone_features(module: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, C, H, W) -> ((B, D), (B, h, w, D))``: the pooled features (as `pooled_features`) and the
+    last feature map, channels last, from one forward pass.
 
     ViT-family encoders give their patch tokens on the patch grid (whatever precedes them, CLS,
     a distillation token or register tokens, is dropped: the tokens beyond the grid's count); conv
@@ -106,21 +106,39 @@ def spatial_features(module: nn.Module, pixel_values: torch.Tensor) -> torch.Ten
     timm_model = module if is_timm_module(module) else getattr(module, "timm_model", None)
     if timm_model is not None:
         features = timm_model.forward_features(pixel_values)
+        pooled = timm_model.forward_head(features, pre_logits=True)
         if features.dim() == 4:  # (B, D, h, w), or (B, h, w, D) for the models that say NHWC (Swin)
-            return features if getattr(timm_model, "output_fmt", "NCHW") == "NHWC" else features.permute(0, 2, 3, 1)
+            nhwc = getattr(timm_model, "output_fmt", "NCHW") == "NHWC"
+            return pooled, features if nhwc else features.permute(0, 2, 3, 1)
         patch = getattr(getattr(timm_model, "patch_embed", None), "patch_size", None)
         grid = (height // patch[0], width // patch[1]) if patch else None
-        return _tokens_to_map(features, grid, height, width)
+        return pooled, _tokens_to_map(features, grid, height, width)
     model_type = module.config.model_type
-    extra = {"interpolate_pos_encoding": True} if model_type in CLS_TOKEN_MODEL_TYPES else {}
-    hidden = module(pixel_values=pixel_values, **extra).last_hidden_state
+    cls_token = model_type in CLS_TOKEN_MODEL_TYPES
+    outputs = module(pixel_values=pixel_values, **({"interpolate_pos_encoding": True} if cls_token else {}))
+    hidden = outputs.last_hidden_state
+    pooled = hidden[:, 0] if cls_token else _pooled(outputs)
     if hidden.dim() == 4:  # ConvNeXt, ResNet: (B, D, h, w)
-        return hidden.permute(0, 2, 3, 1)
+        return pooled, hidden.permute(0, 2, 3, 1)
     patch = getattr(module.config, "patch_size", None)
     if isinstance(patch, (tuple, list)):
         patch = patch[0]
     grid = (height // patch, width // patch) if patch and "depths" not in module.config.to_dict() else None
-    return _tokens_to_map(hidden, grid, height, width)
+    return pooled, _tokens_to_map(hidden, grid, height, width)
+
+
+def spatial_features(module: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W) -> (B, h, w, D)``: the backbone's last feature map, channels last (`backbone_features`)."""
+    return backbone_features(module, pixel_values)[1]
+
+
+def _pooled(outputs) -> torch.Tensor:
+    """``(B, D)``: the model's pooler output, or the mean of its last hidden state when it was built
+    without a pooler (a Swin backbone)."""
+    if outputs.pooler_output is not None:
+        return outputs.pooler_output.flatten(1)  # (B, D) or (B, D, 1, 1) for ResNet
+    hidden = outputs.last_hidden_state
+    return hidden.mean(dim=1) if hidden.dim() == 3 else hidden.mean(dim=(2, 3))
 
 
 def _tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int] | None, height: int, width: int) -> torch.Tensor:

@@ -31,6 +31,9 @@ RESNET_PRESETS: dict[str, dict] = {
     # all labels) it reaches 0.93 on the bundled 48-px scenes, where vit-micro reaches 0.71-0.83.
     "resnet-micro": dict(embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1], layer_type="basic",
                          downsample_in_first_stage=False),
+    # A quarter of resnet-micro (16-128 channels, 0.3 M parameters): a student to distil into.
+    "resnet-nano": dict(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], layer_type="basic",
+                        downsample_in_first_stage=False),
     "resnet-18": dict(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type="basic",
                       downsample_in_first_stage=False),
     "resnet-50": dict(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3], layer_type="bottleneck",
