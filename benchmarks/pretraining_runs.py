@@ -32,10 +32,12 @@ class Run:
     backbone: str
     seed: int
     fraction: float = 1.0
+    teacher: str | None = None  # the name of the run a distillation run distils (pre-trained first)
 
     @property
     def name(self) -> str:
-        return f"{self.method}-{self.backbone}-fraction{self.fraction:g}-seed{self.seed}"
+        name = f"{self.method}-{self.backbone}-fraction{self.fraction:g}-seed{self.seed}"
+        return f"{name}-from-{self.teacher}" if self.teacher else name
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ def pretrain(run: Run, budget: Budget, runs_dir: Path, number_of_rows: int) -> P
         "--max_train_samples", str(rows), "--max_steps", str(budget.max_steps),
         "--total_batch_size", str(budget.total_batch_size), "--seed", str(run.seed), "--save_steps", str(budget.max_steps),
         "--report_protocols", "none", "--report_to", "none", "--output_dir", str(run_dir), "--overwrite_output_dir",
+        *(["--teacher", str(runs_dir / run.teacher)] if run.teacher else []),
     ]
     started = time.perf_counter()
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True)

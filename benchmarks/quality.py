@@ -4,6 +4,7 @@ baselines, over several seeds.
 
     python benchmarks/quality.py                                  # the configuration README quotes (hours on 2 cores)
     python benchmarks/quality.py --methods simclr vicreg --backbones resnet-micro --seeds 0
+    python benchmarks/quality.py --methods distillation simclr --backbones resnet-nano resnet-micro --seeds 0
     python benchmarks/quality.py --reduced                        # CI: keeps the script working
 
 Every run: the same steps x batch, the method's own (small-image) recipe for everything else. Every
@@ -12,7 +13,8 @@ label per class, fine-tuning with 10 % and one label per class (early-stopped on
 of the labelled split), zero-shot for the image-text model. Baselines, per backbone and seed: the
 same encoder untrained (random init), the raw pixels, and the supervised model (the same
 architecture trained from random init with the row's labels). Methods that mask ViT patches have
-no conv-net row. Writes ``<output_dir>/quality.{json,md,png}``; an interrupted run resumes from
+no conv-net row. A distillation run distils the run of ``--teacher METHOD:BACKBONE`` with the same
+seed and budget (pre-trained first and measured too) into each other backbone. Writes ``<output_dir>/quality.{json,md,png}``; an interrupted run resumes from
 ``<runs_dir>/results.json``.
 """
 
@@ -56,12 +58,14 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--finetune_max_steps", type=int, default=None, help="cap on fine-tuning steps (default: the protocol's)")
     parser.add_argument("--eval_max_samples", type=int, default=None, help="cap on labelled images per split (default: all)")
     parser.add_argument("--output_dir", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--teacher", default="simclr:resnet-micro",
+                        help="METHOD:BACKBONE whose run (same seed and budget) the distillation runs distil")
     parser.add_argument("--runs_dir", type=Path, default=REPO / "runs" / "pretraining-studies",
                         help="run folders and results.json (shared with sample_efficiency.py: a run is measured once)")
-    parser.add_argument("--reduced", action="store_true", help="CI size: two methods, one seed, a few steps")
+    parser.add_argument("--reduced", action="store_true", help="CI size: SimCLR, SplitMask and a distillation of the SimCLR run, one seed, a few steps")
     arguments = parser.parse_args(argv)
     if arguments.reduced:
-        arguments.methods = arguments.methods or ["simclr", "splitmask"]
+        arguments.methods = arguments.methods or ["simclr", "splitmask", "distillation"]
         arguments.seeds, arguments.max_steps, arguments.total_batch_size = [0], 4, 16
         arguments.image_size, arguments.finetune_max_steps, arguments.eval_max_samples = 32, 4, 300
     arguments.methods = arguments.methods or shipped_methods()
@@ -72,9 +76,28 @@ def collect(arguments) -> dict:
     budget = Budget(arguments.max_steps, arguments.total_batch_size, arguments.image_size, arguments.dataset_name,
                     arguments.finetune_max_steps, arguments.eval_max_samples)
     plan = evaluation_plan(PLAN)
-    runs = [Run(method, backbone, seed) for seed in arguments.seeds for backbone in arguments.backbones
-            for method in arguments.methods if supports(method, backbone)]
-    rows = run_study(runs, budget, plan, arguments.runs_dir, row_name=lambda run: f"{run.method} ({run.backbone})",
+    teacher_method, teacher_backbone = arguments.teacher.split(":")
+    runs = []
+    for seed in arguments.seeds:
+        for backbone in arguments.backbones:
+            for method in arguments.methods:
+                if not supports(method, backbone):
+                    continue
+                if method == "distillation":
+                    if backbone == teacher_backbone:
+                        continue  # a student of the teacher's own size is not what distillation is for
+                    teacher = Run(teacher_method, teacher_backbone, seed)
+                    runs = [teacher, *(run for run in runs if run != teacher)]  # pre-trained first, measured too
+                    runs.append(Run(method, backbone, seed, teacher=teacher.name))
+                elif Run(method, backbone, seed) not in runs:
+                    runs.append(Run(method, backbone, seed))
+
+    def row_name(run: Run) -> str:
+        if run.teacher:
+            return f"{run.method} from {teacher_method} {teacher_backbone} ({run.backbone})"
+        return f"{run.method} ({run.backbone})"
+
+    rows = run_study(runs, budget, plan, arguments.runs_dir, row_name=row_name,
                      extra_protocols=lambda method: ("zero_shot",) if method == "dual_encoder" else ())
     return {"configuration": configuration(arguments), "results": rows}
 

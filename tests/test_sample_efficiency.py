@@ -45,9 +45,11 @@ def test_reduced_studies_write_tables_plots_verdicts_and_every_baseline(tmp_path
     assert "pre-trained splitmask-vit-micro" not in completed.stdout  # measured once, by the first study
     quality = json.loads((tmp_path / "quality.json").read_text())["results"]
     assert set(quality) == {"simclr (vit-micro)", "splitmask (vit-micro)", "simclr (resnet-micro)",
+                            "distillation from simclr resnet-micro (vit-micro)",
                             *(f"{row} ({backbone})" for row in ("random init", "raw pixels", "supervised")
                               for backbone in ("vit-micro", "resnet-micro"))}
     assert set(quality["simclr (resnet-micro)"]) == PLAN_COLUMNS
+    assert set(quality["distillation from simclr resnet-micro (vit-micro)"]) == PLAN_COLUMNS
     assert set(json.loads((tmp_path / "runs" / "results.json").read_text())) > set(measured)
     table = (tmp_path / "quality.md").read_text()
     assert "## vit-micro" in table and "## resnet-micro" in table and "| *supervised* |" in table
