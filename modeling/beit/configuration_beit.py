@@ -30,33 +30,10 @@ class BEiTConfig(PatchTokenConfig):
     grids and ratios), so one field works at every resolution and the recipe's count stays exact.
 
     Args:
-        image_size (`int`, defaults to 224): input resolution (square).
-        patch_size (`int`, defaults to 16): ViT patch size; must divide `image_size`.
-        num_channels (`int`, defaults to 3): input channels.
-        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, hidden_act,
-        hidden_dropout_prob, attention_probs_dropout_prob, layer_norm_eps, qkv_bias:
-            the encoder, as in `ViTConfig` (defaults: ViT-S/16).
-        initializer_range (`float`, defaults to 0.02): std of the truncated-normal init.
-        encoder_type (`"vit"` or `"beit"`, defaults to `"vit"`): transformers' `ViTModel`, or its
-            `BeitModel` (the ViT of the BEiT paper: the fields below).
-        drop_path_rate (`float`, defaults to 0.0): stochastic depth of the last block, linear from 0
-            over depth (BEiT: 0.1); `"beit"` only.
-        layer_scale_init_value (`float`, defaults to 0.0): initial layer-scale value, 0 disables it
-            (BEiT: 0.1 for base, 1e-5 for large); `"beit"` only.
-        use_absolute_position_embeddings (`bool`, defaults to `True`): learned absolute positions
-            (BEiT pre-training: off, it uses the shared relative position bias instead).
-        use_shared_relative_position_bias (`bool`, defaults to `False`): one relative position bias
-            table shared by all blocks (BEiT pre-training); `"beit"` only.
-        use_relative_position_bias (`bool`, defaults to `False`): one table per block (BEiT
-            fine-tuning); `"beit"` only.
+        image_size ... use_relative_position_bias, tokenizer_vocab_size ... tokenizer_fingerprint,
+        mim_loss_weight: the encoder, tokenizer and loss-weight fields of `PatchTokenConfig`.
         mask_ratio (`float`, defaults to 0.4): fraction of hidden patches (see above).
         mask_strategy (`"blockwise"` or `"random"`, defaults to `"blockwise"`): BEiT's mask shape.
-        tokenizer_vocab_size (`int`, defaults to 8192): vocabulary size V of the patch tokenizer.
-        tokenizer_resolution (`int`, defaults to 8): patches are downsampled to r x r x C vectors.
-        tokenizer_method (`"kmeans"`, `"random_patches"` or `"uniform"`): how the vocabulary is built.
-        tokenizer_fingerprint (`str`, *optional*): content hash of the fitted vocabulary, set by
-            `fit_tokenizer`; `None` means "not fitted" and the model refuses to compute targets.
-        mim_loss_weight (`float`, defaults to 1.0): weight of the MIM cross-entropy.
     """
 
     model_type = "hf-ssl-beit"

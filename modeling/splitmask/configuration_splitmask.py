@@ -25,38 +25,15 @@ class SplitMaskConfig(PatchTokenConfig):
     were trained with: the two MIM terms averaged, and the projection head on.
 
     Args:
-        image_size (`int`, defaults to 224): input resolution (square).
-        patch_size (`int`, defaults to 16): ViT patch size; must divide `image_size`.
-        num_channels (`int`, defaults to 3): input channels.
-        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, hidden_act,
-        hidden_dropout_prob, attention_probs_dropout_prob, layer_norm_eps, qkv_bias:
-            the encoder, as in `ViTConfig` (defaults: ViT-S/16).
-        initializer_range (`float`, defaults to 0.02): std of the truncated-normal init.
-        encoder_type (`"vit"` or `"beit"`, defaults to `"vit"`): transformers' `ViTModel`, or its
-            `BeitModel` (the ViT of the BEiT paper: the fields below).
-        drop_path_rate (`float`, defaults to 0.0): stochastic depth of the last block, linear from 0
-            over depth (BEiT: 0.1); `"beit"` only.
-        layer_scale_init_value (`float`, defaults to 0.0): initial layer-scale value, 0 disables it
-            (BEiT: 0.1 for base, 1e-5 for large); `"beit"` only.
-        use_absolute_position_embeddings (`bool`, defaults to `True`): learned absolute positions
-            (BEiT pre-training: off, it uses the shared relative position bias instead).
-        use_shared_relative_position_bias (`bool`, defaults to `False`): one relative position bias
-            table shared by all blocks (BEiT pre-training); `"beit"` only.
-        use_relative_position_bias (`bool`, defaults to `False`): one table per block (BEiT
-            fine-tuning); not for SplitMask, which encodes a subset of the patches, for which only the
-            shared table can be gathered.
+        image_size ... use_relative_position_bias, tokenizer_vocab_size ... tokenizer_fingerprint,
+        mim_loss_weight: the encoder, tokenizer and loss-weight fields of `PatchTokenConfig`
+            (``use_relative_position_bias`` is refused: SplitMask encodes a subset of the patches).
         decoder_hidden_size (`int`, defaults to 256): width of the shallow decoder.
         decoder_num_hidden_layers (`int`, defaults to 2): decoder depth (at least 1: only the
             decoder sees the hidden positions).
         decoder_num_attention_heads (`int`, defaults to 8), decoder_intermediate_size (`int`,
             defaults to 1024): decoder blocks.
-        tokenizer_vocab_size (`int`, defaults to 8192): vocabulary size V of the patch tokenizer.
-        tokenizer_resolution (`int`, defaults to 8): patches are downsampled to r x r x C vectors.
-        tokenizer_method (`"kmeans"`, `"random_patches"` or `"uniform"`): how the vocabulary is built.
-        tokenizer_fingerprint (`str`, *optional*): content hash of the fitted vocabulary, set by
-            `fit_tokenizer`; `None` means "not fitted" and the model refuses to compute targets.
         use_mim_loss (`bool`, defaults to `True`): predict the hidden patches' tokens ("inpaint").
-        mim_loss_weight (`float`, defaults to 1.0): weight of each branch's MIM cross-entropy.
         use_contrastive_loss (`bool`, defaults to `True`): add InfoNCE between the two branches ("match").
         contrastive_temperature (`float`, defaults to 0.2): InfoNCE temperature tau (the SplitMask paper
             gives none; 0.2 is hf-ssl's).
