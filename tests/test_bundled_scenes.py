@@ -23,12 +23,74 @@ def test_scenes_are_the_same_bytes_when_rendered_again():
 
 
 def test_each_scene_depends_only_on_its_index_and_split():
-    pixels, _ = default._digit_pixels()
+    pixels, labels = default._digit_pixels()
     train, test = split_indices(len(pixels))
-    canvases, _ = default._scene_canvases()
+    canvases, masks, _ = default._scene_canvases()
     for index in (int(train[0]), int(test[5])):
         same_split = test if index in set(test.tolist()) else train
-        assert np.array_equal(default._render_scene(index, pixels, same_split), canvases[index])
+        canvas, mask = default._render_scene(index, pixels, int(labels[index]), same_split)
+        assert np.array_equal(canvas, canvases[index]) and np.array_equal(mask, masks[index])
+
+
+def test_scene_images_did_not_change_when_masks_were_added():
+    import hashlib
+
+    canvases, _, _ = default._scene_canvases()
+    # SHA-256 of every canvas as rendered before the mask column existed: results measured on
+    # the scenes earlier stay valid.
+    assert hashlib.sha256(canvases.tobytes()).hexdigest() == \
+        "4dc4d1e4aa9d482a3a7e82712d2d7de3563f4501512bab546be84c81e59730f4"
+
+
+def redrawn_mask(index: int) -> np.ndarray:
+    """Scene `index`'s mask recomputed from its parts, independently of the generator's bookkeeping:
+    draw the scene without its digit, with the digit alone, and with the lines alone (the same
+    random draws), and keep the digit's pixels that are bright, not darker than what lies under
+    them and not under a line."""
+    pixels, labels = default._digit_pixels()
+    train, test = split_indices(len(pixels))
+    same_split = test if index in set(test.tolist()) else train
+    blank = np.zeros_like(pixels[index])
+    without_digit, _ = default._render_scene(index, np.where(np.arange(len(pixels))[:, None, None] == index, 0, pixels),
+                                             int(labels[index]), same_split)
+    full, _ = default._render_scene(index, pixels, int(labels[index]), same_split)
+    no_fragments = pixels.copy()
+    no_fragments[np.arange(len(pixels)) != index] = blank
+    digit_and_lines, _ = default._render_scene(index, no_fragments, int(labels[index]), same_split)
+    nothing = np.zeros_like(pixels)
+    lines_only, _ = default._render_scene(index, nothing, int(labels[index]), same_split)
+    digit_only = np.where(lines_only > 0, 0, digit_and_lines)  # lines cover what they cross
+    under = np.where(lines_only > 0, 0, without_digit)
+    stroke = (digit_only >= default.MASK_STROKE_LEVEL) & (digit_only >= under) & (lines_only == 0)
+    assert np.array_equal(np.maximum(digit_only, under)[lines_only == 0], full[lines_only == 0])
+    return np.where(stroke, labels[index] + 1, 0).astype(np.uint8)
+
+
+def test_masks_mark_the_labelled_digit_and_nothing_else():
+    pixels, labels = default._digit_pixels()
+    canvases, masks, _ = default._scene_canvases()
+    assert masks.shape == canvases.shape and masks.dtype == np.uint8
+    for index in (0, 7, 100, 1500):
+        assert np.array_equal(masks[index], redrawn_mask(index))
+    # Each scene's mask holds background and its own class only, and the digit shows on it.
+    for index in range(0, len(masks), 50):
+        assert set(np.unique(masks[index]).tolist()) == {0, int(labels[index]) + 1}
+        assert (masks[index] > 0).sum() >= 30
+        assert (canvases[index][masks[index] > 0] >= default.MASK_STROKE_LEVEL).all()
+    # Bright pixels outside the mask exist: fragments and lines are background.
+    assert ((canvases >= 128) & (masks == 0)).sum() > 0.2 * (canvases >= 128).sum()
+
+
+def test_the_mask_column_follows_the_image_size():
+    dataset = load_default_dataset("test", variant="scenes")
+    _, masks, _ = default._scene_canvases()
+    _, test = split_indices(len(masks))
+    mask = dataset[3]["mask"]
+    assert mask.mode == "L" and np.array_equal(np.asarray(mask), masks[test[3]])
+    assert np.asarray(dataset[3]["mask"]).max() == dataset[3]["label"] + 1
+    small = load_default_dataset("test", image_size=24, variant="scenes")[3]["mask"]
+    assert small.size == (24, 24) and set(np.unique(np.asarray(small))) <= {0, dataset[3]["label"] + 1}
+    assert "mask" not in load_default_dataset("test").column_names  # centred digits: no segmentation
 
 
 def test_split_sizes_and_labels_follow_the_digits():
@@ -52,7 +114,7 @@ def test_scene_images_are_rgb_48px_and_resizable():
 def test_the_digit_is_off_centre_and_distractors_are_present():
     pixels, _ = default._digit_pixels()
     train, _ = split_indices(len(pixels))
-    canvases, _ = default._scene_canvases()
+    canvases, _, _ = default._scene_canvases()
     # Ink centres spread over the canvas (centred digits would all sit near 23.5).
     rows, columns = np.indices(canvases.shape[1:])
     weights = canvases[train].astype(float)
