@@ -24,6 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 BASELINE_ROWS = ("random init", "raw pixels", "supervised")
 # What every encoder of a study is measured with: {protocol: label settings}.
 PLAN = {"knn": ["all"], "linear": ["all", "10%", "1%", "1-per-class"], "finetune": ["10%"]}
+# Protocols on per-pixel masks, where the data has them (the scenes): {protocol: label settings}. Kept
+# apart from PLAN so that adding them did not invalidate the runs measured before (a results key
+# hashes its plan): dense results are stored next to a run's under their own key.
+DENSE_PLAN = {"segmentation_linear": ["all", "10%"]}
+DENSE_BASELINES = {"random_init": "random init", "raw_pixels": "raw pixels"}
 
 
 @dataclass(frozen=True)
@@ -85,11 +90,16 @@ class ResultsFile:
     def key(self, name: str) -> str:
         return f"{name}|{self.signature}"
 
-    def get(self, name: str) -> dict | None:
-        return self.entries.get(self.key(name))
+    def dense_key(self, name: str) -> str:
+        """Where `name`'s results of `DENSE_PLAN` are kept (their own signature: the dense plan's)."""
+        signature = hashlib.sha256(json.dumps(DENSE_PLAN, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.key(name)}|dense-{signature}"
 
-    def put(self, name: str, values: dict) -> None:
-        self.entries[self.key(name)] = values
+    def get(self, name: str, dense: bool = False) -> dict | None:
+        return self.entries.get(self.dense_key(name) if dense else self.key(name))
+
+    def put(self, name: str, values: dict, dense: bool = False) -> None:
+        self.entries[self.dense_key(name) if dense else self.key(name)] = values
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_suffix(".tmp")
         temporary.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
@@ -154,6 +164,31 @@ def evaluate(run_dir: Path, plan: list[tuple[str, str]], budget: Budget, seed: i
     return _accuracies(results, with_baselines=False)
 
 
+def has_masks(budget: Budget) -> bool:
+    """Whether the study's labelled data has per-pixel masks for `DENSE_PLAN`."""
+    from hf_ssl.eval.data import load_labelled_split
+
+    return budget.data().mask_column in load_labelled_split(budget.dataset_name, "test", max_samples=1).column_names
+
+
+def evaluate_dense(run_dir: Path, budget: Budget, seed: int, with_baselines: bool) -> dict:
+    """`DENSE_PLAN` on the run's encoder: ``{result key: mean IoU}``, and with `with_baselines`
+    ``{"own": {...}, "random init": {...}, "raw pixels": {...}}`` (the same protocol on the untrained
+    encoder and on each cell's pixels)."""
+    from hf_ssl.eval import evaluate_model
+
+    results = {}
+    for setting in dict.fromkeys(setting for settings in DENSE_PLAN.values() for setting in settings):
+        protocols = [protocol for protocol, settings in DENSE_PLAN.items() if setting in settings]
+        results.update(evaluate_model(run_dir, protocols, data=budget.data(), label_settings=(setting,), seed=seed,
+                                      baselines=tuple(DENSE_BASELINES) if with_baselines else ()))
+    own = {key: result[result["metric"]] for key, result in results.items()}
+    if not with_baselines:
+        return own
+    return {"own": own, **{row: {key: result["baselines"][name] for key, result in results.items()}
+                           for name, row in DENSE_BASELINES.items()}}
+
+
 def evaluate_baselines(run_dir: Path, plan: list[tuple[str, str]], budget: Budget, seed: int) -> dict[str, dict]:
     """``{"random init": {...}, "raw pixels": {...}, "supervised": {...}}`` for the backbone of
     `run_dir`: the frozen protocols on the untrained encoder and on the pixels, and the supervised
@@ -200,30 +235,41 @@ def gather(entries: dict[str, dict]) -> dict[str, dict]:
 
 
 def run_study(runs: list[Run], budget: Budget, plan: list[tuple[str, str]], runs_dir: Path, row_name,
-              extra_protocols=lambda method: ()) -> dict[str, dict]:
+              extra_protocols=lambda method: (), dense: bool = False) -> dict[str, dict]:
     """Pre-train and evaluate every run not yet in ``<runs_dir>/results.json``, with the baselines of
     each (backbone, seed) next to the first run that has them; returns `gather`'s rows.
 
     Args:
         row_name: ``Run -> str``, the table row a run belongs to (its seeds are averaged).
         extra_protocols: ``method -> protocols`` evaluated with every label (e.g. zero-shot).
+        dense: also measure `DENSE_PLAN` (and its baselines) where the data has masks.
     """
     results = ResultsFile(runs_dir / "results.json", budget, plan)
     number_of_rows = training_size(budget.dataset_name)
+    dense = dense and has_masks(budget)
     by_row: dict[str, dict] = {}
     for run in runs:
         baseline_name = f"baselines|{run.backbone}|seed{run.seed}"
-        if results.get(run.name) is None or results.get(baseline_name) is None:
+        missing = [name for name in (run.name, baseline_name) if results.get(name) is None
+                   or (dense and results.get(name, dense=True) is None)]
+        if missing:
             run_dir = pretrain(run, budget, runs_dir, number_of_rows)
             started = time.perf_counter()
             if results.get(run.name) is None:
                 results.put(run.name, evaluate(run_dir, plan, budget, run.seed, extra_protocols(run.method)))
             if results.get(baseline_name) is None:
                 results.put(baseline_name, evaluate_baselines(run_dir, plan, budget, run.seed))
+            if dense and baseline_name in missing and results.get(baseline_name, dense=True) is None:
+                measured = evaluate_dense(run_dir, budget, run.seed, with_baselines=True)
+                results.put(run.name, measured.pop("own"), dense=True)
+                results.put(baseline_name, measured, dense=True)
+            elif dense and results.get(run.name, dense=True) is None:
+                results.put(run.name, evaluate_dense(run_dir, budget, run.seed, with_baselines=False), dense=True)
             print(f"evaluated {run.name} in {time.perf_counter() - started:.0f} s", flush=True)
-        by_row[f"{row_name(run)}|seed{run.seed}"] = results.get(run.name)
+        by_row[f"{row_name(run)}|seed{run.seed}"] = {**results.get(run.name), **(results.get(run.name, dense=True) or {})}
+        dense_baselines = results.get(baseline_name, dense=True) or {}
         for row, values in results.get(baseline_name).items():
-            by_row[f"{row} ({run.backbone})|seed{run.seed}"] = values
+            by_row[f"{row} ({run.backbone})|seed{run.seed}"] = {**values, **dense_baselines.get(row, {})}
     return gather(by_row)
 
 

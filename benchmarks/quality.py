@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from pretraining_runs import BASELINE_ROWS as BASELINES
-from pretraining_runs import PLAN, REPO, Budget, Run, configuration, evaluation_plan, result_key, run_study
+from pretraining_runs import DENSE_PLAN, PLAN, REPO, Budget, Run, configuration, evaluation_plan, result_key, run_study
 from report import write_study
 
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results"
@@ -98,7 +98,7 @@ def collect(arguments) -> dict:
         return f"{run.method} ({run.backbone})"
 
     rows = run_study(runs, budget, plan, arguments.runs_dir, row_name=row_name,
-                     extra_protocols=lambda method: ("zero_shot",) if method == "dual_encoder" else ())
+                     extra_protocols=lambda method: ("zero_shot",) if method == "dual_encoder" else (), dense=True)
     return {"configuration": configuration(arguments), "results": rows}
 
 
@@ -106,7 +106,8 @@ def columns() -> list[str]:
     """Every result key a row may hold, in reading order (the supervised row also has fine-tuning with
     every label setting of the frozen protocols: all labels is the reference the protocols are judged by)."""
     settings = list(dict.fromkeys(setting for settings in PLAN.values() for setting in settings))
-    return [result_key(protocol, setting) for protocol in PLAN for setting in settings] + ["zero_shot"]
+    dense = [result_key(protocol, setting) for protocol, settings in DENSE_PLAN.items() for setting in settings]
+    return [result_key(protocol, setting) for protocol in PLAN for setting in settings] + ["zero_shot"] + dense
 
 
 def _cell(value: dict | None) -> str:
@@ -126,7 +127,10 @@ def markdown(report: dict) -> str:
         "mean ± std over seeds. k-NN: k=20, T=0.07. linear: logistic regression on frozen features, C chosen on a "
         "validation fifth of the labelled split. finetune: encoder + linear head, early-stopped on a validation fifth. "
         "-X%: X % of the training labels; -1-per-class: one label per class (no validation split: the default C / the "
-        "full budget).",
+        "full budget). segmentation_linear: mean IoU (%) over the masks' 11 classes (background and the labelled digit's "
+        "class on its stroke pixels; the distractor fragments are background) of a linear layer on the frozen last "
+        "feature map, upsampled to pixels, weight decay chosen on a validation fifth; its raw-pixel baseline is the "
+        "same layer on each 4x4 cell's pixels.",
     ]
     for backbone in configuration["backbones"]:
         method_rows = sorted((row for row in report["results"] if row.endswith(f"({backbone})") and

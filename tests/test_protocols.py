@@ -166,6 +166,14 @@ def _bright_half_images(count: int, seed: int):
     return pixels, labels
 
 
+def _bright_half_masks(labels: torch.Tensor) -> torch.Tensor:
+    """``(N, 32, 32)``: 1 + label on the bright half of `_bright_half_images`, 0 on the dark one."""
+    masks = torch.zeros(len(labels), 32, 32, dtype=torch.long)
+    masks[labels == 0, :, :16] = 1
+    masks[labels == 1, :, 16:] = 2
+    return masks
+
+
 def tiny_vit() -> ViTModel:
     torch.manual_seed(0)
     return ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -212,15 +220,17 @@ LABELLED_PROTOCOLS = [name for name in available_protocols() if not get_protocol
 @pytest.mark.parametrize("protocol_name", LABELLED_PROTOCOLS)
 def test_every_protocol_measures_every_backbone_kind_and_its_baselines(protocol_name, kind):
     pixels, labels = _bright_half_images(48, seed=1)
+    masks = _bright_half_masks(labels)
     data = LabelledData(pixels[:32], labels[:32], pixels[32:], labels[32:], num_classes=2, selection=DataSelection(),
-                        key="bright-halves")
+                        key="bright-halves", train_masks=masks[:32], test_masks=masks[32:])
     protocol = get_protocol(protocol_name)
     settings = protocol.settings(max_steps=6, batch_size=8) if protocol.trains_encoder else protocol.settings()
     encoder = _backbone(kind)
     for candidate in (Candidate("encoder", encoder), Candidate("random_init", random_init_like(encoder)),
                       Candidate("raw_pixels", None)):
         metrics = protocol.evaluate(candidate, data, torch.arange(32), settings, seed=0)
-        assert 0.0 <= metrics["accuracy"] <= 1.0
+        assert 0.0 <= metrics[protocol.metric] <= 1.0
+        assert next(iter(metrics)) == protocol.metric
     assert type(random_init_like(encoder)) is type(encoder)
 
 

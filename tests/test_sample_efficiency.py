@@ -11,6 +11,7 @@ import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PLAN_COLUMNS = {"knn", "linear", "linear-10%", "linear-1%", "linear-1-per-class", "finetune-10%"}
+DENSE_COLUMNS = {"segmentation_linear", "segmentation_linear-10%"}  # the quality benchmark's, on the scenes' masks
 
 
 def _run(script: str, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -48,9 +49,15 @@ def test_reduced_studies_write_tables_plots_verdicts_and_every_baseline(tmp_path
                             "distillation from simclr resnet-micro (vit-micro)",
                             *(f"{row} ({backbone})" for row in ("random init", "raw pixels", "supervised")
                               for backbone in ("vit-micro", "resnet-micro"))}
-    assert set(quality["simclr (resnet-micro)"]) == PLAN_COLUMNS
-    assert set(quality["distillation from simclr resnet-micro (vit-micro)"]) == PLAN_COLUMNS
+    assert set(quality["simclr (resnet-micro)"]) == PLAN_COLUMNS | DENSE_COLUMNS
+    assert set(quality["distillation from simclr resnet-micro (vit-micro)"]) == PLAN_COLUMNS | DENSE_COLUMNS
+    assert set(quality["splitmask (vit-micro)"]) == PLAN_COLUMNS | DENSE_COLUMNS  # its run from the first study
+    for backbone in ("vit-micro", "resnet-micro"):
+        assert set(quality[f"raw pixels ({backbone})"]) == set(quality[f"random init ({backbone})"]) == \
+            PLAN_COLUMNS | DENSE_COLUMNS
+    assert all(0 <= value["mean"] <= 1 for columns in quality.values() for value in columns.values())
     assert set(json.loads((tmp_path / "runs" / "results.json").read_text())) > set(measured)
     table = (tmp_path / "quality.md").read_text()
     assert "## vit-micro" in table and "## resnet-micro" in table and "| *supervised* |" in table
+    assert "segmentation_linear-10%" in table
     assert (tmp_path / "quality.png").read_bytes().startswith(b"\x89PNG")

@@ -5,6 +5,7 @@
     hf-ssl evaluate --model runs/x --protocol linear finetune --label_settings all 10% 1% 1-per-class
     hf-ssl evaluate --model runs/x --baselines random_init raw_pixels supervised pretrained:google/vit-base-patch16-224
     hf-ssl evaluate --model runs/x --protocol finetune --finetune_preset mae-base --finetune_epochs 20
+    hf-ssl evaluate --model runs/x --protocol segmentation_linear --label_settings all 10%
     hf-ssl evaluate --model runs/dual --protocol zero_shot retrieval --zero_shot_labels zero one two ...
 
 Without --dataset_name a run folder is evaluated on the bundled data it was pre-trained on, any
@@ -40,6 +41,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--test_split", default="test")
     parser.add_argument("--image_column", default="image")
     parser.add_argument("--label_column", default="label")
+    parser.add_argument("--mask_column", default="mask",
+                        help="per-pixel class images (PNG) for the segmentation protocols; 255 = unlabelled")
     parser.add_argument("--label_settings", nargs="+", default=["all"],
                         help="labelled part of the train split: all, 1%%, 10%%, 1-per-class, ...")
     parser.add_argument("--pooling", default="mean", choices=["mean", "cls"],
@@ -102,7 +105,8 @@ def run(arguments: argparse.Namespace) -> dict:
         arguments.model,
         protocols=arguments.protocol,
         data=DataSelection(arguments.dataset_name or default_dataset_name(arguments.model), arguments.train_split,
-                           arguments.test_split, arguments.image_column, arguments.label_column, arguments.max_samples),
+                           arguments.test_split, arguments.image_column, arguments.label_column, arguments.max_samples,
+                           arguments.mask_column),
         label_settings=arguments.label_settings,
         baselines=() if arguments.random_init else tuple(arguments.baselines),
         settings=protocol_settings(arguments),

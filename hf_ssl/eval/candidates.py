@@ -11,7 +11,8 @@ from torch import nn
 
 from .baselines import centred_pixel_features
 from .data import LabelledData
-from .features import Pooling, cached_features
+from .features import Pooling, cached_features, extract_feature_maps
+from .segmentation import local_patch_pixels
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Candidate:
     pooling: Pooling = "mean"
     cache_dir: Path | None = None
     _features: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    _maps: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     def features(self, data: LabelledData) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen ``(N, D)`` train and ``(M, D)`` test features, computed once: pooled encoder outputs,
@@ -46,6 +48,17 @@ class Candidate:
                     for split, pixels in ((data.selection.train_split, data.train_pixels),
                                           (data.selection.test_split, data.test_pixels)))
         return self._features
+
+    def feature_maps(self, data: LabelledData) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen ``(N, h, w, D)`` train and ``(M, h, w, D)`` test feature maps, computed once: the
+        encoder's last map, or each `RAW_PIXEL_PATCH`-px cell's pixels for the raw-pixel baseline."""
+        if self._maps is None:
+            if self.encoder is None:
+                self._maps = (local_patch_pixels(data.train_pixels), local_patch_pixels(data.test_pixels))
+            else:
+                self._maps = (extract_feature_maps(self.encoder, data.train_pixels),
+                              extract_feature_maps(self.encoder, data.test_pixels))
+        return self._maps
 
 
 __all__ = ["Candidate"]

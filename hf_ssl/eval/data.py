@@ -8,12 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
+from PIL import Image
 from transformers import AutoImageProcessor
 
 from hf_ssl.data.default import BUNDLED_DATASET_LABELS, bundled_variant
 from hf_ssl.data.images import decode_image
 from hf_ssl.training.outputs import read_training_arguments
+
+
+# A mask value that marks a pixel as unlabelled (the ADE20K / Pascal VOC convention): no loss, no score.
+IGNORE_INDEX = 255
 
 
 def is_bundled_dataset(dataset_name: str | None) -> bool:
@@ -68,6 +74,31 @@ def preprocess(dataset: datasets.Dataset, image_processor, image_column: str = "
     return torch.cat(pixels), torch.as_tensor(dataset[label_column], dtype=torch.long)
 
 
+def preprocess_masks(dataset: datasets.Dataset, mask_column: str, size: tuple[int, int]) -> torch.Tensor:
+    """``(N, H, W)`` class indices from a column of single-channel mask images (PNG "L" / "P" / "I"),
+    resized (nearest) to the processed images' `size` ``(H, W)``."""
+    masks = []
+    for mask in dataset[mask_column]:
+        if not isinstance(mask, Image.Image):
+            mask = Image.fromarray(np.asarray(mask))
+        if mask.mode not in ("L", "P", "I", "I;16"):
+            raise ValueError(f"column {mask_column!r} must hold single-channel class-index images (PNG mode L, P or "
+                             f"I), got mode {mask.mode}")
+        if mask.size != (size[1], size[0]):
+            mask = mask.resize((size[1], size[0]), Image.Resampling.NEAREST)
+        masks.append(torch.from_numpy(np.asarray(mask).astype(np.int64)))
+    return torch.stack(masks)
+
+
+def processor_crops(image_processor) -> bool:
+    """True when `image_processor` cuts part of the image away (a centre crop, or ConvNeXt's
+    ``crop_pct`` below 384 px), so that a mask resized to its output would not line up."""
+    if getattr(image_processor, "do_center_crop", False):
+        return True
+    shortest_edge = (getattr(image_processor, "size", None) or {}).get("shortest_edge")
+    return getattr(image_processor, "crop_pct", None) is not None and shortest_edge is not None and shortest_edge < 384
+
+
 def image_processor_for(model_path: str | os.PathLike):
     """The image processor saved with a run folder (or its ``backbone/``), a backbone folder or a Hub repo."""
     local = Path(model_path)
@@ -86,6 +117,8 @@ class DataSelection:
             ``save_to_disk`` folder or a packaged builder name.
         train_split, test_split: the labelled split protocols learn from, and the one they report on.
         image_column, label_column: columns of both splits.
+        mask_column: the per-pixel class column the segmentation protocols read, where the data has
+            it (the bundled scenes do).
         max_samples: cap on images per split (quick checks).
     """
 
@@ -95,6 +128,7 @@ class DataSelection:
     image_column: str = "image"
     label_column: str = "label"
     max_samples: int | None = None
+    mask_column: str = "mask"
 
     @property
     def label(self) -> str:
@@ -110,6 +144,8 @@ class LabelledData:
         num_classes: C.
         selection: where they come from.
         key: identifies the images and their preprocessing (feature caches compare it).
+        train_masks: (N, H, W), test_masks: (M, H, W): per-pixel classes, or None when the data has
+            no mask column (`missing_masks` says why).
     """
 
     train_pixels: torch.Tensor
@@ -119,6 +155,21 @@ class LabelledData:
     num_classes: int
     selection: DataSelection
     key: str
+    train_masks: torch.Tensor | None = None
+    test_masks: torch.Tensor | None = None
+    missing_masks: str = "the data has no mask column"
+
+    @property
+    def num_mask_classes(self) -> int:
+        """K: the largest class in either split's masks, plus one (the ignored value 255 left out)."""
+        largest = [int(masks[masks != IGNORE_INDEX].max()) for masks in (self.train_masks, self.test_masks)
+                   if masks is not None and (masks != IGNORE_INDEX).any()]
+        return max(largest, default=0) + 1
+
+    def require_masks(self, protocol: str) -> None:
+        """Raise ValueError naming the reason when there are no masks for `protocol`."""
+        if self.train_masks is None or self.test_masks is None:
+            raise ValueError(f"{protocol} needs per-pixel masks: {self.missing_masks}")
 
     @classmethod
     def load(cls, selection: DataSelection, image_processor) -> LabelledData:
@@ -127,9 +178,16 @@ class LabelledData:
         test = load_labelled_split(selection.dataset_name, selection.test_split, *columns, selection.max_samples)
         train_pixels, train_labels = preprocess(train, image_processor, *columns)
         test_pixels, test_labels = preprocess(test, image_processor, *columns)
+        masks, missing = (None, None), f"neither split has a column {selection.mask_column!r} (--mask_column)"
+        if selection.mask_column in train.column_names and selection.mask_column in test.column_names:
+            missing = "the image processor crops, so masks resized to its output would not line up with the pixels"
+            if not processor_crops(image_processor):
+                masks = tuple(preprocess_masks(split, selection.mask_column, tuple(pixels.shape[-2:]))
+                              for split, pixels in ((train, train_pixels), (test, test_pixels)))
         return cls(train_pixels, train_labels, test_pixels, test_labels,
                    num_classes=int(max(train_labels.max(), test_labels.max())) + 1, selection=selection,
-                   key=f"{selection.label}|{selection.max_samples}|{image_processor.to_json_string()}")
+                   key=f"{selection.label}|{selection.max_samples}|{image_processor.to_json_string()}",
+                   train_masks=masks[0], test_masks=masks[1], missing_masks=missing)
 
 
 __all__ = [

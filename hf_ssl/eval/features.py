@@ -118,22 +118,36 @@ def extract_features(
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return _encode_frozen(backbone, pixel_values, batch_size, lambda encoder, batch: encode_and_pool(encoder, batch, pooling))
+
+
+@torch.no_grad()
+def extract_feature_maps(backbone: nn.Module, pixel_values: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """``(N, C, H, W) -> (N, h, w, D)`` float32 CPU: a frozen encoder's last feature map, channels last
+    (`hf_ssl.backbones.modules.spatial_features`: ViT patch tokens on their grid, conv / Swin last stages)."""
+    from hf_ssl.backbones.modules import spatial_features
+
+    return _encode_frozen(backbone, pixel_values, batch_size, spatial_features)
+
+
+def _encode_frozen(backbone: nn.Module, pixel_values, batch_size: int, encode) -> torch.Tensor:
+    """``encode(encoder, batch)`` over every batch in eval mode (restored after), on the encoder's
+    device and dtype; the outputs as one float32 CPU tensor."""
     encoder = _encoder_of(backbone)
     was_training = encoder.training
     encoder.eval()
     parameter = next(encoder.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
-    features = []
+    outputs = []
     try:
         for batch in _batches(pixel_values, batch_size):
-            batch = batch.to(device=device, dtype=dtype)  # (B, C, H, W)
-            features.append(encode_and_pool(encoder, batch, pooling).float().cpu())
+            outputs.append(encode(encoder, batch.to(device=device, dtype=dtype)).float().cpu())  # batch: (B, C, H, W)
     finally:
         encoder.train(was_training)
-    if not features:
+    if not outputs:
         raise ValueError("pixel_values is empty: no images to encode")
-    return torch.cat(features)  # (N, D)
+    return torch.cat(outputs)
 
 
 def weights_fingerprint(model: nn.Module) -> str:

@@ -41,6 +41,8 @@ class EvaluationProtocol(ABC):
             of measuring candidates on labelled subsets.
         trains_encoder: the protocol updates the encoder (fine-tuning); its random-init result is
             the supervised baseline.
+        metric: the headline metric of its results (what baselines are compared by).
+        task_type: the model-index task its results are filed under.
     """
 
     name: str = ""
@@ -49,6 +51,8 @@ class EvaluationProtocol(ABC):
     settings_class: type = type(None)
     image_text: bool = False
     trains_encoder: bool = False
+    metric: str = "accuracy"
+    task_type: str = "image-classification"
 
     def settings(self, **values) -> object:
         """The settings from flag values (None = not given)."""
@@ -59,7 +63,7 @@ class EvaluationProtocol(ABC):
         add_settings_arguments(parser, self.name, self.settings_class)
 
     def evaluate(self, candidate: Candidate, data: LabelledData, subset: torch.Tensor, settings, seed: int) -> dict:
-        """Metrics (``"accuracy"`` first) of `candidate`, learning from the training images `subset`
+        """Metrics (`metric` first) of `candidate`, learning from the training images `subset`
         (indices into ``data.train_labels``) and reporting on the test split."""
         raise TypeError(f"{self.name} is an image-text protocol: use evaluate_folder")
 

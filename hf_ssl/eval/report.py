@@ -34,12 +34,15 @@ def _row_title(key: str, result: dict) -> str:
         return f"{protocol.title} (C={result['inverse_regularisation']:g})"
     if protocol.name == "finetune" and "steps" in result:
         return f"{protocol.title} ({result['steps']} steps)"
+    if protocol.metric != "accuracy":
+        return f"{protocol.title} ({protocol.metric.replace('_', ' ').replace('iou', 'IoU')})"
     return protocol.title
 
 
 def _main_metric(result: dict) -> float:
-    return result["accuracy"] if "accuracy" in result else next(
-        value for name, value in result.items() if isinstance(value, float))
+    """The result's headline number: its protocol's `metric` (accuracy, mean IoU), else its first float."""
+    key = result.get("metric", "accuracy")
+    return result[key] if key in result else next(value for value in result.values() if isinstance(value, float))
 
 
 def format_report(results: dict[str, dict]) -> str:
@@ -59,7 +62,9 @@ def format_report(results: dict[str, dict]) -> str:
         values += [f"{result['baselines'][name]:.4f}" if name in result.get("baselines", {}) else "-" for name in order]
         rows.append([_row_title(key, result), str(result.get("label_setting", "all")), *values])
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
-    lines = [f"{first.get('dataset', 'dataset')}, {first.get('split', 'test')} split, top-1 accuracy "
+    scored_by = "top-1 accuracy" if all(result.get("metric", "accuracy") == "accuracy" for result in results.values()) \
+        else "top-1 accuracy, or the metric a row names"
+    lines = [f"{first.get('dataset', 'dataset')}, {first.get('split', 'test')} split, {scored_by} "
              "(supervised: the same architecture trained from random init with the row's labels):"]
     for row in [header, *rows]:
         lines.append("  " + "  ".join(cell.ljust(width) if column < 2 else cell.rjust(width)

@@ -34,6 +34,7 @@ from . import finetune as _finetune  # noqa: F401  (each protocol module registe
 from . import knn as _knn  # noqa: F401
 from . import linear_probe as _linear_probe  # noqa: F401
 from . import retrieval as _retrieval  # noqa: F401
+from . import segmentation as _segmentation  # noqa: F401
 from . import zero_shot as _zero_shot  # noqa: F401
 from .candidates import Candidate
 from .data import DataSelection, LabelledData, default_dataset_name, image_processor_for
@@ -156,7 +157,8 @@ def _evaluate_labelled(model_path, protocols, data: DataSelection, label_setting
     for setting in label_settings:
         subset, suffix = _label_subset(labelled.train_labels, setting, seed)
         supervised = None
-        if "supervised" in baselines:
+        # The supervised baseline is a classifier: it stands beside the protocols scored by accuracy.
+        if "supervised" in baselines and any(protocol.metric == "accuracy" for protocol in protocols):
             logger.info("training the supervised baseline (same architecture, random init) with %s labels", setting)
             supervised = finetuning.evaluate(candidates["random_init"], labelled, subset, settings["finetune"],
                                              seed)["accuracy"]
@@ -171,12 +173,13 @@ def _evaluate_labelled(model_path, protocols, data: DataSelection, label_setting
                     compared[name] = supervised  # fine-tuning from random init is the supervised model
                     continue
                 compared[name] = protocol.evaluate(candidate, own_data.get(name, labelled), subset,
-                                                   settings[protocol.name], seed)["accuracy"]
-            if supervised is not None:
+                                                   settings[protocol.name], seed)[protocol.metric]
+            if supervised is not None and protocol.metric == "accuracy":
                 compared["supervised"] = supervised
             order = [*BASELINES, *(name for name in baselines if name.startswith(PRETRAINED_PREFIX))]
             results[protocol.name + suffix] = {
-                **metrics, **common, "train_split": data.train_split, "label_setting": setting,
+                **metrics, "metric": protocol.metric, "task_type": protocol.task_type, **common,
+                "train_split": data.train_split, "label_setting": setting,
                 "num_labelled": int(len(subset)), "pooling": pooling, **protocol.details(settings[protocol.name]),
                 **({"baselines": {name: compared[name] for name in order if name in compared}} if compared else {}),
             }

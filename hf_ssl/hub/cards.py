@@ -155,6 +155,8 @@ def eval_results_for_card(eval_results: dict, model_name: str) -> list[EvalResul
                    (("accuracy", "top-1 accuracy"), ("top5_accuracy", "top-5 accuracy")) if key in result]
         metrics += [(key, key.split("@")[0].rsplit("_", 1)[-1], key.replace("_", " ")) for key in sorted(result)
                     if "@" in key and isinstance(result[key], (int, float))]
+        metrics += [(key, key, key.replace("_", " ").replace("iou", "IoU")) for key in ("mean_iou", "pixel_accuracy")
+                    if key in result]  # segmentation
         task_type = str(result.get("task_type", "image-classification"))
         for metric_key, metric_type, metric_name in metrics:
             entries.append(
