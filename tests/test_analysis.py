@@ -36,6 +36,7 @@ from hf_ssl.analysis import (
     representation_cka,
 )
 from hf_ssl.analysis.figures import plot_cka_matrix, plot_head_kl_divergence, plot_per_head_statistic
+from hf_ssl.analysis.maps import mask_jaccard
 from hf_ssl.cli.analyze import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -344,6 +345,40 @@ def test_figures_are_written(tmp_path):
             assert image.format == "PNG" and min(image.size) > 100
 
 
+def test_mask_jaccard_by_hand():
+    # a 2x2 patch grid over 4x4 pixels; the truth is the top-left 2x2 pixels plus one pixel beside them
+    truth = torch.zeros(1, 4, 4, dtype=torch.bool)
+    truth[0, :2, :2] = True
+    truth[0, 0, 2] = True
+    heads = torch.zeros(1, 3, 2, 2, dtype=torch.bool)
+    heads[0, 0, 0, 0] = True  # exactly the top-left patch: 4 / 5
+    heads[0, 1, 0] = True  # the top row of patches: 5 / 8
+    jaccard = mask_jaccard(heads, truth)  # head 2 keeps nothing: 0 / 5
+    assert torch.allclose(jaccard, torch.tensor([[4 / 5, 5 / 8, 0.0]], dtype=torch.float64))
+    assert mask_jaccard(torch.zeros(1, 1, 2, 2, dtype=torch.bool), torch.zeros(1, 4, 4, dtype=torch.bool)).item() == 1
+    with pytest.raises(ValueError, match="does not split"):
+        mask_jaccard(heads, torch.zeros(1, 5, 4, dtype=torch.bool))
+
+
+def test_attention_masks_are_scored_against_the_scenes_digits(saved_vit, tmp_path, capsys):
+    assert main(["attention", "--model", str(saved_vit), "--num_images", "3", "--masks", "--out", str(tmp_path / "m")]) == 0
+    report = json.loads((tmp_path / "m" / "attention_maps.json").read_text())
+    heads = report["num_heads"]
+    assert len(report["jaccard"]["per_head"]) == heads and 0 <= report["jaccard"]["best_head_jaccard"] <= 1
+    assert report["jaccard"]["best_head_jaccard"] == max(report["jaccard"]["per_head"])
+    assert 0 < report["jaccard"]["every_patch"] < report["jaccard"]["foreground_patches"] <= 1  # the scale
+    assert all(len(image["jaccard_per_head"]) == heads for image in report["images"])
+    assert (tmp_path / "m" / "00-scenes-test-0" / "ground-truth.png").is_file()
+    assert "best head" in capsys.readouterr().out
+    # the same, from a user's image and mask files
+    image, mask = tmp_path / "scene.png", tmp_path / "scene-mask.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(image)
+    Image.fromarray(np.pad(np.ones((16, 16), dtype=np.uint8), 8)).save(mask)
+    assert main(["attention", "--model", str(saved_vit), "--images", str(image), "--masks", str(mask),
+                 "--out", str(tmp_path / "u")]) == 0
+    assert len(json.loads((tmp_path / "u" / "attention_maps.json").read_text())["images"][0]["jaccard_per_head"]) == heads
+
+
 # ---- command line ----------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -365,6 +400,10 @@ def test_cli_bad_input_exits_2_with_one_line(saved_vit, tmp_path, capsys):
         ["cka", "--model", str(swin_folder), "--out", str(tmp_path / "o")],
         ["attention", "--model", str(saved_vit), "--mass", "0", "--out", str(tmp_path / "o")],
         ["attention", "--model", str(saved_vit)],
+        ["attention", "--model", str(saved_vit), "--images", str(tmp_path / "a.png"), "--masks", "m1.png", "m2.png",
+         "--out", str(tmp_path / "o")],
+        ["attention", "--model", str(saved_vit), "--masks", "m1.png", "--out", str(tmp_path / "o")],
+        ["attention", "--model", str(saved_vit), "--bundled_variant", "digits", "--masks", "--out", str(tmp_path / "o")],
     ]
     for argv in cases:
         capsys.readouterr()

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -159,6 +160,34 @@ def bundled_images(count: int, variant: str = "digits") -> list[Image.Image]:
         raise AnalysisInputError(f"the number of images must be >= 1, got {count}")
     dataset = load_default_dataset("test", variant=variant)
     return [decode_image(image) for image in dataset.select(range(min(count, len(dataset))))["image"]]
+
+
+def bundled_masks(count: int, size: tuple[int, int], variant: str = "scenes") -> torch.Tensor:
+    """``(count, H, W)`` bool foreground (mask > 0) of the first `count` bundled test images, resized
+    (nearest) to `size`; only the scenes have masks."""
+    from hf_ssl.data.default import load_default_dataset
+
+    dataset = load_default_dataset("test", variant=variant)
+    if "mask" not in dataset.column_names:
+        raise AnalysisInputError(f"the bundled {variant!r} images have no masks: use --bundled_variant scenes")
+    return load_masks(dataset.select(range(min(count, len(dataset))))["mask"], size)
+
+
+def load_masks(masks: Sequence, size: tuple[int, int]) -> torch.Tensor:
+    """``(B, H, W)`` bool foreground (value > 0, 255 = unlabelled counts as background) of mask
+    images or files, resized (nearest) to `size` ``(H, W)``."""
+    loaded = []
+    for mask in masks:
+        try:
+            image = mask if isinstance(mask, Image.Image) else Image.open(mask)
+            image.load()
+        except (OSError, ValueError) as error:
+            raise AnalysisInputError(f"cannot read mask {mask}: {error}") from error
+        if image.mode not in ("1", "L", "P", "I", "I;16"):
+            raise AnalysisInputError(f"mask {mask} must be a single-channel class-index image, got mode {image.mode}")
+        values = np.asarray(image.resize((size[1], size[0]), Image.Resampling.NEAREST)).astype(np.int64)
+        loaded.append(torch.from_numpy((values > 0) & (values != 255)))
+    return torch.stack(loaded)
 
 
 def preprocess_images(images: Sequence[Image.Image], model: nn.Module, image_processor=None) -> torch.Tensor:

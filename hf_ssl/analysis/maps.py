@@ -64,3 +64,28 @@ def attention_mass_masks(attention_maps: torch.Tensor, mass: float = DINO_MASK_M
     keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
     return keep.reshape(attention_maps.shape)
 
+
+
+def mask_jaccard(patch_masks: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Jaccard index |A ∩ B| / |A ∪ B| of each head's patch mask, upsampled to pixels, against the
+    ground-truth foreground (DINO's measure of how well a head's attention segments the object).
+
+    Args:
+        patch_masks: ``(B, heads, h, w)`` bool (from `attention_mass_masks`).
+        truth: ``(B, H, W)`` bool foreground, H and W multiples of h and w (each patch covers
+            ``H // h`` x ``W // w`` pixels, nearest upsampling as DINO's figures do).
+
+    Returns:
+        ``(B, heads)`` float64; 1 where both masks are empty.
+    """
+    if patch_masks.ndim != 4 or truth.ndim != 3 or patch_masks.shape[0] != truth.shape[0]:
+        raise ValueError(f"patch_masks must be (B, heads, h, w) and truth (B, H, W), got {tuple(patch_masks.shape)} "
+                         f"and {tuple(truth.shape)}")
+    (height, width), (rows, columns) = truth.shape[-2:], patch_masks.shape[-2:]
+    if height % rows or width % columns:
+        raise ValueError(f"a {height}x{width} mask does not split into the {rows}x{columns} patch grid")
+    pixels = patch_masks.repeat_interleave(height // rows, dim=-2).repeat_interleave(width // columns, dim=-1)
+    truth = truth.unsqueeze(1)  # (B, 1, H, W)
+    intersection = (pixels & truth).sum((-2, -1)).double()
+    union = (pixels | truth).sum((-2, -1)).double()
+    return torch.where(union > 0, intersection / union.clamp_min(1), torch.ones_like(union))

@@ -1,6 +1,7 @@
 """Look inside a ViT: DINO attention maps, per-head attention statistics, CKA between layers.
 
     python -m hf_ssl.cli.analyze attention --model runs/dino-vit-s --images cat.jpg dog.jpg --out maps/
+    python -m hf_ssl.cli.analyze attention --model runs/dino-vit-micro --bundled_variant scenes --num_images 359 --masks --out maps/
     python -m hf_ssl.cli.analyze metrics --model runs/splitmask-vit-s --out analysis/
     python -m hf_ssl.cli.analyze cka --model runs/splitmask-vit-s --other_model runs/dino-vit-s --out cka/
 
@@ -11,7 +12,9 @@ model's image size with ImageNet normalisation.
 
   attention  last-layer CLS attention per head over each image, and the masks keeping --mass of
              it (DINO, Caron et al. 2021): <out>/<image>/attention-head*.png, mask-head*.png,
-             <out>/attention_grid.png, <out>/attention_maps.json
+             <out>/attention_grid.png, <out>/attention_maps.json; with --masks, the Jaccard index
+             of each head's mask against the ground-truth foreground (the bundled scenes' digit
+             masks, or one mask PNG per --images file) and the best head, DINO's measure
   metrics    average attention distance (pixels), attention entropy and KL divergence between
              heads, per layer and head (Xie et al. 2022): attention_metrics.json + PNG figures
   cka        linear CKA between the layers of --model (and --other_model): cka.json + heat maps
@@ -25,16 +28,21 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
+
 from hf_ssl.analysis.cka import cka_matrix
 from hf_ssl.analysis.encoders import (
     AnalysisInputError,
     bundled_images,
+    bundled_masks,
     displayable_images,
     load_image_processor,
     load_images,
+    load_masks,
     load_vit_encoder,
     preprocess_images,
 )
+from hf_ssl.analysis.maps import mask_jaccard
 from hf_ssl.analysis.figures import (
     attention_overlay,
     mask_overlay,
@@ -72,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--images", nargs="+", default=None, help="image files (default: the bundled test split)")
         command.add_argument("--num_images", type=int, default=default_images,
                              help=f"bundled images to use without --images (default {default_images})")
-        command.add_argument("--bundled_variant", default="digits", choices=DEFAULT_VARIANTS,
-                             help="which bundled data to take images from without --images")
+        command.add_argument("--bundled_variant", default=None, choices=DEFAULT_VARIANTS,
+                             help="which bundled data to take images from without --images (default: digits; "
+                                  "scenes with --masks, the variant that has masks)")
         command.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
         command.add_argument("--out", required=True, help="output folder (created)")
 
@@ -81,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(attention, 4)
     attention.add_argument("--mass", type=float, default=0.6,
                            help="attention mass the masks keep (DINO's visualisation: 0.6)")
+    attention.add_argument("--masks", nargs="*", default=None,
+                           help="score each head's mask against the ground truth (Jaccard index): alone, the bundled "
+                                "scenes' digit masks; or one mask PNG per --images file (foreground = value > 0)")
     metrics = commands.add_parser("metrics", help="attention distance, entropy and KL between heads")
     add_common(metrics, 32)
     cka = commands.add_parser("cka", help="linear CKA between layers (one model or two)")
@@ -123,11 +135,19 @@ def run_attention(arguments) -> list[Path]:
     result = cls_attention(model, pixel_values, mass=arguments.mass, batch_size=arguments.batch_size)
     shown = displayable_images(pixel_values, processor).numpy()  # (B, H, W, 3)
     maps, masks = result.maps.numpy(), result.masks.numpy()
+    truth = jaccard = None
+    if arguments.masks is not None:
+        size = tuple(pixel_values.shape[-2:])
+        truth = load_masks(arguments.masks, size) if arguments.images else \
+            bundled_masks(len(names), size, arguments.bundled_variant)
+        jaccard = mask_jaccard(result.masks, truth)  # (B, heads)
     out = Path(arguments.out)
     written, summary = [], []
     for index, name in enumerate(names):
         folder = out / f"{index:02d}-{name}"
         written.append(save_rgb(shown[index], folder / "image.png"))
+        if truth is not None:
+            written.append(save_rgb(mask_overlay(shown[index], truth[index].numpy()), folder / "ground-truth.png"))
         for head in range(maps.shape[1]):
             written.append(save_rgb(attention_overlay(shown[index], maps[index, head]), folder / f"attention-head{head}.png"))
             written.append(save_rgb(mask_overlay(shown[index], masks[index, head]), folder / f"mask-head{head}.png"))
@@ -136,6 +156,7 @@ def run_attention(arguments) -> list[Path]:
             "folder": folder.name,
             "mask_patch_fraction": masks[index].reshape(masks.shape[1], -1).mean(axis=1).tolist(),
             "cls_to_patches_mass": maps[index].reshape(maps.shape[1], -1).sum(axis=1).tolist(),
+            **({"jaccard_per_head": jaccard[index].tolist()} if jaccard is not None else {}),
         })
     limit = min(len(names), GRID_IMAGE_LIMIT)
     written.append(save_attention_grid(shown[:limit], maps[:limit], masks[:limit], out / "attention_grid.png",
@@ -146,10 +167,36 @@ def run_attention(arguments) -> list[Path]:
         "grid": {"grid_height": result.grid.grid_height, "grid_width": result.grid.grid_width,
                  "patch_size": result.grid.patch_size, "num_prefix_tokens": result.grid.num_prefix_tokens},
         "num_heads": int(maps.shape[1]),
+        **({"jaccard": {**jaccard_summary(jaccard), **jaccard_references(truth, result.masks.shape[-2:])}}
+           if jaccard is not None else {}),
         "images": summary,
     }
+    if jaccard is not None:
+        best = report["jaccard"]
+        print(f"Jaccard index of the {arguments.mass:g}-mass masks against the ground truth over {len(names)} images: "
+              f"best head {best['best_head']} {best['best_head_jaccard']:.3f}, mean over heads "
+              f"{best['mean_over_heads']:.3f} (every patch: {best['every_patch']:.3f}; the patches touching the "
+              f"foreground, the best a patch mask can roughly do: {best['foreground_patches']:.3f})")
     written.append(_write_json(report, out / "attention_maps.json"))
     return written
+
+
+def jaccard_summary(jaccard) -> dict:
+    """Per-head mean Jaccard index over the images ``(B, heads)``, the best head and the mean over heads."""
+    per_head = jaccard.mean(0)
+    best = int(per_head.argmax())
+    return {"per_head": per_head.tolist(), "best_head": best, "best_head_jaccard": float(per_head[best]),
+            "mean_over_heads": float(per_head.mean())}
+
+
+def jaccard_references(truth, grid: tuple[int, int]) -> dict:
+    """The scale a head's Jaccard index is read on: the mean Jaccard of a mask keeping every patch, and
+    of one keeping exactly the patches that touch the foreground (near the best a patch mask can do)."""
+    rows, columns = grid
+    touching = truth.reshape(len(truth), rows, truth.shape[1] // rows, columns, truth.shape[2] // columns).any(4).any(2)
+    every = torch.ones_like(touching)
+    return {"every_patch": float(mask_jaccard(every.unsqueeze(1), truth).mean()),
+            "foreground_patches": float(mask_jaccard(touching.unsqueeze(1), truth).mean())}
 
 
 def run_metrics(arguments) -> list[Path]:
@@ -220,6 +267,14 @@ def _check_arguments(arguments) -> None:
         raise UsageError(f"analyze {arguments.command}: --batch_size must be >= 1, got {arguments.batch_size}")
     if arguments.command == "attention" and not 0 < arguments.mass <= 1:
         raise UsageError(f"analyze attention: --mass must be in (0, 1], got {arguments.mass}")
+    masks = getattr(arguments, "masks", None)
+    arguments.bundled_variant = arguments.bundled_variant or ("scenes" if masks is not None else "digits")
+    if masks and not arguments.images:
+        raise UsageError("analyze attention: mask files need --images (one mask per image); alone, --masks scores the "
+                         "bundled scenes")
+    if masks is not None and arguments.images and len(masks) != len(arguments.images):
+        raise UsageError(f"analyze attention: --masks needs one file per --images file, got {len(masks)} masks for "
+                         f"{len(arguments.images)} images")
 
 
 COMMANDS = {"attention": run_attention, "metrics": run_metrics, "cka": run_cka}
