@@ -25,6 +25,7 @@ from hf_ssl.losses import (
     moco_v3_loss,
     nt_xent_loss,
     siglip_loss,
+    sinkhorn_knopp_targets,
     update_dino_center,
     vicreg_loss,
 )
@@ -109,7 +110,7 @@ CASES = {
 # Losses whose value is the same global quantity on every process (not a mean of local rows).
 GLOBAL_VALUE_CASES = {"barlow_twins", "barlow_twins_wide", "vicreg", "vicreg_wide"}
 # Barlow Twins and the DINO centre reduce sums and counts: processes may hold different row counts.
-SPLITS = {"barlow_twins": [3, 5], "barlow_twins_wide": [3, 5], "dino_centre": [2, 6]}
+SPLITS = {"barlow_twins": [3, 5], "barlow_twins_wide": [3, 5], "dino_centre": [2, 6], "sinkhorn": [3, 5]}
 
 
 def _run_case(name: str, rows: slice, world_size: int, all_reduce=None) -> dict:
@@ -167,6 +168,11 @@ def _centre(rows: slice) -> torch.Tensor:
     return update_dino_center(center, _crop_major(_global_inputs()["teacher_crops"][rows]))
 
 
+def _sinkhorn(rows: slice) -> torch.Tensor:
+    """DINOv2's Sinkhorn-Knopp targets of the teacher logits' rows (normalised over every process's)."""
+    return sinkhorn_knopp_targets(_crop_major(_global_inputs()["teacher_crops"])[rows], temperature=0.07)
+
+
 def _row_range(name: str, rank: int) -> slice:
     sizes = SPLITS.get(name, [GLOBAL_BATCH // WORLD_SIZE] * WORLD_SIZE)
     start = sum(sizes[:rank])
@@ -187,6 +193,7 @@ def _worker(rank: int, world_size: int, store_path: str, result_dir: str) -> Non
     try:
         results = {name: _run_case(name, _row_range(name, rank), world_size, dist.all_reduce) for name in CASES}
         results["dino_centre"] = _centre(_row_range("dino_centre", rank))
+        results["sinkhorn"] = _sinkhorn(_row_range("sinkhorn", rank))
         results["fully_sharded"] = {name: _run_case_fully_sharded(name, _row_range(name, rank), world_size) for name in CASES}
         torch.save(results, f"{result_dir}/rank{rank}.pt")
     finally:
@@ -241,6 +248,15 @@ def test_dino_centre_is_the_global_batch_mean_on_every_process(distributed_resul
     expected = _centre(slice(None))
     for results in distributed_results:
         torch.testing.assert_close(results["dino_centre"], expected, **TOLERANCES)
+
+
+@pytest.mark.slow
+def test_sinkhorn_knopp_targets_over_two_processes_are_those_of_the_global_batch(distributed_results):
+    """The first 8 crop-major teacher rows, split 3 / 5 between the processes."""
+    expected = _sinkhorn(slice(0, 8))
+    gathered = torch.cat([results["sinkhorn"] for results in distributed_results])
+    torch.testing.assert_close(gathered, expected, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(distributed_results[0]["sinkhorn"], _sinkhorn(slice(0, 3)), rtol=1e-3)  # local differs
 
 
 @pytest.mark.slow
