@@ -8,6 +8,7 @@ from safetensors import safe_open
 from transformers import ViTConfig, ViTModel
 
 import hf_ssl
+from hf_ssl.backbones.modules import backbone_features
 from hf_ssl.cli import pretrain
 from hf_ssl.modeling.distillation.recipe import queue_size_for, resolve_teacher
 
@@ -132,3 +133,67 @@ def test_a_dinov2_with_registers_teacher_distils_into_a_conv_student(tmp_path):
                                             image_size=IMAGE_SIZE, method_arguments=arguments))
     output = model(_images())
     assert model.config.teacher_hidden_size == 24 and torch.isfinite(output.loss) and output.dense_loss is not None
+
+
+def _two_step_run(rows: slice, world_size: int, all_reduce=None) -> dict:
+    """Two training steps of a student (queue of 6) on `rows` of two global batches of 4 images, with
+    the teacher's outputs given; DDP's gradient average of the second step and the final queue."""
+    model = _student(queue_size=6)
+    model.train()
+    teacher = _teacher()
+    results = {}
+    for step in range(2):
+        images = torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(10 + step))
+        embeddings, features = backbone_features(teacher, images)
+        output = model(images[rows], teacher_embeddings=embeddings[rows], teacher_features=features[rows])
+        model.zero_grad()
+        (output.loss / world_size).backward()
+        results[f"loss{step}"] = output.loss.detach()
+    gradients = {name: parameter.grad.clone() for name, parameter in model.named_parameters() if parameter.grad is not None}
+    if all_reduce is not None:
+        for gradient in gradients.values():
+            all_reduce(gradient)
+    return {**results, "gradients": gradients, "queue": model.queue.clone(), "queue_length": int(model.queue_length)}
+
+
+def _distributed_worker(rank: int, world_size: int, store: str, out: str) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        torch.save(_two_step_run(slice(2 * rank, 2 * rank + 2), world_size, dist.all_reduce), f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_fill_the_queue_and_learn_as_one_process_on_the_global_batch(tmp_path):
+    """Each process's step sees every process's teacher embeddings of this step (gathered) and
+    enqueues all of them: the queues stay identical across processes and equal one process's on the
+    whole batch, and so do the mean loss and the averaged gradients (the dense term is per image)."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(_distributed_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2,
+                                 join=False, start_method="fork")
+    deadline = time.monotonic() + 300
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the 2-process run did not finish within 300 s")
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    single = _two_step_run(slice(None), world_size=1)
+    assert single["queue_length"] == ranks[0]["queue_length"] == ranks[1]["queue_length"] == 6
+    for result in ranks:
+        torch.testing.assert_close(result["queue"], single["queue"])
+    for step in ("loss0", "loss1"):  # the second step's loss reads the queue filled by the first
+        torch.testing.assert_close((ranks[0][step] + ranks[1][step]) / 2, single[step])
+    for name, gradient in single["gradients"].items():
+        for result in ranks:
+            torch.testing.assert_close(result["gradients"][name], gradient, rtol=1e-4, atol=1e-6)
