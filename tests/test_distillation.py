@@ -11,6 +11,7 @@ import hf_ssl
 from hf_ssl.backbones.modules import backbone_features
 from hf_ssl.cli import pretrain
 from hf_ssl.modeling.distillation.recipe import queue_size_for, resolve_teacher
+from process_groups import run_forked_workers
 
 IMAGE_SIZE = 32
 
@@ -175,18 +176,7 @@ def test_two_processes_fill_the_queue_and_learn_as_one_process_on_the_global_bat
     """Each process's step sees every process's teacher embeddings of this step (gathered) and
     enqueues all of them: the queues stay identical across processes and equal one process's on the
     whole batch, and so do the mean loss and the averaged gradients (the dense term is per image)."""
-    import time
-
-    import torch.multiprocessing as mp
-
-    context = mp.start_processes(_distributed_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2,
-                                 join=False, start_method="fork")
-    deadline = time.monotonic() + 300
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the 2-process run did not finish within 300 s")
+    run_forked_workers(_distributed_worker, 2, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
     single = _two_step_run(slice(None), world_size=1)
     assert single["queue_length"] == ranks[0]["queue_length"] == ranks[1]["queue_length"] == 6

@@ -13,7 +13,6 @@ reduce-scattered), which is how `recipes/accelerate/fsdp.yaml` trains.
 from __future__ import annotations
 
 import datetime
-import time
 
 import pytest
 import torch
@@ -29,6 +28,7 @@ from hf_ssl.losses import (
     update_dino_center,
     vicreg_loss,
 )
+from process_groups import run_forked_workers
 
 WORLD_SIZE = 2
 GLOBAL_BATCH = 8
@@ -202,18 +202,8 @@ def _worker(rank: int, world_size: int, store_path: str, result_dir: str) -> Non
 
 @pytest.fixture(scope="module")
 def distributed_results(tmp_path_factory):
-    import torch.multiprocessing as mp
-
     directory = tmp_path_factory.mktemp("distributed_losses")
-    # fork: the children inherit the imported modules (spawn re-imports hf_ssl and transformers: ~20 s each).
-    arguments = (WORLD_SIZE, str(directory / "store"), str(directory))
-    context = mp.start_processes(_worker, args=arguments, nprocs=WORLD_SIZE, join=False, start_method="fork")
-    deadline = time.monotonic() + 300
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the 2-process run did not finish within 300 s")
+    run_forked_workers(_worker, WORLD_SIZE, directory)
     return [torch.load(directory / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
 
 

@@ -10,11 +10,11 @@ is tested in test_fsdp_training.py, the batch-level losses in test_distributed_l
 from __future__ import annotations
 
 import datetime
-import time
 
 import pytest
 import torch
 
+from process_groups import run_forked_workers
 from tiny_models import tiny_splitmask
 
 WORLD_SIZE = 2
@@ -62,16 +62,7 @@ def _worker(rank: int, world_size: int, store_path: str, result_dir: str) -> Non
 
 @pytest.mark.slow
 def test_fully_sharded_two_processes_equal_one_process(tmp_path):
-    import torch.multiprocessing as mp
-
-    context = mp.start_processes(_worker, args=(WORLD_SIZE, str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD_SIZE,
-                                 join=False, start_method="fork")
-    deadline = time.monotonic() + 300
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the 2-process FSDP run did not finish within 300 s")
+    run_forked_workers(_worker, WORLD_SIZE, tmp_path)
     results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
 
     single_loss, single_gradients = _loss_and_gradients(tiny_splitmask().train(), _inputs())
