@@ -166,6 +166,22 @@ class PatchTokenPreTrainedModel(BackboneContractMixin, PreTrainedModel):
         self._check_tokenizer()
         return self.tokenizer.encode(pixel_values)
 
+    def _given_mask(self, bool_masked_pos: torch.Tensor | None, pixel_values: torch.Tensor) -> torch.Tensor | None:
+        """A caller's ``(B, N)`` patch mask as bool on the images' device, after checking its shape;
+        None stays None (the model samples one)."""
+        if bool_masked_pos is None:
+            return None
+        expected = (pixel_values.shape[0], self.config.num_patches)
+        if tuple(bool_masked_pos.shape) != expected:
+            raise ValueError(f"bool_masked_pos must be (batch, num_patches) = {expected}, got {tuple(bool_masked_pos.shape)}")
+        return bool_masked_pos.to(device=pixel_values.device, dtype=torch.bool)
+
+    def _predict_hidden(self, outputs: torch.Tensor, hidden_indices: torch.Tensor) -> torch.Tensor:
+        """Token logits ``(B, M, V)`` at the hidden positions ``(B, M)`` of ``(B, 1 + N, D)`` outputs (CLS first)."""
+        patch_outputs = outputs[:, 1:]
+        gathered = patch_outputs.gather(1, hidden_indices.unsqueeze(-1).expand(-1, -1, patch_outputs.shape[-1]))
+        return self.token_classifier(gathered)
+
     def _check_tokenizer(self) -> None:
         expected = self.config.tokenizer_fingerprint
         if expected is None:

@@ -104,16 +104,10 @@ class ViTForBEiT(BEiTPreTrainedModel):
         config = self.config
         check_pixel_values(pixel_values, config.num_channels, config.image_size)
         target_tokens = self.target_tokens(pixel_values)  # (B, N)
-        batch_size, num_patches = pixel_values.shape[0], config.num_patches
-        if bool_masked_pos is None:
-            mask = beit_mask(config.mask_strategy, batch_size, config.grid_size, config.mask_ratio).to(pixel_values.device)
-        elif bool_masked_pos.shape != (batch_size, num_patches):
-            raise ValueError(
-                f"bool_masked_pos must be (batch, num_patches) = ({batch_size}, {num_patches}), "
-                f"got {tuple(bool_masked_pos.shape)}"
-            )
-        else:
-            mask = bool_masked_pos.to(device=pixel_values.device, dtype=torch.bool)
+        mask = self._given_mask(bool_masked_pos, pixel_values)
+        if mask is None:
+            mask = beit_mask(config.mask_strategy, pixel_values.shape[0], config.grid_size, config.mask_ratio).to(
+                pixel_values.device)
         counts = mask.sum(dim=1)
         if not bool(torch.all(counts == counts[0])) or int(counts[0]) == 0:
             raise ValueError("a BEiT mask must hide the same, non-zero number of patches in every image")
@@ -122,9 +116,7 @@ class ViTForBEiT(BEiTPreTrainedModel):
         mask_token = self.mask_token if self.mask_token is not None else encoder.embeddings.mask_token
         tokens = embed_patches(encoder, pixel_values, bool_masked_pos=mask, mask_token=mask_token)  # (B, N, D)
         encoded = encode_tokens(encoder, tokens, config.grid_size)  # (B, 1 + N, D)
-        patch_outputs = encoded[:, 1:]
-        hidden_outputs = patch_outputs.gather(1, hidden_indices.unsqueeze(-1).expand(-1, -1, patch_outputs.shape[-1]))
-        logits = self.token_classifier(hidden_outputs)  # (B, M, V)
+        logits = self._predict_hidden(encoded, hidden_indices)  # (B, M, V)
         targets = target_tokens.gather(1, hidden_indices)
         mim_loss = masked_token_cross_entropy(logits, targets)
         return BEiTOutput(

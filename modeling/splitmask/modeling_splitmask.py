@@ -165,14 +165,6 @@ class ViTForSplitMask(SplitMaskPreTrainedModel):
         visible = patch_tokens.gather(1, visible_indices.unsqueeze(-1).expand(-1, -1, width))  # (B, K, D)
         return encode_tokens(self.get_backbone(), visible, self.config.grid_size, positions=visible_indices)
 
-    def _predict_hidden(
-        self, decoded: torch.Tensor, hidden_indices: torch.Tensor
-    ) -> torch.Tensor:
-        """Token logits ``(B, M, V)`` at the hidden positions of decoded ``(B, 1 + N, D)``."""
-        patch_outputs = decoded[:, 1:]
-        gathered = patch_outputs.gather(1, hidden_indices.unsqueeze(-1).expand(-1, -1, patch_outputs.shape[-1]))
-        return self.token_classifier(gathered)
-
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -192,14 +184,7 @@ class ViTForSplitMask(SplitMaskPreTrainedModel):
         target_tokens = self.target_tokens(pixel_values) if config.use_mim_loss else None  # (B, N)
         batch_size = pixel_values.shape[0]
         num_patches = config.num_patches
-        if bool_masked_pos is not None:
-            if bool_masked_pos.shape != (batch_size, num_patches):
-                raise ValueError(
-                    f"bool_masked_pos must be (batch, num_patches) = ({batch_size}, {num_patches}), "
-                    f"got {tuple(bool_masked_pos.shape)}"
-                )
-            bool_masked_pos = bool_masked_pos.to(device=pixel_values.device, dtype=torch.bool)
-        split = bool_masked_pos
+        split = self._given_mask(bool_masked_pos, pixel_values)
         if split is None:
             split = random_split_mask(batch_size, num_patches, device=pixel_values.device)
         elif not bool(torch.all(split.sum(dim=1) == num_patches // 2)):
