@@ -87,11 +87,7 @@ def pooled_features(module: nn.Module, pixel_values: torch.Tensor) -> torch.Tens
     """
     if is_timm_module(module):
         return module(pixel_values)  # num_classes=0: timm returns pooled, pre-logits features
-    model_type = module.config.model_type
-    if model_type in CLS_TOKEN_MODEL_TYPES:
-        hidden = module(pixel_values=pixel_values, interpolate_pos_encoding=True).last_hidden_state  # (B, T, D)
-        return hidden[:, 0]
-    return _pooled(module(pixel_values=pixel_values))
+    return _forward_and_pool(module, pixel_values)[1]
 
 
 def backbone_features(module: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,11 +109,8 @@ def backbone_features(module: nn.Module, pixel_values: torch.Tensor) -> tuple[to
         patch = getattr(getattr(timm_model, "patch_embed", None), "patch_size", None)
         grid = (height // patch[0], width // patch[1]) if patch else None
         return pooled, _tokens_to_map(features, grid, height, width)
-    model_type = module.config.model_type
-    cls_token = model_type in CLS_TOKEN_MODEL_TYPES
-    outputs = module(pixel_values=pixel_values, **({"interpolate_pos_encoding": True} if cls_token else {}))
+    outputs, pooled = _forward_and_pool(module, pixel_values)
     hidden = outputs.last_hidden_state
-    pooled = hidden[:, 0] if cls_token else _pooled(outputs)
     if hidden.dim() == 4:  # ConvNeXt, ResNet: (B, D, h, w)
         return pooled, hidden.permute(0, 2, 3, 1)
     patch = getattr(module.config, "patch_size", None)
@@ -130,6 +123,14 @@ def backbone_features(module: nn.Module, pixel_values: torch.Tensor) -> tuple[to
 def spatial_features(module: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     """``(B, C, H, W) -> (B, h, w, D)``: the backbone's last feature map, channels last (`backbone_features`)."""
     return backbone_features(module, pixel_values)[1]
+
+
+def _forward_and_pool(module: nn.Module, pixel_values: torch.Tensor):
+    """A transformers encoder's outputs and ``(B, D)`` pooled features: the CLS token for ViT-family
+    encoders (positions interpolated for other crop sizes), the model's pooling otherwise."""
+    cls_token = module.config.model_type in CLS_TOKEN_MODEL_TYPES
+    outputs = module(pixel_values=pixel_values, **({"interpolate_pos_encoding": True} if cls_token else {}))
+    return outputs, outputs.last_hidden_state[:, 0] if cls_token else _pooled(outputs)
 
 
 def _pooled(outputs) -> torch.Tensor:
