@@ -110,6 +110,57 @@ def test_without_two_images_per_class_nothing_is_validated():
         fit_linear_segmentation(maps, torch.full_like(masks, IGNORE_INDEX), 3, 1e-3)
 
 
+# ---------------------------------------------------------------- fine-tuning
+
+
+def test_the_decoder_upsamples_as_close_to_the_image_as_it_can():
+    from hf_ssl.eval.segmentation_finetune import decoder_layers
+
+    assert [decoder_layers(grid, 48) for grid in (48, 24, 12, 6, 3, 1)] == [0, 1, 2, 3, 4, 4]
+    assert decoder_layers(14, 224) == 4 and decoder_layers(7, 224) == 4  # capped: the rest is bilinear
+
+
+def test_masks_follow_the_images_geometric_augmentation():
+    from hf_ssl.eval.finetune import augment_batch_with_masks
+
+    generator = torch.Generator().manual_seed(0)
+    masks = quadrant_problem(8, seed=5)[1]  # (8, 16, 16) classes 0-2 in 4x4 blocks
+    pixels = F.one_hot(masks, 3).permute(0, 3, 1, 2).float() * 4 - 2  # each class its own bright channel
+    same = augment_batch_with_masks(pixels, masks, "none", generator)
+    assert same[0] is pixels and same[1] is masks
+    moved_pixels, moved_masks = augment_batch_with_masks(pixels, masks, "small-image", generator)
+    assert moved_masks.shape == masks.shape and set(moved_masks.unique().tolist()) <= {0, 1, 2, IGNORE_INDEX}
+    covered = moved_masks != IGNORE_INDEX
+    agreement = (moved_pixels.argmax(1) == moved_masks)[covered].float().mean()
+    assert agreement > 0.9 and not torch.equal(moved_masks, masks)  # the same view, not the original
+
+
+@pytest.mark.parametrize("kind", ["vit", "resnet"])
+def test_fine_tuning_segments_the_bright_half_and_reports_its_budget(kind):
+    from transformers import ResNetConfig, ResNetModel, ViTConfig, ViTModel
+
+    from hf_ssl.eval.segmentation_finetune import finetune_segmentation
+
+    torch.manual_seed(0)
+    encoder = ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=64), add_pooling_layer=False) if kind == "vit" else \
+        ResNetModel(ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic"))
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(2).repeat(24)
+    pixels = torch.randn(48, 3, 32, 32, generator=generator) * 0.1
+    masks = torch.zeros(48, 32, 32, dtype=torch.long)
+    pixels[labels == 0, :, :, :16] += 1.0
+    masks[labels == 0, :, :16] = 1
+    pixels[labels == 1, :, :, 16:] += 1.0
+    masks[labels == 1, :, 16:] = 2
+    metrics, model = finetune_segmentation(encoder, pixels[:32], masks[:32], labels[:32], pixels[32:], masks[32:],
+                                           num_classes=3, max_steps=120, batch_size=8, learning_rate=3e-3,
+                                           augmentation="none")
+    assert metrics["mean_iou"] > 0.8 and metrics["validated"] and metrics["steps"] <= 120
+    assert metrics["decoder_layers"] == 3  # both end on a 4x4 map (patch 8; stride 8): 4 -> 32 in three doublings
+    assert model(pixels[:2]).shape == (2, 3, 32, 32)
+
+
 # ---------------------------------------------------------------- masks from data
 
 
@@ -154,8 +205,8 @@ def test_hf_ssl_evaluate_segments_a_run_folder_next_to_its_baselines(tmp_path):
     model.save_pretrained(tmp_path)
     scenes_processor().save_pretrained(tmp_path)
     command = [str(Path(sys.executable).parent / "hf-ssl"), "evaluate", "--model", str(tmp_path), "--protocol",
-               "segmentation_linear", "knn", "--max_samples", "60", "--baselines", "random_init", "raw_pixels",
-               "supervised", "--json"]
+               "segmentation_linear", "segmentation_finetune", "knn", "--max_samples", "60", "--baselines", "random_init",
+               "raw_pixels", "supervised", "--segmentation_finetune_max_steps", "4", "--finetune_max_steps", "4", "--json"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600, env=OFFLINE)
     assert completed.returncode == 0, completed.stderr[-2000:]
     import json
@@ -167,10 +218,17 @@ def test_hf_ssl_evaluate_segments_a_run_folder_next_to_its_baselines(tmp_path):
     assert 0 <= segmented["mean_iou"] <= 1 and segmented["feature_grid"] == [6, 6]
     assert set(segmented["baselines"]) == {"random_init", "raw_pixels"}  # the supervised classifier is no mIoU
     assert set(results["knn"]["baselines"]) == {"random_init", "raw_pixels", "supervised"}
-    table = subprocess.run(command[:-1], capture_output=True, text=True, timeout=600, env=OFFLINE)
-    assert "Linear segmentation (mean IoU)" in table.stdout and "Verdict" in table.stdout
+    tuned = results["segmentation_finetune"]  # from random init it is the supervised segmentation model
+    assert tuned["steps"] == 4 and tuned["metric"] == "mean_iou"
+    assert set(tuned["baselines"]) == {"random_init", "raw_pixels", "supervised"}
+    assert tuned["baselines"]["random_init"] == tuned["baselines"]["supervised"] != results["knn"]["baselines"]["supervised"]
+    from hf_ssl.eval.report import format_report
+
+    table = format_report(results)  # what the command prints without --json
+    assert "Linear segmentation (mean IoU)" in table and "Segmentation fine-tuning" in table and "Verdict" in table
     card = (tmp_path / "README.md").read_text()
     assert "Linear segmentation mean IoU" in card  # the model-index entry
-    failed = subprocess.run([*command[:-1], "--dataset_name", "digits"], capture_output=True, text=True, timeout=600, env=OFFLINE)
+    failed = subprocess.run([*command[:5], "segmentation_linear", "--dataset_name", "digits"], capture_output=True,
+                            text=True, timeout=600, env=OFFLINE)
     assert failed.returncode == 2
     assert failed.stderr.strip().splitlines()[-1].startswith("error: segmentation_linear needs per-pixel masks")

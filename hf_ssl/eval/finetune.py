@@ -383,10 +383,37 @@ def augment_batch(pixel_values: torch.Tensor, augmentation: Augmentation, genera
     Returns:
         (B, C, H, W).
     """
+    grid = _augmentation_grid(pixel_values, augmentation, generator)
+    return pixel_values if grid is None else _sample_pixels(pixel_values, grid)
+
+
+def _sample_pixels(pixel_values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of ``(B, C, H, W)`` images on `grid`; uncovered space takes each image's border colour."""
+    border = torch.cat([pixel_values[..., 0, :], pixel_values[..., -1, :], pixel_values[..., 0], pixel_values[..., -1]], dim=-1)
+    fill = border.mean(dim=-1, keepdim=True).unsqueeze(-1)  # (B, C, 1, 1)
+    return F.grid_sample(pixel_values - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+
+
+def augment_batch_with_masks(pixel_values: torch.Tensor, masks: torch.Tensor, augmentation: Augmentation,
+                             generator: torch.Generator, ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
+    """`augment_batch` of ``(B, C, H, W)`` images and the same geometric view of their ``(B, H, W)``
+    class masks (nearest sampling; pixels a zoom-out uncovers become `ignore_index`)."""
+    grid = _augmentation_grid(pixel_values, augmentation, generator)
+    if grid is None:
+        return pixel_values, masks
+    pixels = _sample_pixels(pixel_values, grid)
+    shifted = (masks + 1).unsqueeze(1).to(grid.dtype)  # 0 = uncovered after sampling
+    sampled = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0].round().long()
+    return pixels, torch.where(sampled == 0, ignore_index, sampled - 1)
+
+
+def _augmentation_grid(pixel_values: torch.Tensor, augmentation: Augmentation,
+                       generator: torch.Generator) -> torch.Tensor | None:
+    """The ``(B, H, W, 2)`` sampling grid of one random view per image (`augment_batch`); None for "none"."""
     if augmentation == "auto":
         augmentation = "small-image" if pixel_values.shape[-1] < SMALL_IMAGE_SIZE else "crop-flip"
     if augmentation == "none":
-        return pixel_values
+        return None
     batch = pixel_values.shape[0]
 
     def uniform(low: float, high: float) -> torch.Tensor:
@@ -406,10 +433,7 @@ def augment_batch(pixel_values: torch.Tensor, augmentation: Augmentation, genera
     theta[:, 0, 0], theta[:, 1, 1] = scale_x * flip, scale_y
     theta[:, 0, 2], theta[:, 1, 2] = shift_x, shift_y
     theta = theta.to(device=pixel_values.device, dtype=pixel_values.dtype)
-    grid = F.affine_grid(theta, list(pixel_values.shape), align_corners=False)
-    border = torch.cat([pixel_values[..., 0, :], pixel_values[..., -1, :], pixel_values[..., 0], pixel_values[..., -1]], dim=-1)
-    fill = border.mean(dim=-1, keepdim=True).unsqueeze(-1)  # (B, C, 1, 1)
-    return F.grid_sample(pixel_values - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+    return F.affine_grid(theta, list(pixel_values.shape), align_corners=False)
 
 
 @torch.no_grad()
@@ -465,6 +489,39 @@ def finetune(
     model = BackboneClassifier(encoder, num_classes, pooling)
     device = next(model.backbone.parameters()).device
     model.to(device)
+
+    def batch_loss(batch_index: torch.Tensor) -> torch.Tensor:
+        pixels = augment_batch(train_pixel_values[batch_index].to(device), settings.augmentation, generator)
+        return F.cross_entropy(model(pixels), train_labels[batch_index].to(device), label_smoothing=settings.label_smoothing)
+
+    def validation_accuracy() -> float:
+        predictions = _predict(model, train_pixel_values[validation_index], settings.batch_size * 4, device)
+        return float((predictions.argmax(1) == train_labels[validation_index]).float().mean())
+
+    run = train_until_converged(model, settings, fit_index, batch_loss,
+                                validation_accuracy if validation_index is not None else None, generator)
+    logits = _predict(model, test_pixel_values, settings.batch_size * 4, device)
+    metrics = classification_metrics(logits, test_labels)
+    return {
+        **metrics, "steps": run["steps"], "max_steps": run["max_steps"], "best_step": run["best_step"],
+        "validated": split is not None, **({"validation_accuracy": run["best_score"]} if split else {}),
+    }, model
+
+
+def train_until_converged(model: nn.Module, settings: FinetuneSettings, fit_index: torch.Tensor, batch_loss,
+                          validation_score, generator: torch.Generator) -> dict:
+    """AdamW (`parameter_groups`) with warm-up and cosine decay over `training_steps`, batches of
+    `fit_index` drawn without replacement; `validation_score()` (higher is better) checked
+    `settings.evaluations` times, training stopped after `settings.patience` checks without gain
+    (not before a quarter of the budget or the end of warm-up), and the best check's weights loaded.
+
+    Args:
+        batch_loss: ``(batch indices into fit_index's images) -> loss``.
+        validation_score: ``() -> float``, or None to run the whole budget and keep the last weights.
+
+    Returns:
+        ``{"steps" (run), "max_steps" (budget), "best_step", "best_score" (None without validation)}``.
+    """
     optimizer = torch.optim.AdamW(parameter_groups(model, settings.learning_rate, settings.weight_decay, settings.layer_decay))
     total_steps = training_steps(settings, len(fit_index))
     warmup_steps = int(settings.warmup_fraction * total_steps)
@@ -479,23 +536,21 @@ def finetune(
         return ratio + (1.0 - ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    best = {"accuracy": -1.0, "step": 0, "state": None}
+    best = {"score": -1.0, "step": 0, "state": None}
     checks_without_gain, step = 0, 0
     model.train()
     while step < total_steps:
         for batch_index in fit_index[torch.randperm(len(fit_index), generator=generator)].split(settings.batch_size):
-            pixels = augment_batch(train_pixel_values[batch_index].to(device), settings.augmentation, generator)
-            loss = F.cross_entropy(model(pixels), train_labels[batch_index].to(device), label_smoothing=settings.label_smoothing)
+            loss = batch_loss(batch_index)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             step += 1
-            if validation_index is not None and (step % check_every == 0 or step == total_steps):
-                predictions = _predict(model, train_pixel_values[validation_index], settings.batch_size * 4, device)
-                accuracy = float((predictions.argmax(1) == train_labels[validation_index]).float().mean())
-                if accuracy > best["accuracy"]:
-                    best = {"accuracy": accuracy, "step": step,
+            if validation_score is not None and (step % check_every == 0 or step == total_steps):
+                score = validation_score()
+                if score > best["score"]:
+                    best = {"score": score, "step": step,
                             "state": {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}}
                     checks_without_gain = 0
                 elif step >= earliest_stop:
@@ -504,15 +559,11 @@ def finetune(
                 break
         if settings.patience and checks_without_gain >= settings.patience:
             break
-    steps_run = step
     if best["state"] is not None:
         model.load_state_dict(best["state"])
-    logits = _predict(model, test_pixel_values, settings.batch_size * 4, device)
-    metrics = classification_metrics(logits, test_labels)
-    return {
-        **metrics, "steps": steps_run, "max_steps": total_steps, "best_step": best["step"] if split else steps_run,
-        "validated": split is not None, **({"validation_accuracy": best["accuracy"]} if split else {}),
-    }, model
+    validated = validation_score is not None
+    return {"steps": step, "max_steps": total_steps, "best_step": best["step"] if validated else step,
+            "best_score": best["score"] if validated else None}
 
 
 class FinetuneProtocol(EvaluationProtocol):

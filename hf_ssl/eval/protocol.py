@@ -113,8 +113,10 @@ def _flag_type(annotation) -> tuple[type, bool, tuple | None]:
     return annotation, False, None
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, prefix: str, settings_class: type) -> None:
-    """One ``--<prefix>_<field>`` flag per field of `settings_class` (default None = the dataclass's)."""
+def add_settings_arguments(parser: argparse.ArgumentParser, prefix: str, settings_class: type,
+                           aliases: bool = True) -> None:
+    """One ``--<prefix>_<field>`` flag per field of `settings_class` (default None = the dataclass's),
+    plus the fields' ``metadata["aliases"]`` spellings when `aliases` (one protocol may own them)."""
     hints = typing.get_type_hints(settings_class)
     defaults = settings_class()
     group = parser.add_argument_group(f"--protocol {prefix}")
@@ -122,7 +124,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, prefix: str, setting
         element, is_list, choices = _flag_type(hints[item.name])
         default = getattr(defaults, item.name)
         help_text = item.metadata.get("help", item.name.replace("_", " "))
-        flags = [f"--{prefix}_{item.name}", *item.metadata.get("aliases", ())]
+        flags = [f"--{prefix}_{item.name}", *(item.metadata.get("aliases", ()) if aliases else ())]
         kwargs: dict = {"dest": f"{prefix}_{item.name}", "default": None, "help": f"{help_text} (default: {default})"}
         if element is bool:
             kwargs["type"] = lambda text: text.lower() in ("1", "true", "yes")

@@ -35,6 +35,7 @@ from . import knn as _knn  # noqa: F401
 from . import linear_probe as _linear_probe  # noqa: F401
 from . import retrieval as _retrieval  # noqa: F401
 from . import segmentation as _segmentation  # noqa: F401
+from . import segmentation_finetune as _segmentation_finetune  # noqa: F401
 from . import zero_shot as _zero_shot  # noqa: F401
 from .candidates import Candidate
 from .data import DataSelection, LabelledData, default_dataset_name, image_processor_for
@@ -165,17 +166,23 @@ def _evaluate_labelled(model_path, protocols, data: DataSelection, label_setting
         for protocol in protocols:
             logger.info("evaluating %s with %s labels", protocol.name, setting)
             metrics = protocol.evaluate(subject, labelled, subset, settings[protocol.name], seed)
+            # The supervised model of this protocol's metric: the classifier above for accuracy rows;
+            # a protocol that trains the encoder for another task is its own supervised model from random init.
+            own_supervised = supervised if protocol.metric == "accuracy" else None
+            if protocol.trains_encoder and protocol.metric != "accuracy" and {"random_init", "supervised"} & set(baselines):
+                own_supervised = protocol.evaluate(candidates["random_init"], labelled, subset, settings[protocol.name],
+                                                   seed)[protocol.metric]
             compared = {}
             for name, candidate in candidates.items():
                 if name == "random_init" and "random_init" not in baselines:
                     continue
-                if protocol.trains_encoder and name == "random_init" and supervised is not None:
-                    compared[name] = supervised  # fine-tuning from random init is the supervised model
+                if protocol.trains_encoder and name == "random_init" and own_supervised is not None:
+                    compared[name] = own_supervised  # fine-tuning from random init is the supervised model
                     continue
                 compared[name] = protocol.evaluate(candidate, own_data.get(name, labelled), subset,
                                                    settings[protocol.name], seed)[protocol.metric]
-            if supervised is not None and protocol.metric == "accuracy":
-                compared["supervised"] = supervised
+            if own_supervised is not None and "supervised" in baselines:
+                compared["supervised"] = own_supervised
             order = [*BASELINES, *(name for name in baselines if name.startswith(PRETRAINED_PREFIX))]
             results[protocol.name + suffix] = {
                 **metrics, "metric": protocol.metric, "task_type": protocol.task_type, **common,
