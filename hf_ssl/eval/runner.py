@@ -7,10 +7,13 @@ to believe it (`BASELINES`):
 - ``random_init``: the same architecture, untrained. For fine-tuning this is training from random
   init with the row's labels, i.e. the supervised model.
 - ``raw_pixels``: the flattened pixels minus the mean training image (kNN, linear probe), or a
-  linear classifier on them for fine-tuning (the head alone, with nothing below it to tune).
+  linear classifier on them for fine-tuning (the head alone, with nothing below it to tune); for
+  segmentation, the linear layer on each small cell's pixels.
 - ``supervised``: the same architecture trained from random init on the row's labels (the
   fine-tuning protocol): an upper reference, not a bar a label-free method must clear. If it
-  sits near chance the protocol or the backbone is wrong, not the pre-training right.
+  sits near chance the protocol or the backbone is wrong, not the pre-training right. It stands
+  beside the rows scored by accuracy; segmentation fine-tuning from random init is its own
+  supervised model (mean IoU), and the frozen segmentation rows have none.
 - ``pretrained:<model>``: any other transformers / timm checkpoint (an ImageNet model, say),
   preprocessed with its own image processor: the alternative a user actually weighs.
 """
