@@ -195,6 +195,22 @@ def test_masks_are_resized_with_the_images_and_refused_when_the_processor_crops(
     assert cropped.train_masks is None and "crops" in cropped.missing_masks
 
 
+def test_a_mask_column_that_is_not_class_indices_only_stops_segmentation(tmp_path):
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    images = [Image.fromarray(np.full((48, 48, 3), 40 * index, dtype=np.uint8)) for index in range(4)]
+    rows = {"image": images, "label": [0, 1, 0, 1], "mask": images}  # an RGB "mask": a picture, not classes
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64"), "mask": datasets.Image()})
+    datasets.DatasetDict({split: datasets.Dataset.from_dict(rows, features=features) for split in ("train", "test")}) \
+        .save_to_disk(str(tmp_path / "data"))
+    data = LabelledData.load(DataSelection(str(tmp_path / "data")), scenes_processor())
+    assert data.train_pixels.shape == (4, 3, 48, 48) and data.train_masks is None  # classification still works
+    with pytest.raises(ValueError, match="single-channel class-index images"):
+        data.require_masks("segmentation_linear")
+
+
 @pytest.mark.slow
 def test_hf_ssl_evaluate_segments_a_run_folder_next_to_its_baselines(tmp_path):
     """The CLI as README shows it, on a saved run folder; and a dataset without masks exits 2 in one line."""

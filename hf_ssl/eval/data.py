@@ -182,8 +182,11 @@ class LabelledData:
         if selection.mask_column in train.column_names and selection.mask_column in test.column_names:
             missing = "the image processor crops, so masks resized to its output would not line up with the pixels"
             if not processor_crops(image_processor):
-                masks = tuple(preprocess_masks(split, selection.mask_column, tuple(pixels.shape[-2:]))
-                              for split, pixels in ((train, train_pixels), (test, test_pixels)))
+                try:
+                    masks = tuple(preprocess_masks(split, selection.mask_column, tuple(pixels.shape[-2:]))
+                                  for split, pixels in ((train, train_pixels), (test, test_pixels)))
+                except ValueError as error:  # not class-index masks: only the segmentation protocols need them
+                    missing = str(error)
         return cls(train_pixels, train_labels, test_pixels, test_labels,
                    num_classes=int(max(train_labels.max(), test_labels.max())) + 1, selection=selection,
                    key=f"{selection.label}|{selection.max_samples}|{image_processor.to_json_string()}",
