@@ -82,15 +82,16 @@ def test_masks_mark_the_labelled_digit_and_nothing_else():
 
 
 def test_the_mask_column_follows_the_image_size():
-    dataset = load_default_dataset("test", variant="scenes")
+    dataset = load_default_dataset("test", variant="scenes", with_masks=True)
     _, masks, _ = default._scene_canvases()
     _, test = split_indices(len(masks))
     mask = dataset[3]["mask"]
     assert mask.mode == "L" and np.array_equal(np.asarray(mask), masks[test[3]])
     assert np.asarray(dataset[3]["mask"]).max() == dataset[3]["label"] + 1
-    small = load_default_dataset("test", image_size=24, variant="scenes")[3]["mask"]
+    small = load_default_dataset("test", image_size=24, variant="scenes", with_masks=True)[3]["mask"]
     assert small.size == (24, 24) and set(np.unique(np.asarray(small))) <= {0, dataset[3]["label"] + 1}
-    assert "mask" not in load_default_dataset("test").column_names  # centred digits: no segmentation
+    assert "mask" not in load_default_dataset("test", with_masks=True).column_names  # centred digits: no segmentation
+    assert "mask" not in load_default_dataset("test", variant="scenes").column_names  # training reads no masks
 
 
 def test_split_sizes_and_labels_follow_the_digits():

@@ -167,7 +167,7 @@ def bundled_masks(count: int, size: tuple[int, int], variant: str = "scenes") ->
     (nearest) to `size`; only the scenes have masks."""
     from hf_ssl.data.default import load_default_dataset
 
-    dataset = load_default_dataset("test", variant=variant)
+    dataset = load_default_dataset("test", variant=variant, with_masks=True)
     if "mask" not in dataset.column_names:
         raise AnalysisInputError(f"the bundled {variant!r} images have no masks: use --bundled_variant scenes")
     return load_masks(dataset.select(range(min(count, len(dataset))))["mask"], size)

@@ -48,7 +48,7 @@ def load_labelled_split(
     if is_bundled_dataset(dataset_name):
         from hf_ssl.data import load_default_dataset
 
-        dataset = load_default_dataset(split, variant=bundled_variant(dataset_name))
+        dataset = load_default_dataset(split, variant=bundled_variant(dataset_name), with_masks=True)
     elif Path(str(dataset_name)).is_dir() and (Path(dataset_name) / "dataset_info.json").is_file():
         dataset = datasets.load_from_disk(dataset_name)
         dataset = dataset[split] if isinstance(dataset, datasets.DatasetDict) else dataset
