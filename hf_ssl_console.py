@@ -23,6 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 COMMANDS = {
     "pretrain": ("hf_ssl.cli.pretrain", "pre-train a model (accelerate-ready)"),
     "evaluate": ("hf_ssl.cli.evaluate", "kNN / linear probe / fine-tuning (and zero-shot / retrieval for image-text models), with baselines"),
+    "finetune": ("hf_ssl.cli.finetune", "fine-tune an encoder into a segmentation model that pipeline() and AutoModel load"),
     "push": ("hf_ssl.cli.push", "upload a run folder to the Hugging Face Hub"),
     "analyze": ("hf_ssl.cli.analyze", "attention maps, attention metrics and CKA of a ViT"),
 }

@@ -12,6 +12,7 @@ from hf_ssl.modeling.dino import BackboneForDINO, DINOConfig, DINOOutput
 from hf_ssl.modeling.distillation import BackboneForDistillation, DistillationConfig, DistillationOutput
 from hf_ssl.modeling.dual_encoder import BackboneForDualEncoder, DualEncoderConfig, DualEncoderOutput
 from hf_ssl.modeling.mae import MAEConfig, MAEOutput, ViTForMAE
+from hf_ssl.modeling.segmentation import BackboneForSemanticSegmentation, SegmentationConfig
 from hf_ssl.modeling.moco_v3 import BackboneForMoCoV3, MoCoV3Config, MoCoV3Output
 from hf_ssl.modeling.simclr import BackboneForSimCLR, SimCLRConfig, SimCLROutput
 from hf_ssl.modeling.simmim import SimMIMConfig, SimMIMOutput, SwinForSimMIM, ViTForSimMIM
@@ -35,6 +36,7 @@ __all__ = [
     "BackboneForDistillation",
     "BackboneForDualEncoder",
     "BackboneForMoCoV3",
+    "BackboneForSemanticSegmentation",
     "BackboneForSimCLR",
     "BackboneForSimSiam",
     "BackboneForVICReg",
@@ -52,6 +54,7 @@ __all__ = [
     "MoCoV3Config",
     "MoCoV3Output",
     "Recipe",
+    "SegmentationConfig",
     "SimCLRConfig",
     "SimCLROutput",
     "SimMIMConfig",

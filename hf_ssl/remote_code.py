@@ -2,8 +2,9 @@
 
 `add_remote_code(folder)` copies the method's ``configuration_*.py`` and ``modeling_*.py`` (from
 its ``modeling/<method>/`` package) next to the weights, together with every hf_ssl library module
-they import, transitively, and writes ``auto_map`` into config.json for AutoConfig, AutoModel,
-AutoModelForPreTraining (and AutoModelForMaskedImageModeling when the model is registered for it).
+they import, transitively, and writes ``auto_map`` into config.json for AutoConfig and every Auto
+class the model is registered for (AutoModel, AutoModelForPreTraining, and the task classes the
+pipelines load through: AutoModelForMaskedImageModeling, AutoModelForSemanticSegmentation, ...).
 
 transformers copies a dynamic module's same-folder relative imports (``from .x import y``) and
 nothing else (``transformers/dynamic_module_utils.py``: `get_relative_imports`), and requires every
@@ -27,7 +28,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-REMOTE_AUTO_CLASSES = ("AutoModel", "AutoModelForPreTraining")
 LIBRARY_PACKAGE = "hf_ssl"
 METHODS_PACKAGE = "hf_ssl.modeling"
 # transformers' own patterns for the files a dynamic module needs (dynamic_module_utils.get_relative_imports).
@@ -69,13 +69,21 @@ def is_hf_ssl_class(cls: type) -> bool:
 def _supported_auto_classes(config_class: type, model_class: type) -> list[str]:
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_MASKED_IMAGE_MODELING_MAPPING,
+        MODEL_FOR_PRETRAINING_MAPPING,
+        MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING,
         MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING,
+        MODEL_MAPPING,
     )
 
-    names = list(REMOTE_AUTO_CLASSES)
-    # the task classes the model is registered for (the pipelines load through them)
+    # the generic classes the config is registered for (every class of a config that has several,
+    # SimMIM's Swin and ViT, loads through them) ...
+    names = [auto_class for auto_class, mapping in (("AutoModel", MODEL_MAPPING),
+                                                    ("AutoModelForPreTraining", MODEL_FOR_PRETRAINING_MAPPING))
+             if config_class in mapping]
+    # ... and the task classes this very model is registered for (the pipelines load through them)
     for auto_class, mapping in (("AutoModelForMaskedImageModeling", MODEL_FOR_MASKED_IMAGE_MODELING_MAPPING),
-                                ("AutoModelForZeroShotImageClassification", MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING)):
+                                ("AutoModelForZeroShotImageClassification", MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING),
+                                ("AutoModelForSemanticSegmentation", MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING)):
         try:
             if mapping[config_class] is model_class:
                 names.append(auto_class)

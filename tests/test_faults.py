@@ -593,15 +593,18 @@ def test_sigterm_and_sigint_at_random_moments_then_resume_equals_the_uninterrupt
     # (signal, to the whole process group as Ctrl-C does, sent twice at once as launchers forward it)
     interruptions = [(signal.SIGTERM, False, False), (signal.SIGINT, True, False), (signal.SIGTERM, True, True),
                      (signal.SIGINT, False, True)]
-    # the first one lands during start-up (data, model): the run folder is locked, nothing is trained yet
+    # the first one lands during start-up (data, model): the run folder is locked, usually nothing is trained yet
     started = Started(arguments, tmp_path)
     assert started.wait_until(lambda: (run / LOCK_NAME).is_file(), "the run folder locked")
     started.signal(signal.SIGTERM)
     _injected("SIGTERM during start-up")
-    assert _check_stop(started, started.finish(), run, signal.SIGTERM) == 0
-    assert "no checkpoint was written yet" in started.stderr
+    stopped_at = _check_stop(started, started.finish(), run, signal.SIGTERM)
+    # The lock comes before the data and the model; on a quick host training may have begun by the
+    # time the signal lands (CI saw a stop at step 1): then it is an ordinary deferred stop.
+    assert stopped_at <= 3, stopped_at  # still at the very start
+    if stopped_at == 0:
+        assert "no checkpoint was written yet" in started.stderr
     _survived("SIGTERM during start-up")
-    stopped_at = 0
     targets = sorted(randomness.sample(range(1, MAX_STEPS), len(interruptions) - 1))  # steps logged before the signal
     for (number, group, twice), target in zip(interruptions[1:], targets):
         kind = f"{signal.Signals(number).name}{' to the process group' if group else ''}{' twice at once' if twice else ''}"

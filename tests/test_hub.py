@@ -237,3 +237,30 @@ def test_push_script_takes_the_token_from_the_environment_only(tmp_path):
     for path in run_dir.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes()
+
+
+def test_a_segmentation_model_folder_pushes_with_its_own_card(tmp_path, local_hub):
+    """``hf-ssl finetune``'s output: its segmentation card and the Auto class the pipeline loads through."""
+    from transformers import ViTConfig, ViTModel
+
+    from hf_ssl.backbones import segmentation_image_processor
+    from hf_ssl.eval.segmentation import segmentation_metrics
+    from hf_ssl.eval.segmentation_model import save_segmentation_model
+    from hf_ssl.modeling.segmentation import BackboneForSemanticSegmentation
+
+    encoder = ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=64))
+    model = BackboneForSemanticSegmentation.from_backbone(encoder, num_labels=2, num_decoder_layers=2).eval()
+    pixels, masks = torch.randn(4, 3, 32, 32), torch.randint(0, 2, (4, 32, 32))
+    with torch.no_grad():
+        metrics = segmentation_metrics(model(pixels).logits.argmax(1), masks, 2, per_class=True)
+    result = {**metrics, "class_iou": dict(zip(("class_0", "class_1"), metrics["class_iou"])), "task_type":
+              "image-segmentation", "dataset": "random pixels", "split": "test", "num_test_images": 4}
+    folder = save_segmentation_model(model, segmentation_image_processor(image_size=32), tmp_path / "seg", result,
+                                     {"task": "segmentation", "model": "tiny-vit", "settings": {}})
+    push_run_folder(folder, "org/tiny-seg")
+    received = local_hub.files("org/tiny-seg", "main")
+    card = received["README.md"].decode()
+    assert "pipeline_tag: image-segmentation" in card and "| class_1 |" in card and "training_args" not in card
+    auto_map = json.loads(received["config.json"])["auto_map"]
+    assert auto_map["AutoModelForSemanticSegmentation"] == "modeling_segmentation.BackboneForSemanticSegmentation"

@@ -114,7 +114,7 @@ def test_without_two_images_per_class_nothing_is_validated():
 
 
 def test_the_decoder_upsamples_as_close_to_the_image_as_it_can():
-    from hf_ssl.eval.segmentation_finetune import decoder_layers
+    from hf_ssl.modeling.segmentation import decoder_layers
 
     assert [decoder_layers(grid, 48) for grid in (48, 24, 12, 6, 3, 1)] == [0, 1, 2, 3, 4, 4]
     assert decoder_layers(14, 224) == 4 and decoder_layers(7, 224) == 4  # capped: the rest is bilinear
@@ -158,7 +158,7 @@ def test_fine_tuning_segments_the_bright_half_and_reports_its_budget(kind):
                                            augmentation="none")
     assert metrics["mean_iou"] > 0.8 and metrics["validated"] and metrics["steps"] <= 120
     assert metrics["decoder_layers"] == 3  # both end on a 4x4 map (patch 8; stride 8): 4 -> 32 in three doublings
-    assert model(pixels[:2]).shape == (2, 3, 32, 32)
+    assert model(pixels[:2]).logits.shape == (2, 3, 32, 32)
 
 
 # ---------------------------------------------------------------- masks from data

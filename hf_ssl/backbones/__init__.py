@@ -2,7 +2,13 @@
 backbone offline from a nested config, pooled features, and export to plain transformers / timm."""
 
 from .contract import BackboneContractMixin
-from .export import default_image_processor, export_backbone_folder, export_vit_to_timm, vit_to_timm_state_dict
+from .export import (
+    default_image_processor,
+    export_backbone_folder,
+    export_vit_to_timm,
+    segmentation_image_processor,
+    vit_to_timm_state_dict,
+)
 from .modules import (
     VisionBackbone,
     backbone_features,
@@ -11,6 +17,7 @@ from .modules import (
     feature_dimension,
     is_timm_module,
     load_pretrained_backbone,
+    nested_backbone_config,
     pooled_features,
     spatial_features,
 )
@@ -45,10 +52,12 @@ __all__ = [
     "is_preset",
     "is_timm_module",
     "load_pretrained_backbone",
+    "nested_backbone_config",
     "pooled_features",
     "spatial_features",
     "preset_config",
     "resolve_backbone",
+    "segmentation_image_processor",
     "swin_window_size",
     "vit_patch_size",
     "vit_to_timm_state_dict",

@@ -18,8 +18,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from transformers import ViTConfig, ViTImageProcessor
+from transformers import SegformerImageProcessor, ViTConfig, ViTImageProcessor
 from transformers.image_utils import PILImageResampling
+
+from .modules import nested_backbone_config
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,6 +40,27 @@ def default_image_processor(
         do_normalize=True,
         image_mean=list(image_mean),
         image_std=list(image_std),
+    )
+
+
+def segmentation_image_processor(image_processor=None, image_size: int | None = None) -> SegformerImageProcessor:
+    """A processor that resizes the whole image to a square (no crop: the masks must line up with
+    the pixels) with `image_processor`'s normalisation and resampling, and that has the
+    ``post_process_semantic_segmentation`` ``pipeline("image-segmentation")`` calls.
+
+    Args:
+        image_processor: the backbone's processor (ImageNet normalisation and 224 px without one).
+        image_size: the side; default the processor's (its height, shortest edge or crop height).
+    """
+    if image_size is None:
+        sizes = [getattr(image_processor, "size", None) or {}, getattr(image_processor, "crop_size", None) or {}]
+        image_size = next((int(size[key]) for size in sizes for key in ("height", "shortest_edge") if key in size), 224)
+    return SegformerImageProcessor(
+        do_resize=True, size={"height": image_size, "width": image_size},
+        resample=getattr(image_processor, "resample", None) or PILImageResampling.BICUBIC,
+        do_rescale=True, rescale_factor=getattr(image_processor, "rescale_factor", None) or 1 / 255,
+        do_normalize=True, image_mean=list(getattr(image_processor, "image_mean", None) or IMAGENET_MEAN),
+        image_std=list(getattr(image_processor, "image_std", None) or IMAGENET_STD), do_reduce_labels=False,
     )
 
 
@@ -168,10 +191,9 @@ def export_backbone_folder(backbone: nn.Module, save_directory: str | Path, imag
     """Write `backbone` (a transformers model or a timm model) where plain transformers / timm load it."""
     save_directory = Path(save_directory)
     if type(backbone).__module__.startswith("timm."):
-        architecture = backbone.pretrained_cfg.get("architecture") or type(backbone).__name__
-        model_args = dict(getattr(backbone, "hf_ssl_model_args", {}) or {})
-        return save_timm_folder(backbone.state_dict(), architecture, model_args, int(backbone.num_features),
-                                save_directory, image_processor)
+        nested = nested_backbone_config(backbone)
+        return save_timm_folder(backbone.state_dict(), nested["architecture"], nested["model_args"],
+                                int(backbone.num_features), save_directory, image_processor)
     plain_backbone(backbone).save_pretrained(save_directory)
     image_processor.save_pretrained(save_directory)
     return save_directory
@@ -193,6 +215,7 @@ __all__ = [
     "export_vit_to_timm",
     "plain_backbone",
     "save_timm_folder",
+    "segmentation_image_processor",
     "timm_vit_model_args",
     "vit_to_timm_state_dict",
 ]

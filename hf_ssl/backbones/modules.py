@@ -49,6 +49,16 @@ def build_backbone(nested_config: dict) -> nn.Module:
     return model_class(config, **kwargs)
 
 
+def nested_backbone_config(module: nn.Module) -> dict:
+    """The nested config `build_backbone` rebuilds `module`'s architecture from: ``{"source":
+    "transformers", **config.to_dict()}`` or ``{"source": "timm", "architecture", "model_args"}``."""
+    if is_timm_module(module):
+        architecture = module.pretrained_cfg.get("architecture") or type(module).__name__
+        return {"source": "timm", "architecture": architecture,
+                "model_args": dict(getattr(module, "hf_ssl_model_args", {}) or {})}
+    return {"source": "transformers", **module.config.to_dict()}
+
+
 def load_pretrained_backbone(nested_config: dict, weights: str) -> nn.Module:
     """The backbone with the weights of `weights` (a folder or cached Hub id), safetensors only."""
     if nested_config.get("source") == "timm":
@@ -209,5 +219,7 @@ __all__ = [
     "feature_dimension",
     "is_timm_module",
     "load_pretrained_backbone",
+    "nested_backbone_config",
     "pooled_features",
+    "spatial_features",
 ]

@@ -24,11 +24,13 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Literal, TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import BeitConfig, BeitModel, SwinModel, ViTModel
 
 from hf_ssl.backbones.modules import feature_dimension
@@ -509,7 +511,8 @@ def finetune(
 
 
 def train_until_converged(model: nn.Module, settings: FinetuneSettings, fit_index: torch.Tensor, batch_loss,
-                          validation_score, generator: torch.Generator) -> dict:
+                          validation_score, generator: torch.Generator, progress: bool = False,
+                          stop_requested: Callable[[], bool] | None = None) -> dict:
     """AdamW (`parameter_groups`) with warm-up and cosine decay over `training_steps`, batches of
     `fit_index` drawn without replacement; `validation_score()` (higher is better) checked
     `settings.evaluations` times, training stopped after `settings.patience` checks without gain
@@ -518,9 +521,13 @@ def train_until_converged(model: nn.Module, settings: FinetuneSettings, fit_inde
     Args:
         batch_loss: ``(batch indices into fit_index's images) -> loss``.
         validation_score: ``() -> float``, or None to run the whole budget and keep the last weights.
+        progress: show a progress bar (steps, loss, best validation score).
+        stop_requested: ``() -> bool``, asked after every step; True ends training there (a signal),
+            with the best check's weights loaded as at any other end.
 
     Returns:
-        ``{"steps" (run), "max_steps" (budget), "best_step", "best_score" (None without validation)}``.
+        ``{"steps" (run), "max_steps" (budget), "best_step", "best_score" (None without validation),
+        "stopped_early" (by `stop_requested`)}``.
     """
     optimizer = torch.optim.AdamW(parameter_groups(model, settings.learning_rate, settings.weight_decay, settings.layer_decay))
     total_steps = training_steps(settings, len(fit_index))
@@ -537,9 +544,10 @@ def train_until_converged(model: nn.Module, settings: FinetuneSettings, fit_inde
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     best = {"score": -1.0, "step": 0, "state": None}
-    checks_without_gain, step = 0, 0
+    checks_without_gain, step, stopped = 0, 0, False
+    bar = tqdm(total=total_steps, desc="fine-tuning", unit="step", disable=not progress, dynamic_ncols=True)
     model.train()
-    while step < total_steps:
+    while step < total_steps and not stopped:
         for batch_index in fit_index[torch.randperm(len(fit_index), generator=generator)].split(settings.batch_size):
             loss = batch_loss(batch_index)
             optimizer.zero_grad(set_to_none=True)
@@ -547,6 +555,7 @@ def train_until_converged(model: nn.Module, settings: FinetuneSettings, fit_inde
             optimizer.step()
             scheduler.step()
             step += 1
+            bar.update()
             if validation_score is not None and (step % check_every == 0 or step == total_steps):
                 score = validation_score()
                 if score > best["score"]:
@@ -555,15 +564,18 @@ def train_until_converged(model: nn.Module, settings: FinetuneSettings, fit_inde
                     checks_without_gain = 0
                 elif step >= earliest_stop:
                     checks_without_gain += 1
-            if step == total_steps or (settings.patience and checks_without_gain >= settings.patience):
+                bar.set_postfix(loss=f"{loss.item():.3f}", best_validation=f"{best['score']:.3f}", refresh=False)
+            stopped = stop_requested is not None and stop_requested()
+            if stopped or step == total_steps or (settings.patience and checks_without_gain >= settings.patience):
                 break
         if settings.patience and checks_without_gain >= settings.patience:
             break
+    bar.close()
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     validated = validation_score is not None
     return {"steps": step, "max_steps": total_steps, "best_step": best["step"] if validated else step,
-            "best_score": best["score"] if validated else None}
+            "best_score": best["score"] if validated else None, "stopped_early": stopped}
 
 
 class FinetuneProtocol(EvaluationProtocol):

@@ -125,19 +125,24 @@ def confusion_matrix(predictions: torch.Tensor, masks: torch.Tensor, num_classes
     return torch.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def segmentation_metrics(predictions: torch.Tensor, masks: torch.Tensor, num_classes: int) -> dict[str, float]:
+def segmentation_metrics(predictions: torch.Tensor, masks: torch.Tensor, num_classes: int,
+                         per_class: bool = False) -> dict:
     """Mean IoU and pixel accuracy of predicted class maps against masks, both (N, H, W).
 
     IoU of class c = TP / (TP + FP + FN), counted over every pixel of the split; the mean runs over
     the classes present in the masks or the predictions (an absent, never-predicted class has no
-    IoU, as in mmsegmentation's nan-mean). Pixel accuracy = correct / labelled pixels.
+    IoU, as in mmsegmentation's nan-mean). Pixel accuracy = correct / labelled pixels. With
+    `per_class`, ``"class_iou"`` lists each class's IoU (None for an absent class).
     """
     confusion = confusion_matrix(predictions, masks, num_classes).double()
     true_positive = confusion.diag()
     union = confusion.sum(0) + confusion.sum(1) - true_positive
     present = union > 0
-    return {"mean_iou": float((true_positive[present] / union[present]).mean()),
-            "pixel_accuracy": float(true_positive.sum() / confusion.sum())}
+    metrics = {"mean_iou": float((true_positive[present] / union[present]).mean()),
+               "pixel_accuracy": float(true_positive.sum() / confusion.sum())}
+    if per_class:
+        metrics["class_iou"] = [float(tp / total) if total > 0 else None for tp, total in zip(true_positive, union)]
+    return metrics
 
 
 def _mean_iou(weight, bias, maps, masks, num_classes) -> float:

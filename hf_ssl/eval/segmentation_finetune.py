@@ -3,9 +3,10 @@
 The SplitMask paper (El-Nouby et al. 2021, arXiv:2112.10740) segments by applying a few
 deconvolution layers to the encoder's outputs; here the encoder's last feature map
 (`spatial_features`: ViT patch tokens on their grid, conv and Swin last stages) goes through
-`BackboneSegmenter`'s decoder: transposed 3x3 convolutions of stride 2 (BatchNorm, GELU), each
-doubling the map, as many as bring it closest to the image size (at most `MAX_DECODER_LAYERS`),
-then a 1x1 classifier whose logits are resized bilinearly to the image. Training is the
+the decoder of `hf_ssl.modeling.segmentation.BackboneForSemanticSegmentation` (the model ``hf-ssl
+finetune --task segmentation`` exports): transposed 3x3 convolutions of stride 2 (BatchNorm,
+GELU), each doubling the map, as many as bring it closest to the image size (at most 4), then a
+1x1 classifier whose logits are resized bilinearly to the image. Training is the
 classification fine-tuning's (`hf_ssl.eval.finetune.train_until_converged`: AdamW, warm-up,
 cosine, layer-wise decay, early stopping on the validation fifth's mean IoU), with per-pixel
 cross-entropy and the same geometric augmentation applied to the masks (nearest).
@@ -13,16 +14,15 @@ cross-entropy and the same geometric augmentation applied to the masks (nearest)
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import math
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_ssl.backbones.modules import feature_dimension, spatial_features
+from hf_ssl.backbones.modules import spatial_features
+from hf_ssl.modeling.segmentation import BackboneForSemanticSegmentation, decoder_layers
 
 from .data import IGNORE_INDEX
 from .features import _encoder_of
@@ -35,49 +35,12 @@ if TYPE_CHECKING:
     from .candidates import Candidate
     from .data import LabelledData
 
-DECODER_WIDTH = 128
-MAX_DECODER_LAYERS = 4
-
-
-def decoder_layers(grid_side: int, image_side: int) -> int:
-    """Stride-2 upsamplings that bring a ``grid_side`` map closest to ``image_side`` (0 to `MAX_DECODER_LAYERS`)."""
-    return max(0, min(MAX_DECODER_LAYERS, round(math.log2(max(image_side / max(grid_side, 1), 1.0)))))
-
-
-class BackboneSegmenter(nn.Module):
-    """An encoder's last feature map -> deconvolution decoder -> per-pixel class logits.
-
-    Args:
-        backbone: any encoder `spatial_features` handles.
-        num_classes: K, background included.
-        num_layers: transposed convolutions (stride 2) in the decoder (`decoder_layers`).
-        width: channels of the decoder.
-    """
-
-    def __init__(self, backbone: nn.Module, num_classes: int, num_layers: int, width: int = DECODER_WIDTH):
-        super().__init__()
-        self.backbone = backbone
-        channels, layers = feature_dimension(backbone), []
-        for _ in range(num_layers):
-            layers += [nn.ConvTranspose2d(channels, width, kernel_size=3, stride=2, padding=1, output_padding=1),
-                       nn.BatchNorm2d(width), nn.GELU()]
-            channels = width
-        self.decoder = nn.Sequential(*layers)
-        self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W) -> (B, K, H, W)`` logits."""
-        features = spatial_features(self.backbone, pixel_values).permute(0, 3, 1, 2)  # (B, D, h, w)
-        logits = self.classifier(self.decoder(features))  # (B, K, h * 2^layers, w * 2^layers)
-        return F.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
-
-
 @torch.no_grad()
 def _predict_masks(model: nn.Module, pixel_values: torch.Tensor, batch_size: int, device) -> torch.Tensor:
     """``(N, H, W)`` predicted classes in eval mode."""
     was_training = model.training
     model.eval()
-    predictions = torch.cat([model(batch.to(device)).argmax(1).cpu() for batch in pixel_values.split(batch_size)])
+    predictions = torch.cat([model(batch.to(device)).logits.argmax(1).cpu() for batch in pixel_values.split(batch_size)])
     model.train(was_training)
     return predictions
 
@@ -85,51 +48,57 @@ def _predict_masks(model: nn.Module, pixel_values: torch.Tensor, batch_size: int
 def finetune_segmentation(backbone: nn.Module, train_pixel_values: torch.Tensor, train_masks: torch.Tensor,
                           train_labels: torch.Tensor, test_pixel_values: torch.Tensor, test_masks: torch.Tensor,
                           num_classes: int, settings: FinetuneSettings | None = None, seed: int = 0,
-                          **overrides) -> tuple[dict, BackboneSegmenter]:
+                          id2label: dict[int, str] | None = None, progress: bool = False,
+                          stop_requested=None, **overrides) -> tuple[dict, BackboneForSemanticSegmentation]:
     """Fine-tune a copy of `backbone` with a deconvolution decoder until the validation mean IoU
     stops rising; report the test metrics of the best validation check.
 
     Args:
-        backbone: any encoder `spatial_features` handles, or an hf-ssl pre-training model; copied.
+        backbone: any encoder `spatial_features` handles, or an hf-ssl pre-training model; its
+            weights are copied.
         train_pixel_values: (N, C, H, W); train_masks: (N, H, W); train_labels: (N,) image labels
             (the validation split is stratified by them).
         test_pixel_values: (M, C, H, W); test_masks: (M, H, W).
         num_classes: K, background included.
         settings: `FinetuneSettings`; `overrides` replace single fields.
+        id2label: class names the model's config keeps (default ``class_<k>``).
+        progress, stop_requested: see `hf_ssl.eval.finetune.train_until_converged`.
 
     Returns:
         ``({"mean_iou", "pixel_accuracy", "steps", "max_steps", "best_step", "validated",
-        "validation_mean_iou" (when validated), "decoder_layers"}, model)``.
+        "validation_mean_iou" (when validated), "decoder_layers", "stopped_early"}, model)``.
     """
     settings = dataclasses.replace(settings or FinetuneSettings(), **overrides)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     split = stratified_validation_split(train_labels, seed=seed)
     fit_index, validation_index = split if split is not None else (torch.arange(len(train_labels)), None)
-    encoder = with_drop_path(copy.deepcopy(_encoder_of(backbone)), settings.drop_path_rate)
+    encoder = with_drop_path(_encoder_of(backbone), settings.drop_path_rate)
     device = next(encoder.parameters()).device
     with torch.no_grad():
         grid_side = spatial_features(encoder.eval(), train_pixel_values[:1].to(device)).shape[2]
     layers = decoder_layers(grid_side, train_pixel_values.shape[-1])
-    model = BackboneSegmenter(encoder, num_classes, layers).to(device)
+    model = BackboneForSemanticSegmentation.from_backbone(encoder, num_classes, layers, id2label=id2label,
+                                                          image_size=int(train_pixel_values.shape[-1]))
     batch_size = settings.batch_size * 4
 
     def batch_loss(batch_index: torch.Tensor) -> torch.Tensor:
         pixels, masks = augment_batch_with_masks(train_pixel_values[batch_index].to(device),
                                                  train_masks[batch_index].to(device), settings.augmentation, generator,
                                                  IGNORE_INDEX)
-        return F.cross_entropy(model(pixels), masks, ignore_index=IGNORE_INDEX, label_smoothing=settings.label_smoothing)
+        return F.cross_entropy(model(pixels).logits, masks, ignore_index=IGNORE_INDEX, label_smoothing=settings.label_smoothing)
 
     def validation_mean_iou() -> float:
         predictions = _predict_masks(model, train_pixel_values[validation_index], batch_size, device)
         return segmentation_metrics(predictions, train_masks[validation_index], num_classes)["mean_iou"]
 
     run = train_until_converged(model, settings, fit_index, batch_loss,
-                                validation_mean_iou if validation_index is not None else None, generator)
+                                validation_mean_iou if validation_index is not None else None, generator,
+                                progress=progress, stop_requested=stop_requested)
     metrics = segmentation_metrics(_predict_masks(model, test_pixel_values, batch_size, device), test_masks, num_classes)
     return {**metrics, "steps": run["steps"], "max_steps": run["max_steps"], "best_step": run["best_step"],
             "validated": split is not None, **({"validation_mean_iou": run["best_score"]} if split else {}),
-            "decoder_layers": layers}, model
+            "decoder_layers": layers, "stopped_early": run["stopped_early"]}, model
 
 
 class SegmentationFinetuneProtocol(EvaluationProtocol):

@@ -1,6 +1,6 @@
 """Model cards, safe loading, trust_remote_code export and Hub upload for hf-ssl run folders."""
 
-from .cards import build_backbone_card, build_model_card, write_model_card
+from .cards import build_backbone_card, build_model_card, build_segmentation_card, write_model_card
 from hf_ssl.backbones.loading import load_backbone
 from hf_ssl.safe_loading import UnsafeCheckpointError, check_safetensors_only, list_checkpoint_files, load_pretrained
 from .push import PushError, prepare_run_folder, push_run_folder
@@ -12,6 +12,7 @@ __all__ = [
     "add_remote_code",
     "build_backbone_card",
     "build_model_card",
+    "build_segmentation_card",
     "check_safetensors_only",
     "list_checkpoint_files",
     "load_backbone",

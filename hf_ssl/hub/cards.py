@@ -80,6 +80,12 @@ def describe_backbone(config: dict) -> tuple[str, str]:
             f"Swin encoder (embed dim {config.get('embed_dim')}, depths {depths}, patch {config.get('patch_size')}, "
             f"window {config.get('window_size')})"
         )
+    if config.get("source") == "timm" or "architecture" in config:
+        return "timm model", f"timm {config.get('architecture')} ({config.get('model_args') or 'default arguments'})"
+    if config.get("hidden_sizes"):  # ConvNeXt, ResNet
+        class_name = (config.get("architectures") or [f"{str(config.get('model_type', '')).title()}Model"])[0]
+        return class_name, (f"{config.get('model_type')} encoder (stage widths {config.get('hidden_sizes')}, "
+                            f"depths {config.get('depths')})")
     encoder = config.get("encoder_config") if isinstance(config.get("encoder_config"), dict) else config
     return "ViTModel", (
         f"ViT encoder (hidden size {encoder.get('hidden_size')}, {encoder.get('num_hidden_layers')} layers, "
@@ -433,3 +439,60 @@ def write_model_card(
     if (run_dir / "backbone" / "config.json").is_file():
         build_backbone_card(run_dir, repo_id, license).save(run_dir / "backbone" / "README.md")
     return readme
+
+
+def build_segmentation_card(folder: str | os.PathLike, repo_id: str | None = None, license: str | None = None) -> ModelCard:
+    """The card of a folder written by ``hf-ssl finetune --task segmentation`` (config.json,
+    eval_results.json, finetune_args.json, predictions.png)."""
+    from hf_ssl.eval.segmentation_model import FIGURE_FILE, FINETUNE_ARGUMENTS_FILE, RESULT_KEY, RESULTS_FILE
+
+    folder = Path(folder)
+    config = _read_json(folder / "config.json")
+    eval_results = _read_json(folder / RESULTS_FILE)
+    arguments = _read_json(folder / FINETUNE_ARGUMENTS_FILE)
+    result = eval_results.get(RESULT_KEY, {})
+    model_name = repo_id.split("/")[-1] if repo_id else folder.resolve().name
+    backbone_class, backbone_description = describe_backbone(config.get("backbone_config", {}))
+    source = arguments.get("model")
+    base_model = source if source and HUB_DATASET_ID.match(str(source)) and not Path(str(source)).exists() else None
+    card_data = ModelCardData(
+        library_name="transformers",
+        license=license or DEFAULT_LICENSE,
+        pipeline_tag="image-segmentation",
+        tags=["hf-ssl", "semantic-segmentation", "image-segmentation"],
+        datasets=_hub_dataset_ids(arguments.get("data")),
+        base_model=base_model,
+        model_name=model_name,
+        eval_results=eval_results_for_card(eval_results, model_name) or None,
+    )
+    settings = arguments.get("settings", {})
+    context = dict(
+        model_name=model_name,
+        source_description=f"`{source}`" + (" (random init: no pre-trained weights)" if arguments.get("random_init") else ""),
+        backbone_class=backbone_class,
+        backbone_description=backbone_description,
+        decoder_layers=config.get("decoder_layers"),
+        dataset_description=result.get("dataset", "the user's data"),
+        num_train_images=result.get("num_train_images"),
+        num_test_images=result.get("num_test_images"),
+        held_out=result.get("held_out", False),
+        image_size=config.get("image_size"),
+        num_classes=config.get("num_labels", len(config.get("id2label", {}))),
+        load_path=repo_id or str(folder),
+        mean_iou=_percent(result.get("mean_iou")) + " %",
+        pixel_accuracy=_percent(result.get("pixel_accuracy")) + " %",
+        validation_mean_iou=_percent(result.get("validation_mean_iou")) + " %",
+        best_step=result.get("best_step"),
+        steps=result.get("steps"),
+        max_steps=result.get("max_steps"),
+        stopped_early=result.get("stopped_early", False),
+        class_rows=[(name, "absent" if value is None else f"{_percent(value)} %")
+                    for name, value in (result.get("class_iou") or {}).items()],
+        figure=FIGURE_FILE if (folder / FIGURE_FILE).is_file() else None,
+        evaluations=settings.get("evaluations"),
+        learning_rate=settings.get("learning_rate"),
+        batch_size=settings.get("batch_size"),
+        layer_decay=settings.get("layer_decay"),
+        finetune_args_json=json.dumps(arguments, indent=2, sort_keys=True, default=str),
+    )
+    return ModelCard.from_template(card_data, template_path=str(template_path("segmentation.md")), **context)

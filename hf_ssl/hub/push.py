@@ -22,7 +22,7 @@ import shlex
 import stat
 from pathlib import Path
 
-from .cards import write_model_card
+from .cards import build_segmentation_card, write_model_card
 from hf_ssl.safe_loading import check_safetensors_only, list_checkpoint_files
 from hf_ssl.remote_code import add_remote_code
 
@@ -111,11 +111,17 @@ def _upload(api, folder: Path, repo_id: str, private: bool, revision: str | None
 
 
 def prepare_run_folder(run_dir: str | os.PathLike, repo_id: str | None = None) -> dict:
-    """Make a run folder Hub-ready in place: safetensors check, remote code + auto_map, model cards."""
+    """Make a run folder (or an ``hf-ssl finetune`` output folder) Hub-ready in place: safetensors
+    check, remote code + auto_map, model cards."""
+    from hf_ssl.eval.segmentation_model import FINETUNE_ARGUMENTS_FILE
+
     run_dir = Path(run_dir)
     check_safetensors_only(list_checkpoint_files(run_dir), str(run_dir))
     auto_map = add_remote_code(run_dir)
-    write_model_card(run_dir, repo_id=repo_id)
+    if (run_dir / FINETUNE_ARGUMENTS_FILE).is_file():  # a model written by hf-ssl finetune
+        build_segmentation_card(run_dir, repo_id=repo_id).save(run_dir / "README.md")
+    else:
+        write_model_card(run_dir, repo_id=repo_id)
     return auto_map
 
 
