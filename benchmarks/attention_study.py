@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from report import write_study
+from report import check_family_entries, write_study
 
 REPO = Path(__file__).resolve().parents[1]
 COMPARED_FAMILIES = ("contrastive", "supervised")
@@ -37,9 +37,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random-init reference")
     parser.add_argument("--output_dir", type=Path, default=REPO / "benchmarks" / "results")
     arguments = parser.parse_args(argv)
-    for entry in arguments.models:
-        if ":" not in entry:
-            parser.error(f"--models entries are family:path, got {entry!r}")
+    check_family_entries(parser, arguments.models)
     return arguments
 
 

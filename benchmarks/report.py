@@ -208,3 +208,10 @@ def write_study(output_dir: Path, name: str, report: dict, markdown_text: str, p
 
 __all__ = ["add_derived_columns", "fastest_worker_rates", "markdown", "utilisation_reference", "write_results",
            "write_study"]
+
+
+def check_family_entries(parser, entries) -> None:
+    """``--models family:path`` entries of the attention studies: `parser.error` on one without a family."""
+    for entry in entries:
+        if ":" not in entry:
+            parser.error(f"--models entries are family:path, got {entry!r}")

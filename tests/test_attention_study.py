@@ -41,3 +41,23 @@ def test_study_without_a_comparison_says_so_and_bad_input_exits_2(tmp_path, caps
     assert "not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         attention_study.parse_arguments(["--models", "no-family"])
+
+
+def test_the_segmentation_study_scores_each_model_next_to_random_init_and_supervised(tmp_path):
+    """benchmarks/attention_segmentation.py: DINO's Jaccard measure per model, the references, a verdict, the figure."""
+    import attention_segmentation
+
+    first, second = _tiny_vit(tmp_path / "a", 0), _tiny_vit(tmp_path / "b", 1)
+    output = tmp_path / "out"
+    assert attention_segmentation.main(["--models", f"dino:{first}", f"mim:{second}", "--supervised",
+                                        "--supervised_max_steps", "2", "--num_images", "8", "--output_dir", str(output)]) == 0
+    report = json.loads((output / "attention_segmentation.json").read_text())
+    assert list(report["models"]) == ["dino: a", "random init", "supervised (CLS classifier)", "mim: b"]
+    for model in report["models"].values():
+        assert len(model["per_head"]) == 4 and 0 <= model["best_head_jaccard"] <= 1
+        assert model["best_head_jaccard"] == max(model["per_head"]) >= model["mean_over_heads"]
+        assert model["every_patch"] < model["foreground_patches"]  # the scale a head is read on
+    assert report["models"]["supervised (CLS classifier)"]["supervised"]["steps"] == 2
+    assert report["verdict"].startswith(("DINO's property APPEARS", "DINO's property DOES NOT APPEAR"))
+    assert (output / "attention_segmentation.png").read_bytes().startswith(b"\x89PNG")
+    assert attention_segmentation.verdict({"x": {"family": "mim", "best_head_jaccard": 0.1}}).startswith("no verdict")

@@ -22,7 +22,7 @@ from PIL import Image
 from hf_ssl.backbones import nested_backbone_config, segmentation_image_processor
 from hf_ssl.data.segmentation import load_segmentation_splits
 from hf_ssl.eval.data import IGNORE_INDEX
-from hf_ssl.eval.segmentation_model import dominant_classes
+from hf_ssl.eval.segmentation_model import dominant_classes, validation_strata
 from hf_ssl.modeling.segmentation import BackboneForSemanticSegmentation, SegmentationConfig
 
 from remote_code_check import assert_remote_code_matches
@@ -170,8 +170,10 @@ def test_an_image_mask_folder_loads_with_a_held_out_fifth_and_its_class_names(tm
 
 
 def test_the_validation_split_is_stratified_by_each_masks_most_frequent_class():
-    masks = torch.tensor([[[0, 2], [2, 1]], [[0, 0], [0, IGNORE_INDEX]], [[3, 3], [1, 0]]])
-    assert dominant_classes(masks, num_classes=4).tolist() == [2, 0, 3]
+    masks = torch.tensor([[[0, 2], [2, 1]], [[0, 0], [0, IGNORE_INDEX]], [[3, 3], [1, 0]], [[2, 0], [0, 0]]])
+    assert dominant_classes(masks, num_classes=4).tolist() == [2, 0, 3, 2]
+    # class 0 and class 3 dominate one image each: merged into class 2's stratum, so a split exists
+    assert validation_strata(masks, num_classes=4).tolist() == [2, 2, 2, 2]
 
 
 # ---------------------------------------------------------------- the command
@@ -198,6 +200,7 @@ def test_hf_ssl_finetune_trains_a_segmentation_model_that_the_pipeline_loads(tmp
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600, env=OFFLINE)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "48 train / 12 test images (test: a seeded fifth held out)" in completed.stdout
+    assert "up to 150 steps (38 images; 10 validate)" in completed.stdout
     result = json.loads((tmp_path / "out" / "eval_results.json").read_text())["segmentation_finetune-all"]
     assert result["mean_iou"] > 0.8 and set(result["class_iou"]) == {"background", "left", "right"}
     card = (tmp_path / "out" / "README.md").read_text()

@@ -22,6 +22,7 @@ from .encoders import (
     EncoderOutputs,
     PatchGrid,
     bundled_images,
+    bundled_masks,
     check_vit,
     displayable_images,
     encode,
@@ -31,7 +32,14 @@ from .encoders import (
     prepare_vit,
     preprocess_images,
 )
-from .maps import DINO_MASK_MASS, attention_mass_masks, cls_attention_maps
+from .maps import (
+    DINO_MASK_MASS,
+    attention_mass_masks,
+    cls_attention_maps,
+    jaccard_references,
+    jaccard_summary,
+    mask_jaccard,
+)
 from .statistics import (
     REPRESENTATION_POOLINGS,
     AttentionStatistics,
@@ -58,6 +66,7 @@ __all__ = [
     "attention_statistics",
     "average_attention_distance",
     "bundled_images",
+    "bundled_masks",
     "check_vit",
     "cka_matrix",
     "cls_attention",
@@ -66,11 +75,14 @@ __all__ = [
     "displayable_images",
     "encode",
     "head_kl_divergence",
+    "jaccard_references",
+    "jaccard_summary",
     "layer_representations",
     "linear_cka",
     "load_image_processor",
     "load_images",
     "load_vit_encoder",
+    "mask_jaccard",
     "pairwise_head_kl_divergence",
     "patch_attention",
     "patch_centre_distances",

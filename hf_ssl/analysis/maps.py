@@ -65,7 +65,6 @@ def attention_mass_masks(attention_maps: torch.Tensor, mass: float = DINO_MASK_M
     return keep.reshape(attention_maps.shape)
 
 
-
 def mask_jaccard(patch_masks: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """Jaccard index |A ∩ B| / |A ∪ B| of each head's patch mask, upsampled to pixels, against the
     ground-truth foreground (DINO's measure of how well a head's attention segments the object).
@@ -89,3 +88,21 @@ def mask_jaccard(patch_masks: torch.Tensor, truth: torch.Tensor) -> torch.Tensor
     intersection = (pixels & truth).sum((-2, -1)).double()
     union = (pixels | truth).sum((-2, -1)).double()
     return torch.where(union > 0, intersection / union.clamp_min(1), torch.ones_like(union))
+
+
+def jaccard_summary(jaccard: torch.Tensor) -> dict:
+    """Per-head mean of `mask_jaccard`'s ``(B, heads)`` over the images, the best head and the mean over heads."""
+    per_head = jaccard.mean(0)
+    best = int(per_head.argmax())
+    return {"per_head": per_head.tolist(), "best_head": best, "best_head_jaccard": float(per_head[best]),
+            "mean_over_heads": float(per_head.mean())}
+
+
+def jaccard_references(truth: torch.Tensor, grid: tuple[int, int]) -> dict:
+    """The scale a head's Jaccard index is read on: the mean Jaccard of a mask keeping every patch, and
+    of one keeping exactly the patches that touch the foreground (near the best a patch mask can do)."""
+    rows, columns = grid
+    touching = truth.reshape(len(truth), rows, truth.shape[1] // rows, columns, truth.shape[2] // columns).any(4).any(2)
+    every = torch.ones_like(touching)
+    return {"every_patch": float(mask_jaccard(every.unsqueeze(1), truth).mean()),
+            "foreground_patches": float(mask_jaccard(touching.unsqueeze(1), truth).mean())}

@@ -42,7 +42,7 @@ from hf_ssl.analysis.encoders import (
     load_vit_encoder,
     preprocess_images,
 )
-from hf_ssl.analysis.maps import mask_jaccard
+from hf_ssl.analysis.maps import jaccard_references, jaccard_summary, mask_jaccard
 from hf_ssl.analysis.figures import (
     attention_overlay,
     mask_overlay,
@@ -179,24 +179,6 @@ def run_attention(arguments) -> list[Path]:
               f"foreground, the best a patch mask can roughly do: {best['foreground_patches']:.3f})")
     written.append(_write_json(report, out / "attention_maps.json"))
     return written
-
-
-def jaccard_summary(jaccard) -> dict:
-    """Per-head mean Jaccard index over the images ``(B, heads)``, the best head and the mean over heads."""
-    per_head = jaccard.mean(0)
-    best = int(per_head.argmax())
-    return {"per_head": per_head.tolist(), "best_head": best, "best_head_jaccard": float(per_head[best]),
-            "mean_over_heads": float(per_head.mean())}
-
-
-def jaccard_references(truth, grid: tuple[int, int]) -> dict:
-    """The scale a head's Jaccard index is read on: the mean Jaccard of a mask keeping every patch, and
-    of one keeping exactly the patches that touch the foreground (near the best a patch mask can do)."""
-    rows, columns = grid
-    touching = truth.reshape(len(truth), rows, truth.shape[1] // rows, columns, truth.shape[2] // columns).any(4).any(2)
-    every = torch.ones_like(touching)
-    return {"every_patch": float(mask_jaccard(every.unsqueeze(1), truth).mean()),
-            "foreground_patches": float(mask_jaccard(touching.unsqueeze(1), truth).mean())}
 
 
 def run_metrics(arguments) -> list[Path]:

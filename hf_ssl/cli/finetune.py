@@ -182,11 +182,13 @@ def run(arguments: argparse.Namespace) -> int:
 
 def plan(arguments: argparse.Namespace, encoder, data, side: int) -> str:
     """What is about to run, in a few lines."""
+    from hf_ssl.eval.segmentation_model import planned_steps
+
     settings = arguments.settings
     parameters = sum(parameter.numel() for parameter in encoder.parameters())
     weights = "random init (the supervised baseline)" if arguments.random_init else "pre-trained weights"
-    budget = f"{settings.max_steps} steps" if settings.max_steps else \
-        (f"{settings.epochs} epochs" if settings.epochs else "hf-ssl's step budget for this many images")
+    steps, fitted = planned_steps(data, settings, arguments.seed)
+    budget = f"{steps} steps ({fitted} images; {len(data.train_pixels) - fitted} validate)"
     held_out = " (test: a seeded fifth held out)" if data.splits.held_out else ""
     return "\n".join([
         "hf-ssl finetune --task segmentation",

@@ -23,7 +23,8 @@ from hf_ssl.data.segmentation import SegmentationSplits
 from hf_ssl.remote_code import add_remote_code
 
 from .data import IGNORE_INDEX, preprocess_masks
-from .finetune import FinetuneSettings
+from .finetune import FinetuneSettings, training_steps
+from .low_label import stratified_validation_split
 from .segmentation import segmentation_metrics
 from .segmentation_finetune import _predict_masks, finetune_segmentation
 
@@ -99,12 +100,28 @@ def dominant_classes(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.where(counts.sum(1) > 0, counts.argmax(1), torch.zeros(count, dtype=torch.long))
 
 
+def validation_strata(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(N,)`` `dominant_classes`, with the classes that dominate a single image merged into the
+    most common one: a stratified split needs two images per stratum, and one rare image must not
+    leave the whole run without validation."""
+    strata = dominant_classes(masks, num_classes)
+    counts = torch.bincount(strata, minlength=num_classes)
+    return torch.where(counts[strata] < 2, counts.argmax(), strata)
+
+
+def planned_steps(data: SegmentationData, settings: FinetuneSettings, seed: int = 0) -> tuple[int, int]:
+    """``(optimizer steps, images trained on)`` of `train_segmentation_model` (the rest validates)."""
+    split = stratified_validation_split(validation_strata(data.train_masks, data.num_classes), seed=seed)
+    fitted = len(split[0]) if split is not None else len(data.train_masks)
+    return training_steps(settings, fitted), fitted
+
+
 def train_segmentation_model(encoder: torch.nn.Module, data: SegmentationData, settings: FinetuneSettings,
                              seed: int = 0, progress: bool = False, stop_requested=None):
     """Fine-tune `encoder` with a new decoder on `data`; returns ``(model, metrics)``, the metrics on
     the test split with ``class_iou`` ``{name: IoU or None}`` (see `finetune_segmentation`)."""
     metrics, model = finetune_segmentation(
-        encoder, data.train_pixels, data.train_masks, dominant_classes(data.train_masks, data.num_classes),
+        encoder, data.train_pixels, data.train_masks, validation_strata(data.train_masks, data.num_classes),
         data.test_pixels, data.test_masks, data.num_classes, settings=settings, seed=seed,
         id2label=dict(enumerate(data.class_names)), progress=progress, stop_requested=stop_requested,
     )
@@ -176,8 +193,10 @@ __all__ = [
     "SegmentationData",
     "dominant_classes",
     "pixels_and_masks",
+    "planned_steps",
     "prepare_segmentation_data",
     "save_prediction_figure",
     "save_segmentation_model",
     "train_segmentation_model",
+    "validation_strata",
 ]
