@@ -64,22 +64,20 @@ class DINOConfig(PreTrainedConfig):
 
     def check_fields(self) -> None:
         """Raise a ValueError naming the first invalid field and what it allows."""
-        problems = []
-        if not isinstance(self.backbone_config, dict):
-            problems.append(f"backbone_config must be a dict, got {type(self.backbone_config).__name__}")
-        elif self.backbone_config.get("source", "transformers") not in BACKBONE_SOURCES:
-            problems.append(f"backbone_config['source'] must be one of {BACKBONE_SOURCES}, "
-                            f"got {self.backbone_config.get('source')!r}")
-        problems += [
-            f"{name} must be a positive int, got {getattr(self, name)!r}"
-            for name in POSITIVE_INT_FIELDS
-            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or getattr(self, name) < 1
-        ]
-        if not self.student_temperature > 0:
-            problems.append(f"student_temperature must be > 0, got {self.student_temperature}")
-        if not 0.0 <= self.center_momentum <= 1.0:
-            problems.append(f"center_momentum must be in [0, 1], got {self.center_momentum}")
-        if problems:
-            raise ValueError(f"DINOConfig: {problems[0]}")
+
+        def require(condition: bool, message: str) -> None:
+            if not condition:
+                raise ValueError(f"DINOConfig: {message}")
+
+        require(isinstance(self.backbone_config, dict), f"backbone_config must be a dict, got {type(self.backbone_config).__name__}")
+        source = self.backbone_config.get("source", "transformers")
+        require(source in BACKBONE_SOURCES, f"backbone_config['source'] must be one of {BACKBONE_SOURCES}, got {source!r}")
+        for name in POSITIVE_INT_FIELDS:
+            value = getattr(self, name)
+            require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                    f"{name} must be a positive int, got {value!r}")
+        require(self.student_temperature > 0, f"student_temperature must be > 0, got {self.student_temperature}")
+        require(0.0 <= self.center_momentum <= 1.0, f"center_momentum must be in [0, 1], got {self.center_momentum}")
+
 
 __all__ = ["DINOConfig"]
