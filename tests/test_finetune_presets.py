@@ -7,10 +7,10 @@ from transformers.models.beit.modeling_beit import BeitDropPath
 
 from hf_ssl.cli.evaluate import parse_arguments, protocol_settings
 from hf_ssl.eval.finetune import (
-    FINETUNE_PRESETS,
     BackboneClassifier,
     FinetuneSettings,
     finetune,
+    finetune_presets,
     finetune_settings,
     parameter_groups,
     with_drop_path,
@@ -26,16 +26,16 @@ def _vit() -> ViTModel:
 
 
 def test_published_values():
-    beit, mae = FINETUNE_PRESETS["beit-base"], FINETUNE_PRESETS["mae-base"]
+    beit, mae = finetune_presets()["beit-base"], finetune_presets()["mae-base"]
     assert (beit.layer_decay, beit.drop_path_rate, beit.epochs, beit.warmup_fraction) == (0.65, 0.1, 100, 0.2)
     assert beit.learning_rate(1024) == pytest.approx(4e-3)
     assert (mae.layer_decay, mae.drop_path_rate, mae.epochs, mae.warmup_fraction) == (0.65, 0.1, 100, 0.05)
     assert mae.learning_rate(1024) == pytest.approx(2e-3)  # --blr 5e-4 x 1024 / 256
-    assert FINETUNE_PRESETS["simmim-swin-base"].layer_decay == 0.9
-    assert FINETUNE_PRESETS["simmim-swin-base-800ep"].layer_decay == 0.8
-    assert FINETUNE_PRESETS["simmim-vit-base"].layer_decay == 0.65
-    assert FINETUNE_PRESETS["simmim-vit-base"].learning_rate(2048) == pytest.approx(5e-3)  # 1.25e-3 x 2048 / 512
-    assert all(preset.label_smoothing == 0.1 for preset in FINETUNE_PRESETS.values())
+    assert finetune_presets()["simmim-swin-base"].layer_decay == 0.9
+    assert finetune_presets()["simmim-swin-base-800ep"].layer_decay == 0.8
+    assert finetune_presets()["simmim-vit-base"].layer_decay == 0.65
+    assert finetune_presets()["simmim-vit-base"].learning_rate(2048) == pytest.approx(5e-3)  # 1.25e-3 x 2048 / 512
+    assert all(preset.label_smoothing == 0.1 for preset in finetune_presets().values())
 
 
 def test_settings_from_a_preset_with_overrides():

@@ -68,7 +68,7 @@ random erasing (see the fine-tuning table at the end).
 
 def render_markdown() -> str:
     """The whole docs/recipes.md."""
-    from hf_ssl.eval.finetune import FINETUNE_PRESETS
+    from hf_ssl.eval.finetune import finetune_presets
     from hf_ssl.recipes import available_methods, get_recipe
 
     lines = [INTRODUCTION]
@@ -90,7 +90,7 @@ def render_markdown() -> str:
             lines.append("")
     lines += ["## Fine-tuning presets (`hf-ssl evaluate --protocol finetune --finetune_preset NAME`)", ""]
     rows = []
-    for preset in FINETUNE_PRESETS.values():
+    for preset in finetune_presets().values():
         rows.append((f"`{preset.name}`", number(preset.epochs), f"{number(preset.base_learning_rate)} x batch / "
                      f"{preset.reference_batch_size} (batch {preset.batch_size})", number(preset.layer_decay),
                      number(preset.drop_path_rate), number(preset.weight_decay), number(preset.warmup_fraction),

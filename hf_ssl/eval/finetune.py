@@ -6,7 +6,7 @@ layer-wise learning-rate decay for ViT and Swin encoders (BEiT, Bao et al. 2021,
 block i of L gets ``lr * decay ** (L + 1 - i)``, the patch embedding ``lr * decay ** (L + 1)``, the
 head the full ``lr``. Stochastic depth (`with_drop_path`), label smoothing and a cosine to a final
 learning rate complete the published fine-tuning recipes, collected as named presets
-(`FINETUNE_PRESETS`, ``hf-ssl evaluate --finetune_preset``). Their mixup, cutmix, RandAugment and
+(`finetune_presets`: each method folder's `Recipe.finetune_presets`, ``hf-ssl evaluate --finetune_preset``). Their mixup, cutmix, RandAugment and
 random erasing are not implemented.
 
 Convergence, not a fixed short schedule: a stratified fifth of the labelled images is held out
@@ -35,6 +35,7 @@ from transformers import BeitConfig, BeitModel, SwinModel, ViTModel
 
 from hf_ssl.backbones.modules import feature_dimension
 from hf_ssl.backbones.presets import SMALL_IMAGE_SIZE
+from hf_ssl.recipes.base import FinetunePreset
 
 from .features import Pooling, _encoder_of, encode_and_pool
 from .low_label import stratified_validation_split
@@ -179,84 +180,12 @@ def with_drop_path(encoder: nn.Module, drop_path_rate: float) -> nn.Module:
     return rebuilt.to(next(encoder.parameters()).device)
 
 
-@dataclass(frozen=True)
-class FinetunePreset:
-    """A published fine-tuning recipe (``hf-ssl evaluate --finetune_preset <name>``).
+def finetune_presets() -> dict[str, FinetunePreset]:
+    """``{name: FinetunePreset}`` of every registered method's published fine-tuning recipes
+    (`Recipe.finetune_presets`; ``hf-ssl evaluate --finetune_preset``)."""
+    from hf_ssl.recipes import available_methods, get_recipe
 
-    Args:
-        name, description, source: what it is and where the values come from.
-        epochs: published epochs.
-        batch_size: published total batch size.
-        base_learning_rate, reference_batch_size: learning rate = base * batch / reference.
-        layer_decay, drop_path_rate, weight_decay: as published.
-        warmup_fraction: warm-up epochs / epochs.
-        min_learning_rate_ratio: final learning rate of the cosine / peak (``min_lr`` / ``lr``).
-        label_smoothing: cross-entropy label smoothing.
-    """
-
-    name: str
-    description: str
-    source: str
-    epochs: int
-    batch_size: int
-    base_learning_rate: float
-    reference_batch_size: int
-    layer_decay: float
-    drop_path_rate: float
-    weight_decay: float
-    warmup_fraction: float
-    min_learning_rate_ratio: float
-    label_smoothing: float
-
-    def learning_rate(self, batch_size: int) -> float:
-        """The linear scaling rule at `batch_size`."""
-        return self.base_learning_rate * batch_size / self.reference_batch_size
-
-
-_SIMMIM_FINETUNE = dict(
-    epochs=100, batch_size=2048, base_learning_rate=1.25e-3, reference_batch_size=512, drop_path_rate=0.1,
-    weight_decay=0.05, warmup_fraction=20 / 100, min_learning_rate_ratio=2.5e-7 / 1.25e-3, label_smoothing=0.1,
-)
-FINETUNE_PRESETS: dict[str, FinetunePreset] = {
-    preset.name: preset
-    for preset in (
-        FinetunePreset(
-            name="beit-base", description="BEiT-base after self-supervised pre-training, ImageNet-1k",
-            source="microsoft/unilm beit/get_started_for_image_classification.md (BEiT-base: --batch_size 128 x 8 "
-                   "GPUs --lr 4e-3 --warmup_epochs 20 --epochs 100 --layer_decay 0.65 --drop_path 0.1); "
-                   "run_class_finetuning.py (--min_lr 1e-6, --smoothing 0.1)",
-            epochs=100, batch_size=1024, base_learning_rate=4e-3, reference_batch_size=1024, layer_decay=0.65,
-            drop_path_rate=0.1, weight_decay=0.05, warmup_fraction=20 / 100, min_learning_rate_ratio=1e-6 / 4e-3,
-            label_smoothing=0.1,
-        ),
-        FinetunePreset(
-            name="mae-base", description="MAE ViT-B/16, ImageNet-1k",
-            source="facebookresearch/mae FINETUNE.md (--batch_size 32 x 32 GPUs --blr 5e-4 --layer_decay 0.65 "
-                   "--drop_path 0.1 --epochs 100); main_finetune.py (--warmup_epochs 5, --min_lr 1e-6, --smoothing 0.1)",
-            epochs=100, batch_size=1024, base_learning_rate=5e-4, reference_batch_size=256, layer_decay=0.65,
-            drop_path_rate=0.1, weight_decay=0.05, warmup_fraction=5 / 100, min_learning_rate_ratio=1e-6 / 2e-3,
-            label_smoothing=0.1,
-        ),
-        FinetunePreset(
-            name="simmim-vit-base", description="SimMIM ViT-B/16 (800-epoch pre-training), ImageNet-1k at 224 px",
-            source="microsoft/SimMIM configs/vit_base__800ep/simmim_finetune__vit_base__img224__800ep.yaml; "
-                   "main_finetune.py (batch 128 x 16 GPUs, BASE_LR x batch / 512), config.py (LABEL_SMOOTHING 0.1)",
-            layer_decay=0.65, **_SIMMIM_FINETUNE,
-        ),
-        FinetunePreset(
-            name="simmim-swin-base", description="SimMIM Swin-B (100-epoch pre-training), ImageNet-1k",
-            source="microsoft/SimMIM configs/swin_base__100ep/simmim_finetune__swin_base__img224_window7__100ep.yaml; "
-                   "main_finetune.py, config.py",
-            layer_decay=0.9, **_SIMMIM_FINETUNE,
-        ),
-        FinetunePreset(
-            name="simmim-swin-base-800ep", description="SimMIM Swin-B (800-epoch pre-training), ImageNet-1k",
-            source="microsoft/SimMIM configs/swin_base__800ep/simmim_finetune__swin_base__img224_window7__800ep.yaml; "
-                   "main_finetune.py, config.py",
-            layer_decay=0.8, **_SIMMIM_FINETUNE,
-        ),
-    )
-}
+    return {preset.name: preset for method in available_methods() for preset in get_recipe(method).finetune_presets}
 
 
 Augmentation = Literal["auto", "small-image", "crop-flip", "none"]
@@ -265,7 +194,7 @@ AUGMENTATIONS = ("auto", "small-image", "crop-flip", "none")
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """Every setting of `finetune` (defaults: hf-ssl's, measured on the bundled scenes; see `FINETUNE_PRESETS`
+    """Every setting of `finetune` (defaults: hf-ssl's, measured on the bundled scenes; see `finetune_presets`
     for the papers').
 
     Args:
@@ -344,9 +273,10 @@ def finetune_settings(preset: str | None = None, **overrides) -> FinetuneSetting
         raise ValueError(f"unknown fine-tuning settings {unknown}; known: {sorted(known)}")
     if preset is None:
         return FinetuneSettings(**overrides)
-    if preset not in FINETUNE_PRESETS:
-        raise ValueError(f"finetune preset must be one of {sorted(FINETUNE_PRESETS)}, got {preset!r}")
-    published = FINETUNE_PRESETS[preset]
+    presets = finetune_presets()
+    if preset not in presets:
+        raise ValueError(f"finetune preset must be one of {sorted(presets)}, got {preset!r}")
+    published = presets[preset]
     values = {name: getattr(published, name) for name in known if hasattr(published, name)}
     values.update(overrides)
     if "learning_rate" not in overrides:
@@ -587,7 +517,7 @@ class FinetuneProtocol(EvaluationProtocol):
 
     def add_arguments(self, parser) -> None:
         super().add_arguments(parser)
-        parser.add_argument("--finetune_preset", default=None, choices=sorted(FINETUNE_PRESETS),
+        parser.add_argument("--finetune_preset", default=None, choices=sorted(finetune_presets()),
                             help="a published fine-tuning recipe; the --finetune_* flags override its values")
 
     def settings(self, preset: str | None = None, **values) -> FinetuneSettings:

@@ -3,6 +3,7 @@
 from .base import (
     BuildContext,
     Figure,
+    FinetunePreset,
     MethodCard,
     OptimizerDefaults,
     Preset,
@@ -24,6 +25,7 @@ load_method_folders()
 __all__ = [
     "BuildContext",
     "Figure",
+    "FinetunePreset",
     "MethodCard",
     "OptimizerDefaults",
     "Preset",

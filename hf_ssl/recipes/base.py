@@ -258,6 +258,41 @@ def parameter_groups(model: nn.Module, weight_decay: float, extra_exemptions: It
         parameter.ndim < 2 or name in model_exemptions or bool(exempt_names & set(name.split(".")))))
 
 
+@dataclass(frozen=True)
+class FinetunePreset:
+    """A published fine-tuning recipe of a method (``hf-ssl evaluate --finetune_preset <name>``), declared by
+    its recipe (`Recipe.finetune_presets`).
+
+    Args:
+        name, description, source: what it is and where the values come from.
+        epochs: published epochs.
+        batch_size: published total batch size.
+        base_learning_rate, reference_batch_size: learning rate = base * batch / reference.
+        layer_decay, drop_path_rate, weight_decay: as published.
+        warmup_fraction: warm-up epochs / epochs.
+        min_learning_rate_ratio: final learning rate of the cosine / peak (``min_lr`` / ``lr``).
+        label_smoothing: cross-entropy label smoothing.
+    """
+
+    name: str
+    description: str
+    source: str
+    epochs: int
+    batch_size: int
+    base_learning_rate: float
+    reference_batch_size: int
+    layer_decay: float
+    drop_path_rate: float
+    weight_decay: float
+    warmup_fraction: float
+    min_learning_rate_ratio: float
+    label_smoothing: float
+
+    def learning_rate(self, batch_size: int) -> float:
+        """The linear scaling rule at `batch_size`."""
+        return self.base_learning_rate * batch_size / self.reference_batch_size
+
+
 class Recipe(ABC):
     """A pre-training method as the training loop sees it; subclass and register an instance.
 
@@ -282,6 +317,7 @@ class Recipe(ABC):
         reconstruction_panels: for masked image modeling, ``(model, pixel_values, generator) ->
             ReconstructionPanels`` (see `hf_ssl.visualization`); None otherwise.
         presets: published configurations (`Preset`), selectable with ``--preset <name>``.
+        finetune_presets: the published fine-tuning recipes of the method's papers (`FinetunePreset`).
     """
 
     name: str = ""
@@ -298,6 +334,7 @@ class Recipe(ABC):
     prepares_inputs: bool = False
     prepares_model: bool = False
     reconstruction_panels: Callable | None = None
+    finetune_presets: tuple[FinetunePreset, ...] = ()
     presets: tuple[Preset, ...] = ()
 
     # ----- inputs ---------------------------------------------------------------------------

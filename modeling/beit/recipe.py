@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from hf_ssl.masking import beit_mask
-from hf_ssl.recipes.base import MethodCard, Preset, register_recipe
+from hf_ssl.recipes.base import FinetunePreset, MethodCard, Preset, register_recipe
 from hf_ssl.recipes.patch_tokens import (
     BEIT_SOURCE,
     MIM_LIMITATION,
@@ -88,6 +88,17 @@ class BEiTRecipe(PatchTokenRecipe):
         "and turns it into the official count: `num_masked_patches` is 75 on the 14x14 grid and scales with the "
         "grid and the ratio (`hf_ssl.masking.beit_num_masked_patches`). Block-wise masks that stop short of the "
         "count are completed at random, as in BEiT v2 (docs/masking.md)."
+    )
+    finetune_presets = (
+        FinetunePreset(
+            name="beit-base", description="BEiT-base after self-supervised pre-training, ImageNet-1k",
+            source="microsoft/unilm beit/get_started_for_image_classification.md (BEiT-base: --batch_size 128 x 8 "
+                   "GPUs --lr 4e-3 --warmup_epochs 20 --epochs 100 --layer_decay 0.65 --drop_path 0.1); "
+                   "run_class_finetuning.py (--min_lr 1e-6, --smoothing 0.1)",
+            epochs=100, batch_size=1024, base_learning_rate=4e-3, reference_batch_size=1024, layer_decay=0.65,
+            drop_path_rate=0.1, weight_decay=0.05, warmup_fraction=20 / 100, min_learning_rate_ratio=1e-6 / 4e-3,
+            label_smoothing=0.1,
+        ),
     )
     presets = (
         Preset(

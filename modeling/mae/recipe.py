@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from hf_ssl.masking.simmim import upsample_patch_mask
-from hf_ssl.recipes.base import BuildContext, MethodCard, OptimizerDefaults, Preset, register_recipe
+from hf_ssl.recipes.base import BuildContext, FinetunePreset, MethodCard, OptimizerDefaults, Preset, register_recipe
 from hf_ssl.recipes.published import PublishedSetting, learning_rate_rule, number, paper_config
 from hf_ssl.recipes.vit_fields import MaskedImageModelingRecipe, masked_vit_fields
 from hf_ssl.transforms.masked import MAE_AUGMENTATION
@@ -148,6 +148,16 @@ class MAERecipe(MaskedImageModelingRecipe):
     # MAE decays every >= 2-D parameter (its CLS and mask tokens too).
     decay_exemptions: tuple[str, ...] = ()
     published_settings = PUBLISHED_SETTINGS
+    finetune_presets = (
+        FinetunePreset(
+            name="mae-base", description="MAE ViT-B/16, ImageNet-1k",
+            source="facebookresearch/mae FINETUNE.md (--batch_size 32 x 32 GPUs --blr 5e-4 --layer_decay 0.65 "
+                   "--drop_path 0.1 --epochs 100); main_finetune.py (--warmup_epochs 5, --min_lr 1e-6, --smoothing 0.1)",
+            epochs=100, batch_size=1024, base_learning_rate=5e-4, reference_batch_size=256, layer_decay=0.65,
+            drop_path_rate=0.1, weight_decay=0.05, warmup_fraction=5 / 100, min_learning_rate_ratio=1e-6 / 2e-3,
+            label_smoothing=0.1,
+        ),
+    )
     presets = (
         _mae_preset("mae-vit-base-1600ep", "MAE ViT-B/16, 1600 epochs (the released checkpoints, paper Table 3)",
                     "vit-base", 1600),

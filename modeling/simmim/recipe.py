@@ -38,7 +38,15 @@ import torch
 
 from hf_ssl.backbones import SMALL_IMAGE_SIZE, backbone_preset, is_preset
 from hf_ssl.masking.simmim import upsample_patch_mask
-from hf_ssl.recipes.base import BuildContext, MethodCard, OptimizerDefaults, Preset, ScheduleContext, register_recipe
+from hf_ssl.recipes.base import (
+    BuildContext,
+    FinetunePreset,
+    MethodCard,
+    OptimizerDefaults,
+    Preset,
+    ScheduleContext,
+    register_recipe,
+)
 from hf_ssl.recipes.published import PublishedSetting, learning_rate_rule, number, paper_config
 from hf_ssl.recipes.vit_fields import MaskedImageModelingRecipe, beit_pretraining_encoder, decay_groups, masked_vit_fields
 from hf_ssl.transforms.masked import SIMMIM_AUGMENTATION
@@ -180,6 +188,13 @@ PUBLISHED_SETTINGS = (
 )
 
 
+# The fine-tuning settings SimMIM's ViT-B and Swin-B configs share.
+_SIMMIM_FINETUNE = dict(
+    epochs=100, batch_size=2048, base_learning_rate=1.25e-3, reference_batch_size=512, drop_path_rate=0.1,
+    weight_decay=0.05, warmup_fraction=20 / 100, min_learning_rate_ratio=2.5e-7 / 1.25e-3, label_smoothing=0.1,
+)
+
+
 class SimMIMRecipe(MaskedImageModelingRecipe):
     name = "simmim"
     description = "SimMIM: predict raw pixels of randomly masked 32-px patches with a linear head (L1 loss)"
@@ -215,6 +230,26 @@ class SimMIMRecipe(MaskedImageModelingRecipe):
     vit_decay_exemptions = ("cls_token", "position_embeddings")
     swin_decay_exemptions = ("position_embeddings", "mask_token", "relative_position_bias_table")
     published_settings = PUBLISHED_SETTINGS
+    finetune_presets = (
+        FinetunePreset(
+            name="simmim-vit-base", description="SimMIM ViT-B/16 (800-epoch pre-training), ImageNet-1k at 224 px",
+            source="microsoft/SimMIM configs/vit_base__800ep/simmim_finetune__vit_base__img224__800ep.yaml; "
+                   "main_finetune.py (batch 128 x 16 GPUs, BASE_LR x batch / 512), config.py (LABEL_SMOOTHING 0.1)",
+            layer_decay=0.65, **_SIMMIM_FINETUNE,
+        ),
+        FinetunePreset(
+            name="simmim-swin-base", description="SimMIM Swin-B (100-epoch pre-training), ImageNet-1k",
+            source="microsoft/SimMIM configs/swin_base__100ep/simmim_finetune__swin_base__img224_window7__100ep.yaml; "
+                   "main_finetune.py, config.py",
+            layer_decay=0.9, **_SIMMIM_FINETUNE,
+        ),
+        FinetunePreset(
+            name="simmim-swin-base-800ep", description="SimMIM Swin-B (800-epoch pre-training), ImageNet-1k",
+            source="microsoft/SimMIM configs/swin_base__800ep/simmim_finetune__swin_base__img224_window7__800ep.yaml; "
+                   "main_finetune.py, config.py",
+            layer_decay=0.8, **_SIMMIM_FINETUNE,
+        ),
+    )
     presets = (
         Preset(
             name="simmim-vit-base-800ep",
