@@ -187,6 +187,19 @@ def tiny_backbone_folder(folder: Path) -> Path:
     return folder
 
 
+def test_from_random_init_the_command_trains_as_the_protocols_train_their_supervised_baseline(tmp_path):
+    from hf_ssl.cli.finetune import default_output_dir, parse_arguments
+
+    model = tiny_backbone_folder(tmp_path / "encoder")
+    common = ["--task", "segmentation", "--model", str(model), "--output_dir", str(tmp_path / "out")]
+    assert parse_arguments(common).settings.layer_decay == 0.75
+    assert parse_arguments([*common, "--random_init"]).settings.layer_decay is None  # no layer-wise decay
+    assert parse_arguments([*common, "--random_init", "--layer_decay", "0.5"]).settings.layer_decay == 0.5
+    (model / "backbone").mkdir()  # a run folder's exported encoder: the output goes beside the run folder
+    assert default_output_dir(str(model / "backbone"), False) == tmp_path / "encoder-segmentation"
+    assert default_output_dir("org/splitmask-vit-s", True) == Path("splitmask-vit-s-random-init-segmentation")
+
+
 @pytest.mark.slow
 def test_hf_ssl_finetune_trains_a_segmentation_model_that_the_pipeline_loads(tmp_path):
     """The command as README shows it, on a folder of images + masks; bad input exits 2 in one line."""

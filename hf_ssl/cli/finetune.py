@@ -66,9 +66,11 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         for name in ("image_size", "max_samples"):
             if getattr(arguments, name) is not None and getattr(arguments, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(arguments, name)}")
-        arguments.settings = FinetuneSettings(**{key: value for key, value in
-                                                 settings_values(arguments, SETTINGS_PREFIX, FinetuneSettings).items()
-                                                 if value is not None})
+        given = {key: value for key, value in settings_values(arguments, SETTINGS_PREFIX, FinetuneSettings).items()
+                 if value is not None}
+        arguments.settings = FinetuneSettings(**given)
+        if arguments.random_init and "layer_decay" not in given:  # as the protocols train their supervised baseline
+            arguments.settings = arguments.settings.for_random_init()
     except (ValueError, TypeError) as error:
         parser.error(str(error))
     arguments.output_dir = Path(arguments.output_dir or default_output_dir(arguments.model, arguments.random_init))
