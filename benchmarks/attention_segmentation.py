@@ -171,8 +171,10 @@ def plot_function(figure_data: dict):
                 axes[row][column].imshow(overlay.clip(0, 1), interpolation="nearest")
                 axes[row][column].set_xticks([])
                 axes[row][column].set_yticks([])
-            label = name if row == 0 else f"{name}\nhead {report['models'][name]['best_head']}: " \
-                                           f"{report['models'][name]['best_head_jaccard']:.2f}"
+            model = report["models"].get(name, {})
+            short = name.split(": ", 1)[-1]  # the folder name, shortened: the row labels must not overlap
+            label = name if row == 0 else (f"{model['family']}\n{short[:14] + '...' if len(short) > 16 else short}\n"
+                                           f"head {model['best_head']}: {model['best_head_jaccard']:.2f}")
             axes[row][0].set_ylabel(label, fontsize=7)
         figure.suptitle(f"best head's {report['configuration']['mass']:g}-mass attention mask", fontsize=9)
         return figure
