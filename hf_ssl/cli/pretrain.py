@@ -249,6 +249,7 @@ def run(argv: list[str] | None = None, stop_requests: StopRequests | None = None
         recipe.prepare_model(
             model, (batch["pixel_values"] for batch in itertools.islice(fitting_batches, arguments.tokenizer_fit_batches))
         )
+        fitting_batches.close()
     if attention == "eager" and use_eager_attention(model):
         logger.info("Attention: eager (--attention %s)", arguments.attention)
     # From here on every process draws its own masks and noise.
@@ -314,7 +315,10 @@ def run(argv: list[str] | None = None, stop_requests: StopRequests | None = None
         run_arguments=resume_arguments(arguments, accelerator.num_processes, method_arguments=method_arguments),
         stop_requests=stop_requests,
     )
-    state = train(accelerator, model, optimizer, recipe, batches, schedules, settings, state)
+    try:
+        state = train(accelerator, model, optimizer, recipe, batches, schedules, settings, state)
+    finally:
+        batches.close()
 
     # ----- save the Hub-ready folder, evaluate on the bundled data, write the card
     accelerator.wait_for_everyone()
