@@ -28,6 +28,12 @@ def test_split_is_reproducible_with_a_seed_and_varies_without():
     assert not torch.equal(first[0], first[1])  # each image gets its own split
 
 
+def test_split_indices_with_the_known_count_gives_the_same_groups_without_reading_the_mask():
+    split = random_split_mask(4, 49, generator=torch.Generator().manual_seed(3))
+    read, given = split_indices(split), split_indices(split, 49 // 2)
+    assert all(torch.equal(a, b) for a, b in zip(read, given))
+
+
 def test_split_indices_refuses_ragged_masks():
     mask = torch.tensor([[True, False, False], [True, True, False]])
     with pytest.raises(ValueError, match="same number"):

@@ -96,6 +96,16 @@ def test_beit_has_no_contrastive_term_and_masks_the_ratio():
     assert out.logits.shape == (4, hidden, 32)
 
 
+def test_beit_refuses_a_given_mask_that_hides_nothing_or_a_different_count_per_image():
+    model = tiny_beit()
+    ragged = torch.zeros(2, 16, dtype=torch.bool)
+    ragged[0, :3], ragged[1, :5] = True, True
+    with pytest.raises(ValueError, match="same number"):
+        model(_images(batch=2), bool_masked_pos=ragged)
+    with pytest.raises(ValueError, match="at least one patch"):
+        model(_images(batch=2), bool_masked_pos=torch.zeros(2, 16, dtype=torch.bool))
+
+
 def test_unfitted_tokenizer_fails_clearly():
     model = tiny_splitmask(fitted=False)
     with pytest.raises(RuntimeError, match="fit_tokenizer"):

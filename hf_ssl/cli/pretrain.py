@@ -49,6 +49,7 @@ from hf_ssl.training import (
     validate_arguments,
 )
 from hf_ssl.training.attention import resolve_attention, use_eager_attention
+from hf_ssl.training.compilation import compile_in_place, resolve_compile
 from hf_ssl.training.disk_space import is_disk_full
 from hf_ssl.training.interruption import RunInterrupted, StopRequests
 from hf_ssl.training.optimizer import resolve_optimization
@@ -183,9 +184,11 @@ def run(argv: list[str] | None = None, stop_requests: StopRequests | None = None
     set_seed(arguments.seed)
     per_device_batch_size = arguments.total_batch_size // (accelerator.num_processes * arguments.gradient_accumulation_steps)
     attention = resolve_attention(arguments.attention, accelerator.device, accelerator.mixed_precision)
+    compiling = resolve_compile(arguments.compile, accelerator.device, arguments.method, arguments.max_steps)
     if accelerator.is_main_process:
         print(describe_plan(requested, arguments, sized=sized, views=recipe.describe_views(context), world_size=world_size,
-                            device=hardware_description(accelerator.device), attention=attention, checkpoint=checkpoint))
+                            device=hardware_description(accelerator.device), attention=attention, compiling=compiling,
+                            checkpoint=checkpoint))
 
     # ----- data: this process's disjoint part of the stream, decoded and transformed in workers
     columns = context.columns  # {role: dataset column}
@@ -252,6 +255,8 @@ def run(argv: list[str] | None = None, stop_requests: StopRequests | None = None
         fitting_batches.close()
     if attention == "eager" and use_eager_attention(model):
         logger.info("Attention: eager (--attention %s)", arguments.attention)
+    if compiling[0]:
+        compile_in_place(model)
     # From here on every process draws its own masks and noise.
     set_seed(arguments.seed, device_specific=True)
 
@@ -339,6 +344,7 @@ def run(argv: list[str] | None = None, stop_requests: StopRequests | None = None
             "max_grad_norm": max_grad_norm,
             "world_size": accelerator.num_processes,
             "attention": attention,
+            "compiled": compiling[0],
             "hardware": hardware_description(accelerator.device),
             "train_runtime_s": round(state.train_runtime_s, 2),
             "num_images_seen": state.num_images_seen,

@@ -141,6 +141,8 @@ def pad_mask(rng: random.Random, mask: np.ndarray, num_masked_patches: int) -> n
     return flat.reshape(mask.shape)
 
 
+# Python's random module and NumPy, one image at a time: a compiled model calls it as it is, uncompiled.
+@torch.compiler.disable
 def blockwise_patch_mask(
     batch_size: int,
     grid_size: tuple[int, int],

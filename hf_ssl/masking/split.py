@@ -28,20 +28,24 @@ def random_split_mask(
     return ranks < num_patches // 2
 
 
-def split_indices(bool_masked_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def split_indices(bool_masked_pos: torch.Tensor, num_true: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the two groups of a split mask, each sorted by patch position.
 
     Args:
         bool_masked_pos: ``(B, N)`` bool with the same number of True entries in every row.
+        num_true: that number, where the caller drew the mask and knows it: the mask is then not
+            read back from the device (no host sync, and a compiled model keeps one graph). When
+            None it is read and checked.
 
     Returns:
         ``(group_a, group_b)``: ``(B, K)`` indices of the True patches and ``(B, N - K)`` of the
         False ones.
     """
-    counts = bool_masked_pos.sum(dim=1)
-    if not bool(torch.all(counts == counts[0])):
-        raise ValueError("bool_masked_pos must hide the same number of patches in every image of the batch")
-    num_true = int(counts[0])
+    if num_true is None:
+        counts = bool_masked_pos.sum(dim=1)
+        if not bool(torch.all(counts == counts[0])):
+            raise ValueError("bool_masked_pos must hide the same number of patches in every image of the batch")
+        num_true = int(counts[0])
     # A stable sort puts True (1) rows first after negation, keeping positional order in each group.
     order = torch.sort((~bool_masked_pos).to(torch.int8), dim=1, stable=True).indices  # (B, N)
     return order[:, :num_true], order[:, num_true:]

@@ -29,6 +29,7 @@ from hf_ssl.command_line import OneLineHelpFormatter, flag_names, unrecognized_a
 from hf_ssl.data.default import bundled_image_size, bundled_variant
 from hf_ssl.recipes import BuildContext, Preset, Recipe, available_methods, get_recipe
 from hf_ssl.training.attention import AttentionChoice
+from hf_ssl.training.compilation import CompileChoice
 
 from .errors import ConfigurationError
 
@@ -135,6 +136,12 @@ class PretrainingArguments:
         metadata={"help": "auto / sdpa / eager: the attention kernel while training. auto = eager (explicit matmuls, "
                           "fp32 softmax) on CPU under bf16, where torch's SDPA kernels are slower at ViT lengths, "
                           "else SDPA. Saved models load with SDPA either way."},
+    )
+    compile: CompileChoice = field(
+        default="auto",
+        metadata={"help": "auto / yes / no: torch.compile the model (forward and loss; backward through AOTAutograd). "
+                          "auto = only where the measured compile time is paid back by the run's steps. A compile "
+                          "failure never stops the run: that part runs eagerly, with a warning."},
     )
     cpu_allocator_cache: bool = field(
         default=True,

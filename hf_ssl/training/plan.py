@@ -36,6 +36,7 @@ def describe_plan(
     world_size: int,
     device: str,
     attention: str,
+    compiling: tuple[bool, str] = (False, "given"),
     checkpoint: str | None = None,
 ) -> str:
     """The plan, one line per decision with its reason.
@@ -46,6 +47,7 @@ def describe_plan(
         sized: ``{field: why}`` for the values chosen from the data (`hf_ssl.training.sizing`).
         views: what the model sees of each image (`Recipe.describe_views`).
         attention: the resolved attention kernel.
+        compiling: whether the model is compiled, and why (`hf_ssl.training.compilation.resolve_compile`).
         checkpoint: the checkpoint the run resumes from, if any.
     """
     _, precision_reason = choose_mixed_precision(requested.mixed_precision, use_cpu=multi_process_cpu_run())
@@ -61,6 +63,7 @@ def describe_plan(
         ("precision", arguments.mixed_precision, precision_reason),
         ("attention", attention, "--attention auto: eager on CPU under bf16, else SDPA" if requested.attention == "auto"
          else "given"),
+        ("compile", "torch.compile" if compiling[0] else "eager", compiling[1]),
         ("workers", f"{arguments.dataloader_num_workers} DataLoader worker(s) per process",
          _origin("dataloader_num_workers", requested, arguments, {}, f"{cores_per_process()} core(s) for this process, "
                  "one left to training")),

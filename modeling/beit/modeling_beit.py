@@ -18,7 +18,7 @@ import torch.nn as nn
 from transformers.modeling_outputs import ModelOutput
 
 from hf_ssl.losses import masked_token_cross_entropy
-from hf_ssl.masking import beit_mask, split_indices
+from hf_ssl.masking import beit_mask, beit_num_masked_patches, split_indices
 from hf_ssl.token_prediction import PatchTokenPreTrainedModel
 from hf_ssl.tokenizer import PatchTokenizer
 from hf_ssl.vit_encoders import build_encoder, check_pixel_values, embed_patches, encode_tokens, initialize_beit_encoder
@@ -105,13 +105,14 @@ class ViTForBEiT(BEiTPreTrainedModel):
         check_pixel_values(pixel_values, config.num_channels, config.image_size)
         target_tokens = self.target_tokens(pixel_values)  # (B, N)
         mask = self._given_mask(bool_masked_pos, pixel_values)
-        if mask is None:
+        num_hidden = None  # a given mask's count is read (and checked) from the mask
+        if mask is None:  # a drawn mask hides a known count: nothing is read back from the device
+            num_hidden = beit_num_masked_patches(config.grid_size, config.mask_ratio)
             mask = beit_mask(config.mask_strategy, pixel_values.shape[0], config.grid_size, config.mask_ratio).to(
-                pixel_values.device)
-        counts = mask.sum(dim=1)
-        if not bool(torch.all(counts == counts[0])) or int(counts[0]) == 0:
-            raise ValueError("a BEiT mask must hide the same, non-zero number of patches in every image")
-        hidden_indices, _ = split_indices(mask)  # (B, M)
+                pixel_values.device, non_blocking=True)
+        hidden_indices, _ = split_indices(mask, num_hidden)  # (B, M)
+        if hidden_indices.shape[1] == 0:
+            raise ValueError("a BEiT mask must hide at least one patch in every image")
         encoder = self.get_backbone()
         mask_token = self.mask_token if self.mask_token is not None else encoder.embeddings.mask_token
         tokens = embed_patches(encoder, pixel_values, bool_masked_pos=mask, mask_token=mask_token)  # (B, N, D)

@@ -209,10 +209,11 @@ class BackboneForDualEncoder(BackboneContractMixin, PreTrainedModel):
             the tower's pooled output (BERT: its pooler on [CLS]; towers without one: the first
             token) times the text projection.
         """
-        if attention_mask is not None and attention_mask.shape[1] > 1:
+        if attention_mask is not None and attention_mask.shape[1] > 1 and not torch.compiler.is_compiling():
             # Captions arrive padded to a fixed length; trailing columns that are padding in every
             # row change nothing under the attention mask, so they are cut (short captions run
-            # several times faster). Left-padded batches have no such columns.
+            # several times faster). Left-padded batches have no such columns. A compiled model
+            # keeps the fixed length: one graph, and no read of the mask from the device.
             length = int(attention_mask.any(dim=0).nonzero().max()) + 1 if attention_mask.any() else 1
             input_ids, attention_mask = input_ids[:, :length], attention_mask[:, :length]
             token_type_ids = None if token_type_ids is None else token_type_ids[:, :length]

@@ -189,7 +189,7 @@ class ViTForSplitMask(SplitMaskPreTrainedModel):
             split = random_split_mask(batch_size, num_patches, device=pixel_values.device)
         elif not bool(torch.all(split.sum(dim=1) == num_patches // 2)):
             raise ValueError(f"a SplitMask split must mark exactly num_patches // 2 = {num_patches // 2} patches per image")
-        group_a, group_b = split_indices(split)  # (B, N//2), (B, N - N//2)
+        group_a, group_b = split_indices(split, num_patches // 2)  # (B, N//2), (B, N - N//2)
         patch_tokens = embed_patches(self.get_backbone(), pixel_values)  # (B, N, D)
 
         # View 1 shows group B and hides A; view 2 shows A and hides B.
