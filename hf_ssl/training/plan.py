@@ -36,7 +36,7 @@ def describe_plan(
     world_size: int,
     device: str,
     attention: str,
-    compiling: tuple[bool, str] = (False, "given"),
+    compiling: tuple[bool, str],
     checkpoint: str | None = None,
 ) -> str:
     """The plan, one line per decision with its reason.
