@@ -40,12 +40,11 @@ class CompileCost:
     measured: str
 
 
-# ``{(device kind, method): cost}`` from `benchmarks/compile_study.py` on the bundled run (README:
-# Performance); a pair without an entry is never compiled by ``auto``. On a larger model the compile
-# time grows less than the step time, so the break-even in steps is, by estimate, no larger.
-# CPU: AMD EPYC, 2 cores, the bundled run (48 px, batch 64), benchmarks/results/compile_study-amd-epyc-2cores.md.
-# Only SplitMask was faster in every back-to-back pair (1.24x, 1.13x; 1.13x in a first pass); every
-# other method ran at 0.68-1.09x, within the host's drift, so ``auto`` keeps it eager.
+# ``{(device kind, method): cost}`` from `benchmarks/compile_study.py` on each method's bundled run
+# (48 px, batch 64; benchmarks/results/compile_study-amd-epyc-2cores.md, README "torch.compile in the
+# trainer"); a pair without an entry is never compiled by ``auto``. On a larger model the compile time
+# grows less than the step time, so the break-even in steps is, by estimate, no larger. On CPU only
+# SplitMask was faster in every back-to-back pair; the other methods stayed within the host's drift.
 _CPU_STUDY = "AMD EPYC, 2 cores, bundled run"
 COMPILE_COSTS: dict[tuple[str, str], CompileCost] = {
     **{("cpu", method): CompileCost(break_even_steps=None, measured=f"{_CPU_STUDY}: 0.68-1.09x, within the host's drift")
@@ -92,7 +91,7 @@ def compile_in_place(model: nn.Module, backend: str | object = "inductor") -> No
     torch._dynamo.config.suppress_errors = True
     model.compile(backend=backend)
     logger.info("torch.compile: %s compiled in place (backend %s); the first steps include compiling",
-                type(model).__name__, backend if isinstance(backend, str) else getattr(backend, "__name__", backend))
+                type(model).__name__, getattr(backend, "__name__", backend))
 
 
 __all__ = ["BREAK_EVEN_MARGIN", "COMPILE_CHOICES", "COMPILE_COSTS", "CompileChoice", "CompileCost", "compile_in_place", "resolve_compile"]
