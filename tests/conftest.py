@@ -9,6 +9,8 @@ import uuid
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A process a test starts that aborts (a signal in C++ code) prints every thread's Python stack.
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 # Every process a test starts inherits this marker (subprocess environments are built from
 # os.environ), so a leftover is found even after its parent died and it was re-parented.
 SESSION_MARKER = "PYTEST_PROCESS_GUARD_HF_SSL"

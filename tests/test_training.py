@@ -375,3 +375,26 @@ def test_the_allocator_is_left_alone_off_cpu_and_under_the_users_own_settings(mo
     assert not keep_freed_host_memory(torch.device("cpu"))
     assert parse_arguments([])[0].cpu_allocator_cache
     assert not parse_arguments(["--cpu_allocator_cache", "false"])[0].cpu_allocator_cache
+
+
+_LAUNCHED_PROCESS_EXIT = """
+import atexit, logging, sys
+from hf_ssl.training.runtime import exit_launched_process
+logging.basicConfig(level=logging.INFO)
+atexit.register(lambda: print("finalized"))
+print("saved")  # a pipe: block-buffered until flushed
+logging.getLogger("run").info("logged")
+sys.stderr.write("progress")
+exit_launched_process(3)
+"""
+
+
+def test_a_launched_process_leaves_with_its_output_and_code_but_without_finalization():
+    """Interpreter finalization (atexit, object teardown) is skipped: it is where gloo's threads can abort."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _LAUNCHED_PROCESS_EXIT], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3
+    assert result.stdout == "saved\n"
+    assert "INFO:run:logged" in result.stderr and result.stderr.endswith("progress")

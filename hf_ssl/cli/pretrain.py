@@ -60,8 +60,10 @@ from hf_ssl.training.plan import describe_plan
 from hf_ssl.training.run_lock import lock_run_folder_for_all_processes
 from hf_ssl.training.runtime import (
     configure_cpu_threads,
+    exit_launched_process,
     forget_previous_run_state,
     keep_freed_host_memory,
+    launched_process_count,
     multi_process_cpu_run,
 )
 from hf_ssl.training.sharding import (
@@ -128,6 +130,14 @@ def refuse_unsupported_launch() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    exit_code = run_until_stopped(argv)
+    if launched_process_count() > 1:
+        exit_launched_process(exit_code)
+    return exit_code
+
+
+def run_until_stopped(argv: list[str] | None = None) -> int:
+    """`run`, with signals, configuration errors and a full disk answered by an exit code and one line."""
     stop_requests = StopRequests().install()
     try:
         return run(argv, stop_requests)

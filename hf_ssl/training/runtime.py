@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
 import platform
+import sys
+from typing import NoReturn
 
 import torch
 
@@ -85,8 +88,31 @@ def multi_process_cpu_run() -> bool:
     ``accelerate launch --multi_gpu`` on a CPU-only machine it otherwise reports
     DistributedType.NO, and every process believes it is the only (main) one.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    return world_size > 1 and not torch.cuda.is_available()
+    return launched_process_count() > 1 and not torch.cuda.is_available()
+
+
+def launched_process_count() -> int:
+    """How many processes the launcher (torchrun / accelerate launch) started for this run; 1 without one."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def exit_launched_process(exit_code: int) -> NoReturn:
+    """End one of several launched processes once its work is saved, skipping interpreter finalization.
+
+    After ``destroy_process_group``, objects that still reference the gloo process group (FSDP's
+    parameter groups, finished work handles holding tensors) are freed during interpreter
+    finalization, where releasing a tensor's Python reference from a gloo worker thread can abort
+    the process (SIGABRT, "terminate called without an active exception"; pytorch/pytorch#179291
+    describes it): a run that had saved everything then fails its launch. Every file is written and
+    closed by now; only the standard streams and logging handlers hold buffered output.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can reach it
+            pass
+    os._exit(exit_code)
 
 
 def cpu_has_native_bf16(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
@@ -165,5 +191,5 @@ def forget_previous_run_state() -> None:
     """
     from accelerate.state import AcceleratorState
 
-    if AcceleratorState._shared_state and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if AcceleratorState._shared_state and launched_process_count() == 1:
         AcceleratorState._reset_state(reset_partial_state=False)
