@@ -45,6 +45,11 @@ CAPTION_LENGTH = 32
 PROJECTION_DIM = 512
 _VIT_FIELDS = ("image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads",
                "intermediate_size", "hidden_act", "layer_norm_eps", "initializer_range")
+# How a BEiT encoder places its tokens and scales its residual branches: hf-ssl's BEiT and SplitMask
+# pre-train with BEiT's shared relative position bias (a learned attention bias in every block) and
+# no absolute positions, which `BeitConfig`'s defaults (no position information at all) leave out.
+_BEIT_POSITION_FIELDS = ("use_absolute_position_embeddings", "use_relative_position_bias",
+                         "use_shared_relative_position_bias", "layer_scale_init_value", "drop_path_rate")
 
 
 def _model_step(model: torch.nn.Module, loss, inputs: CaseInputs, note: str) -> ModelStep:
@@ -53,12 +58,13 @@ def _model_step(model: torch.nn.Module, loss, inputs: CaseInputs, note: str) -> 
 
 
 def transformers_beit(inputs: CaseInputs) -> ModelStep:
-    """`BeitForMaskedImageModeling` at the hf-ssl encoder's size: BEiT's block-wise 40 % mask, vocabulary
-    of the hf-ssl tokenizer's size, random target tokens."""
+    """`BeitForMaskedImageModeling` at the hf-ssl encoder's size and position settings: BEiT's block-wise
+    40 % mask, vocabulary of the hf-ssl tokenizer's size, random target tokens."""
     config = inputs.hf_ssl_config
     vocabulary_size = config.tokenizer_vocab_size
     model = BeitForMaskedImageModeling(BeitConfig(
-        vocab_size=vocabulary_size, use_mask_token=True, **{name: getattr(config, name) for name in _VIT_FIELDS}
+        vocab_size=vocabulary_size, use_mask_token=True,
+        **{name: getattr(config, name) for name in (*_VIT_FIELDS, *_BEIT_POSITION_FIELDS)},
     ))
     grid = (config.image_size // config.patch_size, config.image_size // config.patch_size)
 

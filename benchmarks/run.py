@@ -83,9 +83,10 @@ Columns (Markdown; the JSON has the same fields and more)
   (baseline, for every implementation: fused AdamW where the kernel applies, as the hf-ssl trainer
   and transformers' Trainer build it), ``SDPA <backend>``
   (forced with ``sdpa_kernel``), ``channels-last`` (conv backbones), ``.item() per step`` (a host
-  sync per step, as loops that log every step do), ``sdpa attention`` / ``eager attention`` (the
-  kernel the trainer's ``--attention auto`` does not pick: hf-ssl's baseline attends eager on CPU
-  under bf16 and with SDPA otherwise; references keep SDPA), ``torch.compile`` (``--compile``). first step s:
+  sync per step, as loops that log every step do), ``sdpa attention`` / ``eager attention`` /
+  ``lean attention`` (each kernel the trainer's ``--attention auto`` does not pick: hf-ssl's baseline
+  attends lean on CPU under bf16 and with SDPA otherwise; lean rows only under bf16; references keep
+  SDPA), ``torch.compile`` (``--compile``). first step s:
   the first step's seconds (compilation, for torch.compile).
 - data table: images/s of one worker (one process, one torch thread) for each case's transform and
   decoder, and the workers a step of the given rates (``--target_images_per_second``) needs.

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from hf_ssl.training.attention import resolve_attention, use_eager_attention
+from hf_ssl.training.attention import resolve_attention, use_attention
 from hf_ssl.training.optimizer import can_fuse
 
 OptimizerKind = Literal["fused", "foreach", "for-loop"]
@@ -48,8 +48,8 @@ class Levers:
         item_per_step: read the loss with ``.item()`` after every step (a host sync on CUDA), as
             loops that log every step do; the hf-ssl loop does not.
         attention: the hf-ssl model's attention kernel: ``"auto"`` (the baseline: the trainer's
-            ``--attention auto``, eager on CPU under bf16, else SDPA), ``"sdpa"`` or ``"eager"``.
-            References keep their own default (SDPA).
+            ``--attention auto``, lean on CPU under bf16, else SDPA), ``"sdpa"``, ``"eager"`` or
+            ``"lean"``. References keep their own default (SDPA).
     """
 
     optimizer: OptimizerKind = "fused"
@@ -95,7 +95,8 @@ def lever_variants(names: list[str], device: torch.device, sdpa_backends: list[s
 
     Args:
         names: lever names from ``--levers`` (``foreach``, ``for_loop``, ``sdpa``, ``channels_last``, ``item``,
-            ``attention``: the kernel the trainer's ``--attention auto`` does not pick for `precision`).
+            ``attention``: each kernel the trainer's ``--attention auto`` does not pick for `precision`;
+            lean only under bf16, where it differs from eager).
         sdpa_backends: backends for the ``sdpa`` lever (default: the device's, `DEVICE_SDPA_BACKENDS`).
         compile_model: add the ``torch.compile`` variant (``--compile``).
         has_attention: the model attends with SDPA (ViT, Swin): the ``sdpa`` lever applies.
@@ -115,7 +116,8 @@ def lever_variants(names: list[str], device: torch.device, sdpa_backends: list[s
         variants.append(replace(BASELINE, item_per_step=True))
     if "attention" in names and has_attention:
         trainer_choice = _trainer_attention("auto", device, precision)
-        variants.append(replace(BASELINE, attention="sdpa" if trainer_choice == "eager" else "eager"))
+        kernels = ("sdpa", "eager", "lean") if precision == "bf16" else ("sdpa", "eager")
+        variants += [replace(BASELINE, attention=kernel) for kernel in kernels if kernel != trainer_choice]
     if compile_model:
         variants.append(replace(BASELINE, compile=True))
     return variants
@@ -221,8 +223,8 @@ def build_training_step(
     attention = None
     if model_step.follows_trainer_attention:
         attention = _trainer_attention(levers.attention, device, precision)
-        if attention == "eager":
-            use_eager_attention(module)
+        if attention != "sdpa":
+            use_attention(module, attention)
     if levers.channels_last:
         module.to(memory_format=torch.channels_last)
     runner = torch.compile(module) if levers.compile else module

@@ -104,8 +104,8 @@ def test_splitmask_on_the_digits_learns_and_attends_as_configured(tmp_path):
     assert re.search(r"^Verdict: the pre-trained encoder does NOT beat raw pixels on k-NN", result.stdout, re.MULTILINE)
     arguments = json.loads((output_dir / "training_args.json").read_text())
     assert (arguments["method"], arguments["image_size"], arguments["num_images_seen"]) == ("splitmask", 32, 600 * 64)
-    # auto attention: eager where the run trained in bf16 on CPU, SDPA otherwise; the saved model loads with SDPA
-    assert arguments["attention"] == ("eager" if arguments["mixed_precision"] == "bf16" else "sdpa")
+    # auto attention: lean where the run trained in bf16 on CPU, SDPA otherwise; the saved model loads with SDPA
+    assert arguments["attention"] == ("lean" if arguments["mixed_precision"] == "bf16" else "sdpa")
     from transformers import AutoModel, ViTModel
 
     backbone = AutoModel.from_pretrained(output_dir / "backbone")

@@ -123,7 +123,7 @@ def test_the_plan_names_each_value_and_where_it_came_from(tmp_path, monkeypatch)
         "  batch        32 per step = 1 process(es) x 32 x 1 accumulation  "
         "(200 images: each of the 1 DataLoader worker(s) fills 4+ batches per epoch)",
         "  precision    no  (--mixed_precision)",
-        "  attention    sdpa  (--attention auto: eager on CPU under bf16, else SDPA)",
+        "  attention    sdpa  (--attention auto: lean (eager, half its memory) on CPU under bf16, else SDPA)",
         "  compile      eager  (--compile auto: never pays back for dino on cpu (AMD EPYC, 2 cores, bundled run: "
         "0.68-1.09x, within the host's drift))",
         "  workers      1 DataLoader worker(s) per process  (given)",

@@ -48,7 +48,7 @@ from hf_ssl.training import (
     train,
     validate_arguments,
 )
-from hf_ssl.training.attention import resolve_attention, use_eager_attention
+from hf_ssl.training.attention import resolve_attention, use_attention
 from hf_ssl.training.compilation import compile_in_place, resolve_compile
 from hf_ssl.training.disk_space import is_disk_full
 from hf_ssl.training.interruption import RunInterrupted, StopRequests
@@ -263,8 +263,8 @@ def run(argv: list[str] | None = None, stop_requests: StopRequests | None = None
             model, (batch["pixel_values"] for batch in itertools.islice(fitting_batches, arguments.tokenizer_fit_batches))
         )
         fitting_batches.close()
-    if attention == "eager" and use_eager_attention(model):
-        logger.info("Attention: eager (--attention %s)", arguments.attention)
+    if attention != "sdpa" and use_attention(model, attention):
+        logger.info("Attention: %s (--attention %s)", attention, arguments.attention)
     if compiling[0]:
         compile_in_place(model)
     # From here on every process draws its own masks and noise.

@@ -133,9 +133,10 @@ class PretrainingArguments:
     )
     attention: AttentionChoice = field(
         default="auto",
-        metadata={"help": "auto / sdpa / eager: the attention kernel while training. auto = eager (explicit matmuls, "
-                          "fp32 softmax) on CPU under bf16, where torch's SDPA kernels are slower at ViT lengths, "
-                          "else SDPA. Saved models load with SDPA either way."},
+        metadata={"help": "auto / sdpa / eager / lean: the attention kernel while training. eager = explicit matmuls, "
+                          "fp32 softmax (transformers' eager); lean = eager keeping only the bf16 probabilities for the "
+                          "backward (half the attention memory). auto = lean on CPU under bf16, where torch's SDPA "
+                          "kernels are slower at ViT lengths, else SDPA. Saved models load with SDPA either way."},
     )
     compile: CompileChoice = field(
         default="auto",

@@ -61,7 +61,7 @@ def describe_plan(
                   f"{arguments.gradient_accumulation_steps} accumulation",
          _origin("total_batch_size", requested, arguments, sized, "the default")),
         ("precision", arguments.mixed_precision, precision_reason),
-        ("attention", attention, "--attention auto: eager on CPU under bf16, else SDPA" if requested.attention == "auto"
+        ("attention", attention, "--attention auto: lean (eager, half its memory) on CPU under bf16, else SDPA" if requested.attention == "auto"
          else "given"),
         ("compile", "torch.compile" if compiling[0] else "eager", compiling[1]),
         ("workers", f"{arguments.dataloader_num_workers} DataLoader worker(s) per process",
