@@ -49,7 +49,8 @@ def finetune_segmentation(backbone: nn.Module, train_pixel_values: torch.Tensor,
                           train_labels: torch.Tensor, test_pixel_values: torch.Tensor, test_masks: torch.Tensor,
                           num_classes: int, settings: FinetuneSettings | None = None, seed: int = 0,
                           id2label: dict[int, str] | None = None, progress: bool = False,
-                          stop_requested=None, **overrides) -> tuple[dict, BackboneForSemanticSegmentation]:
+                          stop_requested=None, per_class: bool = False,
+                          **overrides) -> tuple[dict, BackboneForSemanticSegmentation]:
     """Fine-tune a copy of `backbone` with a deconvolution decoder until the validation mean IoU
     stops rising; report the test metrics of the best validation check.
 
@@ -63,6 +64,7 @@ def finetune_segmentation(backbone: nn.Module, train_pixel_values: torch.Tensor,
         settings: `FinetuneSettings`; `overrides` replace single fields.
         id2label: class names the model's config keeps (default ``class_<k>``).
         progress, stop_requested: see `hf_ssl.eval.finetune.train_until_converged`.
+        per_class: add the test split's ``"class_iou"`` (a list over the K classes, None for an absent one).
 
     Returns:
         ``({"mean_iou", "pixel_accuracy", "steps", "max_steps", "best_step", "validated",
@@ -95,7 +97,8 @@ def finetune_segmentation(backbone: nn.Module, train_pixel_values: torch.Tensor,
     run = train_until_converged(model, settings, fit_index, batch_loss,
                                 validation_mean_iou if validation_index is not None else None, generator,
                                 progress=progress, stop_requested=stop_requested)
-    metrics = segmentation_metrics(_predict_masks(model, test_pixel_values, batch_size, device), test_masks, num_classes)
+    metrics = segmentation_metrics(_predict_masks(model, test_pixel_values, batch_size, device), test_masks, num_classes,
+                                   per_class=per_class)
     return {**metrics, "steps": run["steps"], "max_steps": run["max_steps"], "best_step": run["best_step"],
             "validated": split is not None, **({"validation_mean_iou": run["best_score"]} if split else {}),
             "decoder_layers": layers, "stopped_early": run["stopped_early"]}, model

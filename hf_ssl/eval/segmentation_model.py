@@ -25,7 +25,6 @@ from hf_ssl.remote_code import add_remote_code
 from .data import IGNORE_INDEX, preprocess_masks
 from .finetune import FinetuneSettings, training_steps
 from .low_label import stratified_validation_split
-from .segmentation import segmentation_metrics
 from .segmentation_finetune import _predict_masks, finetune_segmentation
 
 RESULTS_FILE = "eval_results.json"
@@ -123,12 +122,9 @@ def train_segmentation_model(encoder: torch.nn.Module, data: SegmentationData, s
     metrics, model = finetune_segmentation(
         encoder, data.train_pixels, data.train_masks, validation_strata(data.train_masks, data.num_classes),
         data.test_pixels, data.test_masks, data.num_classes, settings=settings, seed=seed,
-        id2label=dict(enumerate(data.class_names)), progress=progress, stop_requested=stop_requested,
+        id2label=dict(enumerate(data.class_names)), progress=progress, stop_requested=stop_requested, per_class=True,
     )
-    device = next(model.parameters()).device
-    predictions = _predict_masks(model, data.test_pixels, settings.batch_size * 4, device)
-    class_iou = segmentation_metrics(predictions, data.test_masks, data.num_classes, per_class=True)["class_iou"]
-    return model.cpu(), {**metrics, "class_iou": dict(zip(data.class_names, class_iou))}
+    return model.cpu(), {**metrics, "class_iou": dict(zip(data.class_names, metrics["class_iou"], strict=True))}
 
 
 def save_segmentation_model(model, image_processor, output_dir: str | os.PathLike, result: dict,
