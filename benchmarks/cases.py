@@ -43,7 +43,7 @@ from reference_transformers import (
     transformers_mae,
     transformers_simmim,
 )
-from steps import ModelStep
+from steps import ModelStep, NotApplicable
 
 HF_SSL = "hf-ssl"
 # The schedules are read at the middle of a long run: hooks that only act early (DINO's frozen
@@ -193,10 +193,6 @@ class CaptionFallbackTransform:
         attention_mask = [1] * len(ids) + [0] * (CAPTION_LENGTH - len(ids))
         ids += [0] * (CAPTION_LENGTH - len(ids))
         return {**self.image(row), "input_ids": torch.tensor(ids), "attention_mask": torch.tensor(attention_mask)}
-
-
-class NotApplicable(ValueError):
-    """The case cannot run at this size (e.g. a masking method on a CNN)."""
 
 
 def prepare_case(case: Case, size: Size, batch_size: int, seed: int = 0) -> CaseInputs:

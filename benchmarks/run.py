@@ -86,7 +86,8 @@ Columns (Markdown; the JSON has the same fields and more)
   sync per step, as loops that log every step do), ``sdpa attention`` / ``eager attention`` /
   ``lean attention`` (each kernel the trainer's ``--attention auto`` does not pick: hf-ssl's baseline
   attends lean on CPU under bf16 and with SDPA otherwise; lean rows only under bf16; references keep
-  SDPA), ``torch.compile`` (``--compile``). first step s:
+  SDPA), ``activation checkpointing`` (``checkpointing``: the trainer's ``--gradient_checkpointing``),
+  ``torch.compile`` (``--compile``). first step s:
   the first step's seconds (compilation, for torch.compile).
 - data table: images/s of one worker (one process, one torch thread) for each case's transform and
   decoder, and the workers a step of the given rates (``--target_images_per_second``) needs.

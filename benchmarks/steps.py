@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from hf_ssl.training.activation_recomputation import use_activation_checkpointing
 from hf_ssl.training.attention import resolve_attention, use_attention
 from hf_ssl.training.optimizer import can_fuse
 
@@ -31,6 +32,10 @@ SDPA_BACKENDS = {
 }
 # Backends each device has: CPU's default already is its flash kernel, so only "math" differs.
 DEVICE_SDPA_BACKENDS = {"cpu": ("math",), "cuda": ("flash", "efficient", "cudnn", "math")}
+
+
+class NotApplicable(ValueError):
+    """The case or lever cannot run at this size (e.g. a masking method on a CNN)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ class Levers:
         attention: the hf-ssl model's attention kernel: ``"auto"`` (the baseline: the trainer's
             ``--attention auto``, lean on CPU under bf16, else SDPA), ``"sdpa"``, ``"eager"`` or
             ``"lean"``. References keep their own default (SDPA).
+        activation_checkpointing: recompute each block's activations in the backward pass (the
+            trainer's ``--gradient_checkpointing``): a memory lever.
     """
 
     optimizer: OptimizerKind = "fused"
@@ -58,6 +65,7 @@ class Levers:
     channels_last: bool = False
     item_per_step: bool = False
     attention: str = "auto"
+    activation_checkpointing: bool = False
 
     def label(self) -> str:
         """``"baseline"`` or what differs from it, e.g. ``"fused AdamW"``, ``"SDPA math"``."""
@@ -74,11 +82,14 @@ class Levers:
             parts.append(".item() per step")
         if self.attention != "auto":
             parts.append(f"{self.attention} attention")
+        if self.activation_checkpointing:
+            parts.append("activation checkpointing")
         return " + ".join(parts) or "baseline"
 
     def as_dict(self) -> dict:
         return {"optimizer": self.optimizer, "compile": self.compile, "sdpa_backend": self.sdpa_backend,
-                "channels_last": self.channels_last, "item_per_step": self.item_per_step, "attention": self.attention}
+                "channels_last": self.channels_last, "item_per_step": self.item_per_step, "attention": self.attention,
+                "activation_checkpointing": self.activation_checkpointing}
 
 
 BASELINE = Levers()
@@ -96,7 +107,7 @@ def lever_variants(names: list[str], device: torch.device, sdpa_backends: list[s
     Args:
         names: lever names from ``--levers`` (``foreach``, ``for_loop``, ``sdpa``, ``channels_last``, ``item``,
             ``attention``: each kernel the trainer's ``--attention auto`` does not pick for `precision`;
-            lean only under bf16, where it differs from eager).
+            lean only under bf16, where it differs from eager; ``checkpointing``: activation checkpointing).
         sdpa_backends: backends for the ``sdpa`` lever (default: the device's, `DEVICE_SDPA_BACKENDS`).
         compile_model: add the ``torch.compile`` variant (``--compile``).
         has_attention: the model attends with SDPA (ViT, Swin): the ``sdpa`` lever applies.
@@ -118,12 +129,14 @@ def lever_variants(names: list[str], device: torch.device, sdpa_backends: list[s
         trainer_choice = _trainer_attention("auto", device, precision)
         kernels = ("sdpa", "eager", "lean") if precision == "bf16" else ("sdpa", "eager")
         variants += [replace(BASELINE, attention=kernel) for kernel in kernels if kernel != trainer_choice]
+    if "checkpointing" in names:
+        variants.append(replace(BASELINE, activation_checkpointing=True))
     if compile_model:
         variants.append(replace(BASELINE, compile=True))
     return variants
 
 
-LEVER_NAMES = ("foreach", "for_loop", "sdpa", "channels_last", "item", "attention")
+LEVER_NAMES = ("foreach", "for_loop", "sdpa", "channels_last", "item", "attention", "checkpointing")
 
 
 @dataclass
@@ -225,6 +238,8 @@ def build_training_step(
         attention = _trainer_attention(levers.attention, device, precision)
         if attention != "sdpa":
             use_attention(module, attention)
+    if levers.activation_checkpointing and not use_activation_checkpointing(module):
+        raise NotApplicable("no transformers blocks or timm model to recompute")
     if levers.channels_last:
         module.to(memory_format=torch.channels_last)
     runner = torch.compile(module) if levers.compile else module

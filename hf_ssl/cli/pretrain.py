@@ -48,6 +48,7 @@ from hf_ssl.training import (
     train,
     validate_arguments,
 )
+from hf_ssl.training.activation_recomputation import use_activation_checkpointing
 from hf_ssl.training.attention import resolve_attention, use_attention
 from hf_ssl.training.compilation import compile_in_place, resolve_compile
 from hf_ssl.training.disk_space import is_disk_full
@@ -265,6 +266,12 @@ def run(argv: list[str] | None = None, stop_requests: StopRequests | None = None
         fitting_batches.close()
     if attention != "sdpa" and use_attention(model, attention):
         logger.info("Attention: %s (--attention %s)", attention, arguments.attention)
+    if arguments.gradient_checkpointing:
+        recomputed = use_activation_checkpointing(model)
+        if not recomputed:
+            raise ConfigurationError(f"--gradient_checkpointing: {type(model).__name__} has no transformers blocks or timm "
+                                     "model whose activations can be recomputed")
+        logger.info("Activation checkpointing: %d blocks (or timm models) recompute their activations in the backward", recomputed)
     if compiling[0]:
         compile_in_place(model)
     # From here on every process draws its own masks and noise.

@@ -144,6 +144,12 @@ class PretrainingArguments:
                           "auto = only where the measured compile time is paid back by the run's steps. A compile "
                           "failure never stops the run: that part runs eagerly, with a warning."},
     )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Recompute each transformer block's activations in the backward pass instead of keeping them "
+                          "(transformers' name for activation checkpointing): less memory for about a third more compute "
+                          "per step. transformers blocks and timm models."},
+    )
     cpu_allocator_cache: bool = field(
         default=True,
         metadata={"help": "On CPU (Linux, glibc): keep the memory a step frees for the next step instead of returning it "
