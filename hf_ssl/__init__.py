@@ -9,6 +9,7 @@ from hf_ssl.modeling.barlow_twins import BackboneForBarlowTwins, BarlowTwinsConf
 from hf_ssl.modeling.beit import BEiTConfig, BEiTOutput, ViTForBEiT
 from hf_ssl.modeling.byol import BackboneForBYOL, BYOLConfig, BYOLOutput
 from hf_ssl.modeling.dino import BackboneForDINO, DINOConfig, DINOOutput
+from hf_ssl.modeling.dinov2 import BackboneForDINOv2, DINOv2Config, DINOv2Output
 from hf_ssl.modeling.distillation import BackboneForDistillation, DistillationConfig, DistillationOutput
 from hf_ssl.modeling.dual_encoder import BackboneForDualEncoder, DualEncoderConfig, DualEncoderOutput
 from hf_ssl.modeling.mae import MAEConfig, MAEOutput, ViTForMAE
@@ -33,6 +34,7 @@ __all__ = [
     "BackboneForBYOL",
     "BackboneForBarlowTwins",
     "BackboneForDINO",
+    "BackboneForDINOv2",
     "BackboneForDistillation",
     "BackboneForDualEncoder",
     "BackboneForMoCoV3",
@@ -44,6 +46,8 @@ __all__ = [
     "BarlowTwinsConfig",
     "BarlowTwinsOutput",
     "DINOConfig",
+    "DINOv2Config",
+    "DINOv2Output",
     "DINOOutput",
     "DistillationConfig",
     "DistillationOutput",

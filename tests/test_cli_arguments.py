@@ -17,7 +17,7 @@ def test_a_misspelt_pretrain_flag_is_one_error_naming_the_close_match():
 
 
 def test_a_flag_of_another_method_says_which_method_has_it():
-    with pytest.raises(ConfigurationError, match="--local_crops_number: it is a flag of --method dino, not of --method simclr"):
+    with pytest.raises(ConfigurationError, match="--local_crops_number: it is a flag of --method dino / dinov2, not of --method simclr"):
         parse_arguments(["--local_crops_number", "4"])
     parse_arguments(["--method", "dino", "--local_crops_number", "4"])
 

@@ -36,7 +36,10 @@ METHODS = available_methods()
 
 
 def tiny_backbone_name(method: str) -> str:
-    supported = get_recipe(method).supported_backbones
+    recipe = get_recipe(method)
+    supported = recipe.supported_backbones
+    if recipe.bundled_model:
+        return recipe.bundled_model
     return "vit-micro" if ("vit" in supported or "any" in supported) else "swin-micro"
 
 
@@ -303,8 +306,7 @@ def test_run_folder_card_renders_with_the_methods_figures(method, tmp_path):
         assert (tmp_path / figure.file_name).is_file() and f"]({figure.file_name})" in card.text
 
 
-EVALUATED = [(method, "vit-micro" if "vit" in get_recipe(method).supported_backbones or "any" in
-              get_recipe(method).supported_backbones else "swin-micro") for method in METHODS]
+EVALUATED = [(method, tiny_backbone_name(method)) for method in METHODS]
 EVALUATED += [(method, "timm/resnet10t") for method in METHODS if "any" in get_recipe(method).supported_backbones][:2]
 
 

@@ -163,7 +163,7 @@ def plain_backbone(backbone: nn.Module) -> nn.Module:
     """`backbone` as the plain transformers class users load, holding every weight that class expects.
 
     Masked-image-modeling encoders carry a learned mask token (``embeddings.mask_token``) that no
-    downstream model has: the copy drops it. Encoders built without their pooler (hf-ssl builds
+    downstream model has: the copy drops it (DINOv2's classes, which have one, keep it). Encoders built without their pooler (hf-ssl builds
     ViTs that way: no objective trains it) get it back as the class initialises it, seeded, so
     that ``AutoModel.from_pretrained`` finds every weight and prints no load report. Features
     (``last_hidden_state``, hf-ssl's mean or CLS pooling) do not pass through it; a Swin's pooler
@@ -179,8 +179,11 @@ def plain_backbone(backbone: nn.Module) -> nn.Module:
     with torch.random.fork_rng(devices=[]):  # the same pooler in every export, and the caller's RNG untouched
         torch.manual_seed(0)
         copy = type(backbone)(backbone.config, **({"add_pooling_layer": True} if takes_pooler else {}))
+    # DINOv2's classes hold a mask token themselves (iBOT's, in every released checkpoint): kept there.
+    keeps_mask_token = "embeddings.mask_token" in copy.state_dict()
     missing, unexpected = copy.load_state_dict(
-        {name: tensor for name, tensor in state.items() if name != "embeddings.mask_token"}, strict=False
+        {name: tensor for name, tensor in state.items() if keeps_mask_token or name != "embeddings.mask_token"},
+        strict=False,
     )
     if unexpected or [name for name in missing if not name.startswith("pooler.")]:
         raise KeyError(f"{type(backbone).__name__} export: weights missing {missing}, unexpected {unexpected}")

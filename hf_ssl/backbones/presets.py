@@ -1,13 +1,13 @@
 """Named backbone sizes shared by every method (``--model vit-small``), and the small-image rule.
 
 A preset is a dict of HF config fields; `preset_config` turns it into the `ViTConfig` /
-`SwinConfig` / `ResNetConfig` of a given input size, so that the exported encoder is a plain
-transformers `ViTModel` / `SwinModel` / `ResNetModel` of that size.
+`SwinConfig` / `ResNetConfig` / `Dinov2WithRegistersConfig` of a given input size, so that the
+exported encoder is a plain transformers model of that size.
 """
 
 from __future__ import annotations
 
-from transformers import PreTrainedConfig, ResNetConfig, SwinConfig, ViTConfig
+from transformers import Dinov2WithRegistersConfig, PreTrainedConfig, ResNetConfig, SwinConfig, ViTConfig
 
 VIT_PRESETS: dict[str, dict] = {
     # A ViT small enough to pre-train on 2 CPU cores in minutes (the bundled default run, tests).
@@ -39,7 +39,20 @@ RESNET_PRESETS: dict[str, dict] = {
     "resnet-50": dict(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3], layer_type="bottleneck",
                       downsample_in_first_stage=False),
 }
-_PRESETS = {"vit": VIT_PRESETS, "swin": SWIN_PRESETS, "resnet": RESNET_PRESETS}
+# DINOv2's ViTs (facebookresearch/dinov2 vision_transformer.py vit_small / vit_base) with 4 register
+# tokens (Darcet et al. 2024, arXiv:2309.16588): transformers' Dinov2WithRegistersModel, whose mask
+# token the iBOT term of `--method dinov2` needs. micro is vit-micro's size.
+DINOV2_PRESETS: dict[str, dict] = {
+    "dinov2-micro": dict(hidden_size=96, num_hidden_layers=4, num_attention_heads=3),
+    "dinov2-small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6),
+    "dinov2-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
+}
+DINOV2_NUM_REGISTER_TOKENS = 4
+# dinov2/configs/ssl_default_config.yaml: student.layerscale (transformers' default is 1.0, the
+# value its converted checkpoints overwrite anyway).
+DINOV2_LAYERSCALE = 1e-5
+DINOV2_PATCH_SIZE = 14
+_PRESETS = {"vit": VIT_PRESETS, "swin": SWIN_PRESETS, "resnet": RESNET_PRESETS, "dinov2": DINOV2_PRESETS}
 
 # Below this side the published 16-px ViT patches leave a grid too coarse to mask (2x2 at 32 px).
 SMALL_IMAGE_SIZE = 128
@@ -102,8 +115,8 @@ def swin_window_size(image_size: int, patch_size: int, num_stages: int, largest:
 
 
 def preset_config(name: str, image_size: int) -> PreTrainedConfig:
-    """The transformers config of preset `name` at `image_size` (ViT patch from `vit_patch_size`; a
-    ResNet's global pooling takes any size)."""
+    """The transformers config of preset `name` at `image_size` (ViT patch from `vit_patch_size`, DINOv2's
+    14 px where it tiles the image; a ResNet's global pooling takes any size)."""
     family, fields = backbone_preset(name)
     if family == "resnet":
         return ResNetConfig(**fields)
@@ -114,6 +127,17 @@ def preset_config(name: str, image_size: int) -> PreTrainedConfig:
             layer_norm_eps=VIT_LAYER_NORM_EPS,
             qkv_bias=True,
             encoder_stride=vit_patch_size(image_size),
+            **fields,
+        )
+    if family == "dinov2":
+        # 14-px patches as published where they tile the image (224 px), else the ViT rule.
+        large = image_size >= SMALL_IMAGE_SIZE and image_size % DINOV2_PATCH_SIZE == 0
+        return Dinov2WithRegistersConfig(
+            image_size=image_size,
+            patch_size=DINOV2_PATCH_SIZE if large else vit_patch_size(image_size),
+            num_register_tokens=DINOV2_NUM_REGISTER_TOKENS,
+            layerscale_value=DINOV2_LAYERSCALE,
+            mlp_ratio=4,
             **fields,
         )
     stages = len(fields["depths"])
@@ -128,6 +152,7 @@ def preset_config(name: str, image_size: int) -> PreTrainedConfig:
 
 
 __all__ = [
+    "DINOV2_PRESETS",
     "RESNET_PRESETS",
     "SMALL_IMAGE_SIZE",
     "SWIN_PRESETS",

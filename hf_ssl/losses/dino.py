@@ -79,16 +79,44 @@ def dino_loss(
             raise ValueError(f"{name} must be > 0, got {value}")
 
     centred = to_compute_dtype(teacher_output.detach()) - center.reshape(1, -1)
-    teacher_probabilities = F.softmax(centred / teacher_temperature, dim=-1).chunk(num_global_crops)
-    student_log_probabilities = F.log_softmax(to_compute_dtype(student_output) / student_temperature, dim=-1)
-    student_log_probabilities = student_log_probabilities.chunk(student_output.shape[0] // batch)
+    teacher_probabilities = F.softmax(centred / teacher_temperature, dim=-1)
+    return crop_pair_cross_entropy(student_output, teacher_probabilities, num_global_crops, student_temperature)
 
+
+def crop_pair_cross_entropy(
+    student_output: torch.Tensor,
+    teacher_targets: torch.Tensor,
+    num_global_crops: int = 2,
+    student_temperature: float = 0.1,
+) -> torch.Tensor:
+    """The pair average of `dino_loss` given the teacher's distributions (however they were centred):
+
+        loss = mean over pairs (g, v), v != g, of mean_b sum_k -T(g)_bk log softmax(student_v / tau_s)_bk
+
+    Args:
+        student_output: ``(num_crops * B, K)`` crop-major, the global crops first.
+        teacher_targets: ``(num_global_crops * B, K)`` rows summing to 1 (no gradient).
+        num_global_crops: crops the teacher saw.
+        student_temperature: tau_s.
+
+    Returns:
+        Scalar.
+    """
+    batch = teacher_targets.shape[0] // num_global_crops
+    if batch == 0 or student_output.shape[0] % batch or student_output.shape[0] // batch < num_global_crops:
+        raise ValueError(f"student_output must hold at least num_global_crops={num_global_crops} chunks of B={batch} "
+                         f"rows, got {student_output.shape[0]} rows")
+    teacher_crops = teacher_targets.detach().chunk(num_global_crops)
+    student_log_probabilities = F.log_softmax(to_compute_dtype(student_output) / student_temperature, dim=-1)
+    student_crops = student_log_probabilities.chunk(student_output.shape[0] // batch)
     pair_losses = [
         -(teacher_crop * student_crop).sum(dim=-1).mean()
-        for teacher_index, teacher_crop in enumerate(teacher_probabilities)
-        for student_index, student_crop in enumerate(student_log_probabilities)
+        for teacher_index, teacher_crop in enumerate(teacher_crops)
+        for student_index, student_crop in enumerate(student_crops)
         if student_index != teacher_index  # the same view seen by both networks is skipped
     ]
+    if not pair_losses:
+        raise ValueError("no crop pair: give more than one crop per image")
     return torch.stack(pair_losses).mean()
 
 

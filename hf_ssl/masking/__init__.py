@@ -1,4 +1,4 @@
-"""Mask generators: SplitMask's split, BEiT's block-wise / random masks, SimMIM's mask-patch masks,
+"""Mask generators: SplitMask's split, BEiT's block-wise / random masks, DINOv2's iBOT masks, SimMIM's mask-patch masks,
 and the AvgDist statistic of any of them."""
 
 from .avg_dist import average_distance, mask_generator_average_distance
@@ -8,6 +8,7 @@ from .blockwise import (
     beit_mask,
     beit_num_masked_patches,
     blockwise_patch_mask,
+    dinov2_masks,
     random_patch_mask,
 )
 from .simmim import SimMIMMaskGenerator
@@ -21,6 +22,7 @@ __all__ = [
     "beit_mask",
     "beit_num_masked_patches",
     "blockwise_patch_mask",
+    "dinov2_masks",
     "mask_generator_average_distance",
     "random_patch_mask",
     "random_split_mask",

@@ -85,6 +85,7 @@ def sample_blocks(
     min_block_patches: int = BEIT_MIN_BLOCK_PATCHES,
     min_aspect_ratio: float = BEIT_MIN_ASPECT_RATIO,
     num_attempts: int = BEIT_BLOCK_ATTEMPTS,
+    max_block_patches: float | None = None,
 ) -> tuple[np.ndarray, list[int]]:
     """One image's blocks, drawn by the official BEiT loop (may stop short of the target).
 
@@ -95,6 +96,8 @@ def sample_blocks(
         min_block_patches: lower end of a block's target area (BEiT: 16).
         min_aspect_ratio: aspect ratios are log-uniform in ``[min, 1 / min]`` (BEiT: 0.3).
         num_attempts: placements tried per block before the loop gives up (BEiT: 10).
+        max_block_patches: the most patches one block may newly hide (DINOv2's generator: half the
+            grid; BEiT: no bound but the remaining count).
 
     Returns:
         ``(rows, cols)`` bool mask (True = hidden) and the number of patches each kept block newly
@@ -107,6 +110,8 @@ def sample_blocks(
     hidden = 0
     while hidden < num_masked_patches:
         remaining = num_masked_patches - hidden
+        if max_block_patches is not None:
+            remaining = min(remaining, max_block_patches)
         newly_hidden = 0
         for _attempt in range(num_attempts):
             target_area = rng.uniform(min_block_patches, remaining)
@@ -183,6 +188,54 @@ def blockwise_patch_mask(
     return torch.from_numpy(masks)
 
 
+# DINOv2's generator (facebookresearch/dinov2 dinov2/data/masking.py, as train.py builds it): blocks
+# of at least 4 patches, each at most half the grid.
+DINOV2_MIN_BLOCK_PATCHES = 4
+DINOV2_MAX_BLOCK_FRACTION = 0.5
+
+
+@torch.compiler.disable
+def dinov2_masks(
+    num_images: int,
+    grid_size: tuple[int, int],
+    mask_probability: float = 0.5,
+    mask_ratio_range: tuple[float, float] = (0.1, 0.5),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The iBOT masks of a batch of global crops, as DINOv2's ``collate_data_and_cast`` draws them.
+
+    ``int(num_images * mask_probability)`` images are masked; the ratio range is cut into that many
+    equal intervals and image i hides ``int(N * uniform(interval i))`` patches in BEiT-style blocks
+    (`sample_blocks`, blocks of 4 to N / 2 patches, never padded: a mask may stop short of its
+    count); the other images hide nothing; the rows are then shuffled. Unlike the official
+    collate, a batch whose masked images all came out empty gets one random patch hidden, so that
+    the masked-patch loss always has a patch to average over (only possible on tiny grids).
+
+    Returns:
+        ``(num_images, N)`` bool, True = hidden; the counts differ between rows.
+    """
+    low, high = mask_ratio_range
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"mask_ratio_range must satisfy 0 <= min <= max <= 1, got {mask_ratio_range}")
+    if not 0.0 <= mask_probability <= 1.0:
+        raise ValueError(f"mask_probability must be in [0, 1], got {mask_probability}")
+    rng = python_random(generator)
+    num_patches = grid_size[0] * grid_size[1]
+    num_masked_images = int(num_images * mask_probability)
+    bounds = torch.linspace(low, high, num_masked_images + 1).tolist()
+    masks = np.zeros((num_images, num_patches), dtype=bool)
+    for index in range(num_masked_images):
+        count = int(num_patches * rng.uniform(bounds[index], bounds[index + 1]))
+        blocks, _sizes = sample_blocks(rng, grid_size, count, DINOV2_MIN_BLOCK_PATCHES, BEIT_MIN_ASPECT_RATIO,
+                                       BEIT_BLOCK_ATTEMPTS, max_block_patches=DINOV2_MAX_BLOCK_FRACTION * num_patches)
+        masks[index] = blocks.reshape(-1)
+    if num_masked_images and not masks.any():
+        masks[0, rng.randrange(num_patches)] = True
+    order = list(range(num_images))
+    rng.shuffle(order)
+    return torch.from_numpy(masks[order])
+
+
 def beit_mask(
     strategy: Literal["blockwise", "random"],
     batch_size: int,
@@ -211,6 +264,7 @@ __all__ = [
     "beit_mask",
     "beit_num_masked_patches",
     "blockwise_patch_mask",
+    "dinov2_masks",
     "pad_mask",
     "python_random",
     "random_patch_mask",

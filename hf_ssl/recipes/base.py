@@ -30,6 +30,8 @@ collapse metric, ...) is logged by the loop.
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 import importlib
 import importlib.util
@@ -84,6 +86,8 @@ class OptimizerDefaults:
         warmup_fraction: fraction of the total steps spent in linear warm-up.
         min_learning_rate_ratio: final learning rate of the cosine, as a fraction of the peak.
         gradient_clip_norm: max gradient norm (None disables clipping).
+        learning_rate_scaling: ``"linear"`` (``base * batch / reference``, most papers) or ``"sqrt"``
+            (``base * sqrt(batch / reference)``, DINOv2's ``sqrt_wrt_1024``).
     """
 
     base_learning_rate: float = 1.5e-4
@@ -94,10 +98,13 @@ class OptimizerDefaults:
     warmup_fraction: float = 0.05
     min_learning_rate_ratio: float = 0.01
     gradient_clip_norm: float | None = 3.0
+    learning_rate_scaling: str = "linear"
 
     def scaled_learning_rate(self, total_batch_size: int) -> float:
-        """The linear scaling rule: ``base_learning_rate * total_batch_size / reference_batch_size``."""
-        return self.base_learning_rate * total_batch_size / self.reference_batch_size
+        """The method's scaling rule: ``base_learning_rate * total_batch_size / reference_batch_size``,
+        or its square root for ``learning_rate_scaling="sqrt"``."""
+        ratio = total_batch_size / self.reference_batch_size
+        return self.base_learning_rate * (math.sqrt(ratio) if self.learning_rate_scaling == "sqrt" else ratio)
 
 
 @dataclass(frozen=True)
@@ -305,6 +312,8 @@ class Recipe(ABC):
         arguments_class: a dataclass of method-specific flags (None: no flags of its own).
         optimizer: published optimizer and schedule defaults.
         default_model: backbone used when ``--model`` is not given.
+        bundled_model: backbone of the bundled small-image run when neither the ViT nor the conv
+            net fits the method ("" for those).
         default_image_size: input size when ``--image_size`` is not given.
         bundled_run_defaults: run settings for the bundled data that differ from the common ones
             (e.g. ``{"learning_rate": 1e-3}``), measured on it.
@@ -327,6 +336,7 @@ class Recipe(ABC):
     arguments_class: type | None = None
     optimizer: OptimizerDefaults = OptimizerDefaults()
     default_model: str = "vit-small"
+    bundled_model: str = ""
     default_image_size: int = 224
     bundled_run_defaults: dict = {}
     supported_backbones: tuple[str, ...] = ("vit",)
@@ -375,7 +385,7 @@ class Recipe(ABC):
         raise ValueError(
             f"--method {self.name} needs a {' or '.join(self.supported_backbones)} backbone (it masks image patches), "
             f"got {backbone.name!r} ({backbone.family}); use a preset such as "
-            f"{'vit-small' if 'vit' in self.supported_backbones else 'swin-tiny'} or a folder holding such a model"
+            f"{self.default_model} or a folder holding such a model"
         )
 
     def prepare_model(self, model: PreTrainedModel, pixel_batches: Iterable[torch.Tensor]) -> None:

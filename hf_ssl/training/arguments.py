@@ -44,7 +44,10 @@ BUNDLED_RUN_DEFAULTS = dict(max_steps=2000, total_batch_size=64, learning_rate=5
 
 def bundled_backbone(recipe: Recipe) -> str:
     """The small-image backbone a method trains on bundled data: the conv net where the method takes
-    one (supervised from random init it reaches 0.93-0.96 on the scenes, the ViT 0.71), else the ViT."""
+    one (supervised from random init it reaches 0.93-0.96 on the scenes, the ViT 0.71), else the ViT
+    (or the recipe's own `bundled_model`)."""
+    if recipe.bundled_model:
+        return recipe.bundled_model
     return "resnet-micro" if {"any", "resnet"} & set(recipe.supported_backbones) else "vit-micro"
 # The end-of-run report's protocols (`hf_ssl.eval.report.REPORT_PLAN` says with which labels).
 REPORT_PROTOCOLS = ("knn", "linear", "finetune")

@@ -9,7 +9,7 @@ from hf_ssl.recipes.base import OptimizerDefaults
 
 def resolve_optimization(arguments, defaults: OptimizerDefaults) -> dict:
     """The run's ``learning_rate`` (peak), ``weight_decay``, ``warmup_steps`` and ``max_grad_norm``:
-    each flag when given, else the recipe's default (the learning rate by the linear scaling rule)."""
+    each flag when given, else the recipe's default (the learning rate by its scaling rule)."""
     warmup_steps = arguments.warmup_steps
     if warmup_steps is None:
         warmup_steps = int(round(defaults.warmup_fraction * arguments.max_steps))

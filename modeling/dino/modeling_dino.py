@@ -25,7 +25,8 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
-from hf_ssl.backbones import BackboneContractMixin, VisionBackbone
+from hf_ssl.backbones import BackboneContractMixin, VisionBackbone, copy_backbone_weights
+from hf_ssl.crops import crops_to_batch
 from hf_ssl.heads import DINOHead
 from hf_ssl.losses import dino_loss, update_dino_center
 from hf_ssl.monitoring import collapse_metrics
@@ -54,12 +55,6 @@ class DINOOutput(ModelOutput):
     kl_divergence: torch.FloatTensor | None = None
     embedding_std: torch.FloatTensor | None = None
     embedding_rank: torch.FloatTensor | None = None
-
-
-def crops_to_batch(crops: torch.Tensor) -> torch.Tensor:
-    """``(B, n, C, H, W) -> (n * B, C, H, W)`` crop-major: rows ``c * B ... (c + 1) * B - 1`` are
-    crop c of every image, the layout of the official code's ``torch.cat(list_of_crops)``."""
-    return crops.transpose(0, 1).flatten(0, 1)
 
 
 class DINONetwork(nn.Module):
@@ -132,6 +127,12 @@ class BackboneForDINO(DINOPreTrainedModel):
     def get_backbone(self) -> nn.Module:
         """The student's plain transformers / timm encoder (weights shared with this model)."""
         return self.student.backbone.model
+
+    def load_backbone_weights(self, pretrained_backbone: nn.Module) -> None:
+        """Start student AND teacher from a checkpoint's encoder (continued pre-training): a teacher
+        left at its random initialisation would teach noise."""
+        super().load_backbone_weights(pretrained_backbone)
+        copy_backbone_weights(self.teacher.backbone.model, self.student.backbone.model)
 
     def _student_forward(self, global_batch: torch.Tensor, local_batch: torch.Tensor | None):
         """Student features of the global crops and outputs of all crops, one backbone call per size."""

@@ -178,11 +178,15 @@ def local_crop_size(context: BuildContext) -> int:
     return proportional_local_crop_size(context.image_size, backbone_patch_size(context.backbone))
 
 
-def crop_scales(arguments: DINOArguments, image_size: int) -> tuple[tuple[float, float], tuple[float, float]]:
-    """``(global, local)`` crop area ranges: the flags, else the published ones (milder ones for small images)."""
+def crop_scales(
+    arguments: DINOArguments,
+    image_size: int,
+    published: tuple[tuple[float, float], tuple[float, float]] = (GLOBAL_CROPS_SCALE, LOCAL_CROPS_SCALE),
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """``(global, local)`` crop area ranges: the flags, else the `published` ones (milder ones for small images)."""
     small = image_size <= SMALL_IMAGE_SIZE
-    global_scale = arguments.global_crops_scale or (SMALL_IMAGE_GLOBAL_CROPS_SCALE if small else GLOBAL_CROPS_SCALE)
-    local_scale = arguments.local_crops_scale or (SMALL_IMAGE_LOCAL_CROPS_SCALE if small else LOCAL_CROPS_SCALE)
+    global_scale = arguments.global_crops_scale or (SMALL_IMAGE_GLOBAL_CROPS_SCALE if small else published[0])
+    local_scale = arguments.local_crops_scale or (SMALL_IMAGE_LOCAL_CROPS_SCALE if small else published[1])
     return tuple(global_scale), tuple(local_scale)
 
 
@@ -225,16 +229,22 @@ class DINORecipe(Recipe):
     bundled_run_defaults = {}
     supported_backbones = ("any",)
     forward_schedule_inputs = ("teacher_temperature",)
+    published_crop_scales = (GLOBAL_CROPS_SCALE, LOCAL_CROPS_SCALE)
+
+    def checked_arguments(self, context) -> DINOArguments:
+        """The method's flags (their defaults when none were given), checked."""
+        arguments = context.method_arguments or self.arguments_class()
+        _check_arguments(arguments)
+        return arguments
 
     # ----- inputs
 
     def build_transform(self, context: BuildContext):
-        arguments = context.method_arguments or DINOArguments()
-        _check_arguments(arguments)
+        arguments = self.checked_arguments(context)
         # The official blur radius is in pixels of 224-px crops; smaller images get it scaled down so
         # a blur hides as much of the object as it would at 224 px.
         radius_scale = min(1.0, context.image_size / GLOBAL_CROP_SIZE)
-        global_crops_scale, local_crops_scale = crop_scales(arguments, context.image_size)
+        global_crops_scale, local_crops_scale = crop_scales(arguments, context.image_size, self.published_crop_scales)
         return ImageRowTransform(
             DINOMultiCrop(
                 image_size=context.image_size,
@@ -256,8 +266,7 @@ class DINORecipe(Recipe):
     # ----- model
 
     def build_model(self, context: BuildContext) -> BackboneForDINO:
-        arguments = context.method_arguments or DINOArguments()
-        _check_arguments(arguments)
+        arguments = self.checked_arguments(context)
         fields = dict(backbone_config=dino_backbone_config(context.backbone), image_size=context.image_size,
                       norm_last_layer=arguments.norm_last_layer)
         if context.image_size <= SMALL_IMAGE_SIZE:
@@ -276,8 +285,7 @@ class DINORecipe(Recipe):
         """Learning rate and weight decay (base class), plus ``ema_momentum``, ``teacher_temperature``
         (passed to forward) and ``last_layer_frozen`` (1 while the prototype layer is frozen)."""
         schedules = super().schedules(context)
-        arguments = context.method_arguments or DINOArguments()
-        _check_arguments(arguments)
+        arguments = self.checked_arguments(context)
         max_steps, epoch_steps = context.max_steps, steps_per_epoch(context)
         warmup_epochs = arguments.warmup_teacher_temperature_epochs
         num_epochs = max(math.ceil(max_steps / epoch_steps), warmup_epochs, 1)

@@ -88,7 +88,9 @@ class BackboneForSemanticSegmentation(SafeLoadingMixin, PreTrainedModel):
             **config_values,
         )
         model = cls(config)
-        state = {name: tensor for name, tensor in encoder.state_dict().items() if not name.startswith(_UNUSED_ENCODER_WEIGHTS)}
+        expected = model.backbone.state_dict().keys()  # DINOv2's classes keep their mask token
+        state = {name: tensor for name, tensor in encoder.state_dict().items()
+                 if name in expected or not name.startswith(_UNUSED_ENCODER_WEIGHTS)}
         model.backbone.load_state_dict(state)
         return model.to(next(encoder.parameters()).device)
 
