@@ -3,7 +3,7 @@
 - masked image modeling: `masked_token_cross_entropy` (BEiT, SplitMask), `masked_l1_loss` (SimMIM)
 - contrastive: `info_nce_loss` (SplitMask), `nt_xent_loss` (SimCLR), `moco_v3_loss`
 - negative-free: `byol_loss`, `simsiam_loss`, `barlow_twins_loss` (terms: `barlow_twins_loss_terms`), `vicreg_loss` (-> `VICRegLossTerms`)
-- self-distillation: `dino_loss` (its crop-pair average: `crop_pair_cross_entropy`), `update_dino_center`, `teacher_temperature_schedule`; DINOv2's terms
+- self-distillation: `dino_loss` (= `crop_pair_cross_entropy` of `centred_teacher_targets`), `update_dino_center`, `teacher_temperature_schedule`; DINOv2's terms
   `sinkhorn_knopp_targets`, `masked_patch_loss` (iBOT, weights from `masked_patch_weights`), `koleo_loss`
 - image-text: `clip_loss`, `siglip_loss`
 - distillation from a frozen teacher: `queue_distillation_loss`, `patch_similarity_distillation_loss`
@@ -12,7 +12,7 @@ Batch-level terms cover every process's rows when a process group runs (``gather
 """
 
 from .contrastive import info_nce_loss
-from .dino import crop_pair_cross_entropy, dino_loss, teacher_temperature_schedule, update_dino_center
+from .dino import centred_teacher_targets, crop_pair_cross_entropy, dino_loss, teacher_temperature_schedule, update_dino_center
 from .dinov2 import koleo_loss, masked_patch_loss, masked_patch_weights, sinkhorn_knopp_targets
 from .distillation import patch_similarity_distillation_loss, queue_distillation_loss
 from .image_text import clip_loss, siglip_loss
@@ -36,6 +36,7 @@ __all__ = [
     "barlow_twins_loss",
     "barlow_twins_loss_terms",
     "byol_loss",
+    "centred_teacher_targets",
     "clip_loss",
     "crop_pair_cross_entropy",
     "dino_loss",

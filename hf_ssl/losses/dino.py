@@ -78,9 +78,21 @@ def dino_loss(
         if not value > 0:
             raise ValueError(f"{name} must be > 0, got {value}")
 
-    centred = to_compute_dtype(teacher_output.detach()) - center.reshape(1, -1)
-    teacher_probabilities = F.softmax(centred / teacher_temperature, dim=-1)
+    teacher_probabilities = centred_teacher_targets(teacher_output, center, teacher_temperature)
     return crop_pair_cross_entropy(student_output, teacher_probabilities, num_global_crops, student_temperature)
+
+
+def centred_teacher_targets(teacher_output: torch.Tensor, center: torch.Tensor, teacher_temperature: float) -> torch.Tensor:
+    """DINO's centring and sharpening, ``P_t = softmax((teacher_output - center) / tau_t)``, no gradient.
+
+    Args:
+        teacher_output: ``(rows, K)``; center: ``(K,)`` or ``(1, K)``.
+
+    Returns:
+        ``(rows, K)`` distributions in the compute dtype.
+    """
+    centred = to_compute_dtype(teacher_output.detach()) - center.reshape(1, -1)
+    return F.softmax(centred / teacher_temperature, dim=-1)
 
 
 def crop_pair_cross_entropy(

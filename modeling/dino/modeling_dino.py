@@ -28,7 +28,7 @@ from transformers.modeling_outputs import ModelOutput
 from hf_ssl.backbones import BackboneContractMixin, VisionBackbone, copy_backbone_weights
 from hf_ssl.crops import crops_to_batch
 from hf_ssl.heads import DINOHead
-from hf_ssl.losses import dino_loss, update_dino_center
+from hf_ssl.losses import centred_teacher_targets, crop_pair_cross_entropy, update_dino_center
 from hf_ssl.monitoring import collapse_metrics
 
 from .configuration_dino import DINOConfig
@@ -146,26 +146,12 @@ class BackboneForDINO(DINOPreTrainedModel):
 
     def _loss(self, student_output: torch.Tensor, teacher_output: torch.Tensor, teacher_temperature: float,
               num_global_crops: int) -> torch.Tensor:
-        """`dino_loss`, also without local crops (two global crops teach each other).
-
-        `hf_ssl.losses.dino_loss` asks for more student crops than global crops; with global crops
-        only (the official ``--local_crops_number 0``) the same pair average is taken as one
-        `dino_loss` per teacher crop g, with g's own student crop put first and skipped: every g has
-        ``num_global_crops - 1`` pairs, so the mean of the per-g means is the official mean.
-        """
-        settings = dict(student_temperature=self.config.student_temperature)
-        if student_output.shape[0] > teacher_output.shape[0]:
-            return dino_loss(student_output, teacher_output, self.center, teacher_temperature,
-                             num_global_crops=num_global_crops, **settings)
-        if num_global_crops < 2:
+        """`dino_loss`'s pair average, also without local crops (the official ``--local_crops_number 0``:
+        two global crops teach each other)."""
+        if student_output.shape[0] == teacher_output.shape[0] and num_global_crops < 2:
             raise ValueError("DINO needs at least two crops per image: give local_crops or a second global crop")
-        teacher_crops, student_crops = teacher_output.chunk(num_global_crops), student_output.chunk(num_global_crops)
-        losses = [
-            dino_loss(torch.cat([student_crops[crop], *student_crops[:crop], *student_crops[crop + 1:]]),
-                      teacher_crops[crop], self.center, teacher_temperature, num_global_crops=1, **settings)
-            for crop in range(num_global_crops)
-        ]
-        return torch.stack(losses).mean()
+        targets = centred_teacher_targets(teacher_output, self.center, teacher_temperature)
+        return crop_pair_cross_entropy(student_output, targets, num_global_crops, self.config.student_temperature)
 
     def forward(
         self,

@@ -23,7 +23,6 @@ import copy
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
@@ -32,6 +31,7 @@ from hf_ssl.backbones import BackboneContractMixin, VisionBackbone, copy_backbon
 from hf_ssl.crops import crops_to_batch
 from hf_ssl.heads import DINOHead
 from hf_ssl.losses import (
+    centred_teacher_targets,
     crop_pair_cross_entropy,
     koleo_loss,
     masked_patch_loss,
@@ -158,7 +158,7 @@ class BackboneForDINOv2(DINOv2PreTrainedModel):
         """Teacher logits ``(rows, K)`` -> target distributions, by the configured centering."""
         if self.config.centering == "sinkhorn_knopp":
             return sinkhorn_knopp_targets(logits, temperature, self.config.sinkhorn_iterations)
-        return F.softmax((logits.float() - center) / temperature, dim=-1)
+        return centred_teacher_targets(logits, center, temperature)
 
     def forward(
         self,
