@@ -203,6 +203,9 @@ def test_loss_is_the_official_composition(centering, separate_patch_head):
     expected = local_loss + global_loss + koleo + ibot
     torch.testing.assert_close(output.loss, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(output.patch_loss, ibot.detach(), rtol=1e-4, atol=1e-4)
+    parameters = [parameter for parameter in model.student.parameters() if parameter.requires_grad]
+    for ours, official in zip(torch.autograd.grad(output.loss, parameters), torch.autograd.grad(expected, parameters)):
+        torch.testing.assert_close(ours, official, rtol=1e-3, atol=1e-5)
 
 
 def expected_center_before(model, logits, name):
