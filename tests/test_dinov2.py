@@ -284,6 +284,25 @@ def test_continued_pretraining_starts_student_and_teacher_from_the_checkpoint(tm
             assert all(torch.equal(weights[name], tensor) for name, tensor in checkpoint.items()), (method, network)
 
 
+def test_a_continued_run_reports_next_to_the_weights_it_started_from(tmp_path, capsys):
+    """What the user had is the baseline that matters: the report adds ``pretrained:<starting weights>``."""
+    from transformers import ViTImageProcessor
+
+    start = tmp_path / "start"
+    torch.manual_seed(0)
+    Dinov2WithRegistersModel(hf_ssl.resolve_backbone("dinov2-micro", IMAGE_SIZE).transformers_config()).save_pretrained(start)
+    ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(start)
+    output_dir = tmp_path / "run"
+    code = pretrain.main(["--method", "dinov2", "--dataset_name", "digits", "--model", str(start), "--max_steps", "2",
+                          "--report_protocols", "knn", "--report_baselines", "random_init", "--report_to", "none",
+                          "--output_dir", str(output_dir)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert f"report       knn next to random_init, pretrained:{start}" in out
+    baselines = json.loads((output_dir / "eval_results.json").read_text())["knn"]["baselines"]
+    assert set(baselines) == {"random_init", f"pretrained:{start}"} and 0 < baselines[f"pretrained:{start}"] < 1
+
+
 # ----- refusals --------------------------------------------------------------------------------------------------
 
 

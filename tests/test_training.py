@@ -115,6 +115,10 @@ def test_no_arguments_resolve_to_the_bundled_default_run():
     assert arguments.report_baselines == ["random_init", "raw_pixels", "supervised"]
     with pytest.raises(ConfigurationError, match="--report_baselines linear: choose from random_init, raw_pixels, supervised"):
         validate_arguments(resolve_arguments(parse_arguments(["--report_baselines", "random_init", "linear"])[0]))
+    # another checkpoint is a baseline too (an ImageNet model, say); a bare prefix names nothing
+    validate_arguments(resolve_arguments(parse_arguments(["--report_baselines", "random_init", "pretrained:org/model"])[0]))
+    with pytest.raises(ConfigurationError, match="--report_baselines pretrained:: choose from"):
+        validate_arguments(resolve_arguments(parse_arguments(["--report_baselines", "pretrained:"])[0]))
 
 
 @pytest.mark.parametrize(

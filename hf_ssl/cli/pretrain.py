@@ -49,6 +49,7 @@ from hf_ssl.training import (
     validate_arguments,
 )
 from hf_ssl.training.activation_recomputation import use_activation_checkpointing
+from hf_ssl.training.arguments import with_starting_weights_baseline
 from hf_ssl.training.attention import resolve_attention, use_attention
 from hf_ssl.training.compilation import compile_in_place, resolve_compile
 from hf_ssl.training.disk_space import is_disk_full
@@ -172,6 +173,7 @@ def run(argv: list[str] | None = None, stop_requests: StopRequests | None = None
         stop_requests.output_dir, stop_requests.announce = Path(arguments.output_dir), PartialState().is_main_process
     arguments, sized = size_from_data(requested, arguments, method_arguments, world_size)
     backbone = validate_arguments(arguments, method_arguments, world_size=world_size)
+    arguments = with_starting_weights_baseline(arguments, backbone.weights)
     run_lock = lock_run_folder_for_all_processes(arguments.output_dir)  # noqa: F841 (held until the run ends)
     checkpoint = check_run_folder(arguments, world_size, method_arguments)
     recipe = get_recipe(arguments.method)

@@ -31,7 +31,7 @@ import torch
 from transformers import AutoModel
 
 from hf_ssl.backbones.loading import load_backbone
-from hf_ssl.training.arguments import REPORT_BASELINES
+from hf_ssl.training.arguments import PRETRAINED_BASELINE_PREFIX, REPORT_BASELINES
 
 from . import finetune as _finetune  # noqa: F401  (each protocol module registers itself)
 from . import knn as _knn  # noqa: F401
@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 # What an encoder is compared with, the end-of-run report's default (`--report_baselines`).
 BASELINES = REPORT_BASELINES
-PRETRAINED_PREFIX = "pretrained:"
+PRETRAINED_PREFIX = PRETRAINED_BASELINE_PREFIX
 
 
 def random_init_like(backbone: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

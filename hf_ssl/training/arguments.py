@@ -54,6 +54,8 @@ REPORT_PROTOCOLS = ("knn", "linear", "finetune")
 # The baselines an encoder is compared with (hf_ssl.eval.runner.BASELINES), named here so that parsing
 # arguments does not import the evaluation code.
 REPORT_BASELINES = ("random_init", "raw_pixels", "supervised")
+# ``pretrained:<model>``: another checkpoint as a baseline (hf_ssl.eval.runner.PRETRAINED_PREFIX).
+PRETRAINED_BASELINE_PREFIX = "pretrained:"
 # Any other dataset: a real run, the recipe's published optimizer settings.
 GENERAL_RUN_DEFAULTS = dict(total_batch_size=256, save_steps=1000, dataloader_num_workers=4)
 
@@ -189,7 +191,9 @@ class PretrainingArguments:
     report_baselines: list[str] | None = field(
         default=None,
         metadata={"help": "Baselines of that report: any of random_init raw_pixels supervised (trains the same "
-                          "architecture from random init on the labels: the slowest of the three). Default: all three."},
+                          "architecture from random init on the labels: the slowest of the three), and "
+                          "pretrained:<model folder or Hub id> (e.g. an ImageNet model). Default: the first three, and "
+                          "the starting weights when --model holds some (continued pre-training)."},
     )
     eval_steps: int | None = field(
         default=None,
@@ -372,6 +376,15 @@ def resolve_arguments(arguments: PretrainingArguments) -> PretrainingArguments:
     return resolved
 
 
+def with_starting_weights_baseline(arguments: PretrainingArguments, starting_weights: str | None) -> PretrainingArguments:
+    """A run that continues from a checkpoint's weights reports next to that checkpoint as well
+    (``pretrained:<weights>``): whether training on these images beat what the user started from."""
+    baseline = f"{PRETRAINED_BASELINE_PREFIX}{starting_weights}"
+    if starting_weights is None or not arguments.report_protocols or baseline in arguments.report_baselines:
+        return arguments
+    return dataclasses.replace(arguments, report_baselines=[*arguments.report_baselines, baseline])
+
+
 def model_overrides(arguments: PretrainingArguments) -> dict:
     if not arguments.model_overrides:
         return {}
@@ -430,9 +443,11 @@ def validate_arguments(arguments: PretrainingArguments, method_arguments=None, w
     unknown_protocols = sorted(set(arguments.report_protocols or ()) - set(REPORT_PROTOCOLS))
     if unknown_protocols:
         raise ConfigurationError(f"--report_protocols {' '.join(unknown_protocols)}: choose from {', '.join(REPORT_PROTOCOLS)} or none")
-    unknown_baselines = sorted(set(arguments.report_baselines or ()) - set(REPORT_BASELINES))
+    unknown_baselines = sorted(name for name in set(arguments.report_baselines or ()) - set(REPORT_BASELINES)
+                               if not (name.startswith(PRETRAINED_BASELINE_PREFIX) and len(name) > len(PRETRAINED_BASELINE_PREFIX)))
     if unknown_baselines:
-        raise ConfigurationError(f"--report_baselines {' '.join(unknown_baselines)}: choose from {', '.join(REPORT_BASELINES)}")
+        raise ConfigurationError(f"--report_baselines {' '.join(unknown_baselines)}: choose from {', '.join(REPORT_BASELINES)} "
+                                 f"or {PRETRAINED_BASELINE_PREFIX}<model folder or Hub id>")
     trackers = [name.strip() for name in arguments.report_to.split(",") if name.strip()]
     unknown_trackers = [name for name in trackers if name not in REPORT_TO_CHOICES]
     if unknown_trackers:

@@ -70,6 +70,8 @@ def describe_plan(
         ("steps", str(arguments.max_steps), None),
         ("checkpoints", f"every {arguments.save_steps} steps, the last {arguments.save_total_limit} kept", None),
         ("output", arguments.output_dir, f"resuming {checkpoint}" if checkpoint else None),
+        ("report", f"{' '.join(arguments.report_protocols)} next to {', '.join(arguments.report_baselines)}"
+         if arguments.report_protocols else "none", None),
     ]
     lines = [f"plan ({device}; every value can be set with its flag):"]
     lines += [f"  {name:<12} {value}" + (f"  ({why})" if why else "") for name, value, why in rows]
