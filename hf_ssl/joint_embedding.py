@@ -32,6 +32,7 @@ from transformers import PreTrainedConfig, PreTrainedModel
 
 from hf_ssl.backbones.contract import BackboneContractMixin
 from hf_ssl.backbones.modules import VisionBackbone, build_backbone, copy_backbone_weights
+from hf_ssl.config_checks import require, require_positive_ints
 from hf_ssl.ema import update_ema
 from hf_ssl.heads import PredictionHead, ProjectionHead
 from hf_ssl.monitoring import collapse_metrics
@@ -71,19 +72,12 @@ class JointEmbeddingConfig(PreTrainedConfig):
 
     def require(self, condition: bool, message: str) -> None:
         """Raise a ValueError prefixed with the config class name when `condition` is false."""
-        if not condition:
-            raise ValueError(f"{type(self).__name__}: {message}")
-
-    def require_positive(self, *names: str) -> None:
-        for name in names:
-            value = getattr(self, name)
-            self.require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-                         f"{name} must be a positive int, got {value!r}")
+        require(self, condition, message)
 
     def check_fields(self) -> None:
         """Raise a ValueError naming the first invalid field and what it allows."""
         self.require(isinstance(self.backbone_config, dict), f"backbone_config must be a dict, got {type(self.backbone_config).__name__}")
-        self.require_positive("image_size", "projection_hidden_size", "projection_dim", "projection_num_layers")
+        require_positive_ints(self, ("image_size", "projection_hidden_size", "projection_dim", "projection_num_layers"))
 
 
 class JointEmbeddingWithPredictorConfig(JointEmbeddingConfig):
@@ -101,7 +95,7 @@ class JointEmbeddingWithPredictorConfig(JointEmbeddingConfig):
 
     def check_fields(self) -> None:
         super().check_fields()
-        self.require_positive("prediction_hidden_size")
+        require_positive_ints(self, ("prediction_hidden_size",))
 
 
 def find_patch_embedding(module: nn.Module) -> nn.Module | None:

@@ -15,6 +15,7 @@ from transformers import BeitConfig, PreTrainedConfig, PreTrainedModel, ViTConfi
 from transformers.models.vit.modeling_vit import ViTEmbeddings
 
 from hf_ssl.backbones.contract import BackboneContractMixin
+from hf_ssl.config_checks import require, require_positive_ints
 from hf_ssl.tokenizer import codebook_fingerprint
 from hf_ssl.vit_encoders import ENCODER_TYPES, beit_encoder_config, check_beit_fields, vit_encoder_config
 
@@ -79,21 +80,19 @@ class PatchTokenConfig(PreTrainedConfig):
     tokenizer_fingerprint: str | None = None
     mim_loss_weight: float = 1.0
 
-    def check_shared_fields(self, require) -> None:
-        """Raise through ``require(condition, message)`` when a shared field is unusable."""
-        for name in ("image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers",
-                     "num_attention_heads", "tokenizer_vocab_size", "tokenizer_resolution"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and value > 0, f"{name} must be a positive int, got {value!r}")
-        require(self.image_size % self.patch_size == 0,
+    def check_shared_fields(self) -> None:
+        """Raise a ValueError naming the first unusable shared field."""
+        require_positive_ints(self, ("image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers",
+                                     "num_attention_heads", "tokenizer_vocab_size", "tokenizer_resolution"))
+        require(self, self.image_size % self.patch_size == 0,
                 f"patch_size ({self.patch_size}) must divide image_size ({self.image_size})")
-        require(self.hidden_size % self.num_attention_heads == 0,
+        require(self, self.hidden_size % self.num_attention_heads == 0,
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads})")
-        require(self.tokenizer_method in TOKENIZER_METHODS,
+        require(self, self.tokenizer_method in TOKENIZER_METHODS,
                 f"tokenizer_method must be one of {TOKENIZER_METHODS}, got {self.tokenizer_method!r}")
-        require(self.encoder_type in ENCODER_TYPES, f"encoder_type must be one of {ENCODER_TYPES}, got {self.encoder_type!r}")
-        check_beit_fields(require, self)
-        require(self.mim_loss_weight >= 0, f"mim_loss_weight must be >= 0, got {self.mim_loss_weight}")
+        require(self, self.encoder_type in ENCODER_TYPES, f"encoder_type must be one of {ENCODER_TYPES}, got {self.encoder_type!r}")
+        check_beit_fields(self)
+        require(self, self.mim_loss_weight >= 0, f"mim_loss_weight must be >= 0, got {self.mim_loss_weight}")
 
     @property
     def num_patches(self) -> int:

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from transformers import BeitConfig, BeitModel, ViTConfig, ViTModel
 
+from hf_ssl.config_checks import require
+
 ENCODER_TYPES = ("vit", "beit")
 
 # BEiT-only fields a masked-image-modeling config carries flat (BeitConfig names), with the
@@ -67,20 +69,20 @@ def beit_encoder_config(config) -> BeitConfig:
     return beit_config
 
 
-def check_beit_fields(require, config) -> None:
-    """Raise through ``require(condition, message)`` when a config's BEiT encoder fields are unusable."""
+def check_beit_fields(config) -> None:
+    """Raise a ValueError naming the first unusable BEiT encoder field of `config`."""
     drop_path_rate = config.drop_path_rate
-    require(isinstance(drop_path_rate, (int, float)) and 0.0 <= drop_path_rate < 1.0,
+    require(config, isinstance(drop_path_rate, (int, float)) and 0.0 <= drop_path_rate < 1.0,
             f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
-    require(config.layer_scale_init_value >= 0.0,
+    require(config, config.layer_scale_init_value >= 0.0,
             f"layer_scale_init_value must be >= 0 (0 disables layer scale), got {config.layer_scale_init_value}")
     if config.encoder_type == "vit":
         uses_beit_features = any(getattr(config, name) != value for name, value in BEIT_ENCODER_DEFAULTS.items())
-        require(not uses_beit_features,
+        require(config, not uses_beit_features,
                 "drop_path_rate, layer_scale_init_value, relative position biases and "
                 "use_absolute_position_embeddings=False need encoder_type='beit' (transformers' ViTModel has none of them)")
     else:
-        require(config.use_absolute_position_embeddings or config.use_relative_position_bias
+        require(config, config.use_absolute_position_embeddings or config.use_relative_position_bias
                 or config.use_shared_relative_position_bias,
                 "encoder_type='beit' needs absolute position embeddings or a relative position bias")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Lowest first. A module may import its own layer and the layers below it.
 LAYERS = (
-    ("safe_loading", "remote_code", "command_line", "local_paths", "schedules", "distributed", "ema", "monitoring", "crops",
+    ("safe_loading", "remote_code", "command_line", "local_paths", "schedules", "distributed", "ema", "monitoring", "crops", "config_checks",
      "plots", "registry", "visualization"),
     ("backbones", "data", "transforms", "masking", "losses", "text", "tokenizer", "heads"),
     ("vit_encoders", "token_prediction", "joint_embedding", "modeling"),

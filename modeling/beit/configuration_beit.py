@@ -7,6 +7,7 @@ arXiv:2112.10740) instead of BEiT's dVAE.
 
 from __future__ import annotations
 
+from hf_ssl.config_checks import require
 from hf_ssl.masking import beit_num_masked_patches
 from hf_ssl.token_prediction import PatchTokenConfig
 
@@ -60,15 +61,10 @@ class BEiTConfig(PatchTokenConfig):
 
     def check_fields(self) -> None:
         """Raise a ValueError naming the first invalid field and what it allows."""
-
-        def require(condition: bool, message: str) -> None:
-            if not condition:
-                raise ValueError(f"BEiTConfig: {message}")
-
-        self.check_shared_fields(require)
-        require(self.mask_strategy in MASK_STRATEGIES,
+        self.check_shared_fields()
+        require(self, self.mask_strategy in MASK_STRATEGIES,
                 f"mask_strategy must be one of {MASK_STRATEGIES}, got {self.mask_strategy!r}")
-        require(0.0 < self.mask_ratio < 1.0, f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        require(self, 0.0 < self.mask_ratio < 1.0, f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
 
     @property
     def num_masked_patches(self) -> int:

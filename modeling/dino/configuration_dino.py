@@ -13,6 +13,8 @@ from dataclasses import field
 
 from transformers import PreTrainedConfig
 
+from hf_ssl.config_checks import require, require_positive_ints
+
 BACKBONE_SOURCES = ("transformers", "timm")
 POSITIVE_INT_FIELDS = (
     "image_size", "head_output_dim", "head_hidden_dim", "head_bottleneck_dim", "head_num_layers", "num_global_crops"
@@ -64,20 +66,12 @@ class DINOConfig(PreTrainedConfig):
 
     def check_fields(self) -> None:
         """Raise a ValueError naming the first invalid field and what it allows."""
-
-        def require(condition: bool, message: str) -> None:
-            if not condition:
-                raise ValueError(f"DINOConfig: {message}")
-
-        require(isinstance(self.backbone_config, dict), f"backbone_config must be a dict, got {type(self.backbone_config).__name__}")
+        require(self, isinstance(self.backbone_config, dict), f"backbone_config must be a dict, got {type(self.backbone_config).__name__}")
         source = self.backbone_config.get("source", "transformers")
-        require(source in BACKBONE_SOURCES, f"backbone_config['source'] must be one of {BACKBONE_SOURCES}, got {source!r}")
-        for name in POSITIVE_INT_FIELDS:
-            value = getattr(self, name)
-            require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                    f"{name} must be a positive int, got {value!r}")
-        require(self.student_temperature > 0, f"student_temperature must be > 0, got {self.student_temperature}")
-        require(0.0 <= self.center_momentum <= 1.0, f"center_momentum must be in [0, 1], got {self.center_momentum}")
+        require(self, source in BACKBONE_SOURCES, f"backbone_config['source'] must be one of {BACKBONE_SOURCES}, got {source!r}")
+        require_positive_ints(self, POSITIVE_INT_FIELDS)
+        require(self, self.student_temperature > 0, f"student_temperature must be > 0, got {self.student_temperature}")
+        require(self, 0.0 <= self.center_momentum <= 1.0, f"center_momentum must be in [0, 1], got {self.center_momentum}")
 
 
 __all__ = ["DINOConfig"]

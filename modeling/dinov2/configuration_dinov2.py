@@ -13,6 +13,8 @@ from dataclasses import field
 
 from transformers import PreTrainedConfig
 
+from hf_ssl.config_checks import require, require_positive_ints
+
 # transformers encoders that take ``bool_masked_pos`` and hold a mask token: what the iBOT term needs.
 MASKABLE_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
 CENTERINGS = ("sinkhorn_knopp", "centering")
@@ -92,31 +94,23 @@ class DINOv2Config(PreTrainedConfig):
 
     def check_fields(self) -> None:
         """Raise a ValueError naming the first invalid field and what it allows."""
-
-        def require(condition: bool, message: str) -> None:
-            if not condition:
-                raise ValueError(f"DINOv2Config: {message}")
-
-        require(isinstance(self.backbone_config, dict), f"backbone_config must be a dict, got {type(self.backbone_config).__name__}")
+        require(self, isinstance(self.backbone_config, dict), f"backbone_config must be a dict, got {type(self.backbone_config).__name__}")
         if self.backbone_config:
             model_type = self.backbone_config.get("model_type")
-            require(self.backbone_config.get("source", "transformers") == "transformers" and model_type in MASKABLE_MODEL_TYPES,
+            require(self, self.backbone_config.get("source", "transformers") == "transformers" and model_type in MASKABLE_MODEL_TYPES,
                     f"the backbone must be a transformers {' or '.join(MASKABLE_MODEL_TYPES)} model (the iBOT term "
                     f"replaces masked patches by its mask token), got {model_type!r}")
-        for name in POSITIVE_INT_FIELDS:
-            value = getattr(self, name)
-            require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                    f"{name} must be a positive int, got {value!r}")
-        require(self.centering in CENTERINGS, f"centering must be one of {CENTERINGS}, got {self.centering!r}")
-        require(self.student_temperature > 0, f"student_temperature must be > 0, got {self.student_temperature}")
-        require(0.0 <= self.center_momentum <= 1.0, f"center_momentum must be in [0, 1], got {self.center_momentum}")
+        require_positive_ints(self, POSITIVE_INT_FIELDS)
+        require(self, self.centering in CENTERINGS, f"centering must be one of {CENTERINGS}, got {self.centering!r}")
+        require(self, self.student_temperature > 0, f"student_temperature must be > 0, got {self.student_temperature}")
+        require(self, 0.0 <= self.center_momentum <= 1.0, f"center_momentum must be in [0, 1], got {self.center_momentum}")
         for name in ("dino_loss_weight", "patch_loss_weight", "koleo_loss_weight"):
-            require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
-        require(0.0 <= self.mask_probability <= 1.0, f"mask_probability must be in [0, 1], got {self.mask_probability}")
-        require(0 < self.layerwise_decay <= 1, f"layerwise_decay must be in (0, 1], got {self.layerwise_decay}")
-        require(self.patch_embed_lr_multiplier > 0, f"patch_embed_lr_multiplier must be > 0, got {self.patch_embed_lr_multiplier}")
+            require(self, getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        require(self, 0.0 <= self.mask_probability <= 1.0, f"mask_probability must be in [0, 1], got {self.mask_probability}")
+        require(self, 0 < self.layerwise_decay <= 1, f"layerwise_decay must be in (0, 1], got {self.layerwise_decay}")
+        require(self, self.patch_embed_lr_multiplier > 0, f"patch_embed_lr_multiplier must be > 0, got {self.patch_embed_lr_multiplier}")
         ratio = list(self.mask_ratio_range)
-        require(len(ratio) == 2 and 0.0 <= ratio[0] <= ratio[1] <= 1.0,
+        require(self, len(ratio) == 2 and 0.0 <= ratio[0] <= ratio[1] <= 1.0,
                 f"mask_ratio_range must be [min, max] with 0 <= min <= max <= 1, got {ratio}")
 
 

@@ -14,6 +14,8 @@ from dataclasses import field
 
 from transformers import PreTrainedConfig
 
+from hf_ssl.config_checks import require, require_positive_ints
+
 
 class DistillationConfig(PreTrainedConfig):
     r"""Configuration of [`BackboneForDistillation`].
@@ -52,20 +54,12 @@ class DistillationConfig(PreTrainedConfig):
 
     def check_fields(self) -> None:
         """Raise a ValueError naming the first invalid field and what it allows."""
-
-        def require(condition: bool, message: str) -> None:
-            if not condition:
-                raise ValueError(f"DistillationConfig: {message}")
-
-        require(isinstance(self.backbone_config, dict), f"backbone_config must be a dict, got {type(self.backbone_config).__name__}")
-        for name in ("image_size", "teacher_hidden_size", "queue_size"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-                    f"{name} must be a positive int, got {value!r}")
-        require(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        require(self, isinstance(self.backbone_config, dict), f"backbone_config must be a dict, got {type(self.backbone_config).__name__}")
+        require_positive_ints(self, ("image_size", "teacher_hidden_size", "queue_size"))
+        require(self, self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         for name in ("global_loss_weight", "dense_loss_weight"):
-            require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
-        require(self.global_loss_weight + self.dense_loss_weight > 0, "global_loss_weight or dense_loss_weight must be > 0")
+            require(self, getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        require(self, self.global_loss_weight + self.dense_loss_weight > 0, "global_loss_weight or dense_loss_weight must be > 0")
 
 
 __all__ = ["DistillationConfig"]

@@ -20,6 +20,8 @@ from typing import ClassVar
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from hf_ssl.config_checks import require, require_positive_ints
+
 LOSS_TYPES = ("softmax", "sigmoid")
 # CLIP initialises the temperature at 0.07 (t = log(1 / 0.07)) and clips exp(t) at 100;
 # SigLIP initialises t' = log(10) and the bias b = -10 (paper, section 3.2).
@@ -79,24 +81,17 @@ class DualEncoderConfig(PreTrainedConfig):
 
     def check_fields(self) -> None:
         """Raise a ValueError naming the first invalid field and what it allows."""
-
-        def require(condition: bool, message: str) -> None:
-            if not condition:
-                raise ValueError(f"DualEncoderConfig: {message}")
-
-        require(self.loss_type in LOSS_TYPES, f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
-        for name in ("projection_dim", "image_size"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and value > 0, f"{name} must be a positive int, got {value!r}")
-        require(self.max_logit_scale > 0, f"max_logit_scale must be > 0, got {self.max_logit_scale}")
-        require(math.exp(self.logit_scale_init_value) <= self.max_logit_scale,
+        require(self, self.loss_type in LOSS_TYPES, f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        require_positive_ints(self, ("projection_dim", "image_size"))
+        require(self, self.max_logit_scale > 0, f"max_logit_scale must be > 0, got {self.max_logit_scale}")
+        require(self, math.exp(self.logit_scale_init_value) <= self.max_logit_scale,
                 f"exp(logit_scale_init_value) = {math.exp(self.logit_scale_init_value):.4g} exceeds max_logit_scale "
                 f"({self.max_logit_scale})")
-        require(self.loss_type == "sigmoid" or self.logit_bias_init_value is None,
+        require(self, self.loss_type == "sigmoid" or self.logit_bias_init_value is None,
                 "logit_bias_init_value is for loss_type='sigmoid' only (CLIP's softmax has no bias)")
-        require(not self.unlock_image_projection or self.lock_image_tower,
+        require(self, not self.unlock_image_projection or self.lock_image_tower,
                 "unlock_image_projection needs lock_image_tower (without a lock every parameter trains)")
-        require(isinstance(self.backbone_config, dict), f"backbone_config must be a dict, got {type(self.backbone_config).__name__}")
+        require(self, isinstance(self.backbone_config, dict), f"backbone_config must be a dict, got {type(self.backbone_config).__name__}")
 
 
 __all__ = [

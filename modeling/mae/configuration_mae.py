@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from transformers import ViTConfig, ViTMAEConfig
 
+from hf_ssl.config_checks import require, require_positive_ints
 from hf_ssl.vit_encoders import vit_encoder_config
 
 
@@ -36,22 +37,15 @@ class MAEConfig(ViTMAEConfig):
 
     def check_fields(self) -> None:
         """Raise a ValueError naming the first invalid field and what it allows."""
-
-        def require(condition: bool, message: str) -> None:
-            if not condition:
-                raise ValueError(f"MAEConfig: {message}")
-
-        for name in ("image_size", "patch_size", "num_channels", "hidden_size", "num_attention_heads",
-                     "decoder_hidden_size", "decoder_num_attention_heads"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and value > 0, f"{name} must be a positive int, got {value!r}")
+        require_positive_ints(self, ("image_size", "patch_size", "num_channels", "hidden_size", "num_attention_heads",
+                                     "decoder_hidden_size", "decoder_num_attention_heads"))
         # 0 is allowed: it runs the encoder on every patch (feature extraction, the export test).
-        require(0.0 <= self.mask_ratio < 1.0, f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
-        require(self.image_size % self.patch_size == 0,
+        require(self, 0.0 <= self.mask_ratio < 1.0, f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        require(self, self.image_size % self.patch_size == 0,
                 f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})")
-        require(self.hidden_size % self.num_attention_heads == 0,
+        require(self, self.hidden_size % self.num_attention_heads == 0,
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads})")
-        require(self.decoder_hidden_size % self.decoder_num_attention_heads == 0,
+        require(self, self.decoder_hidden_size % self.decoder_num_attention_heads == 0,
                 f"decoder_hidden_size ({self.decoder_hidden_size}) must be divisible by decoder_num_attention_heads "
                 f"({self.decoder_num_attention_heads})")
 

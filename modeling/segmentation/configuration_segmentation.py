@@ -11,6 +11,8 @@ from dataclasses import field
 
 from transformers import PreTrainedConfig
 
+from hf_ssl.config_checks import require, require_positive_ints
+
 BACKBONE_SOURCES = ("transformers", "timm")
 MAX_DECODER_LAYERS = 4
 
@@ -46,21 +48,13 @@ class SegmentationConfig(PreTrainedConfig):
 
     def check_fields(self) -> None:
         """Raise a ValueError naming the first invalid field and what it allows."""
-
-        def require(condition: bool, message: str) -> None:
-            if not condition:
-                raise ValueError(f"SegmentationConfig: {message}")
-
-        require(isinstance(self.backbone_config, dict), f"backbone_config must be a dict, got {type(self.backbone_config).__name__}")
+        require(self, isinstance(self.backbone_config, dict), f"backbone_config must be a dict, got {type(self.backbone_config).__name__}")
         source = self.backbone_config.get("source", "transformers")
-        require(source in BACKBONE_SOURCES, f"backbone_config['source'] must be one of {BACKBONE_SOURCES}, got {source!r}")
-        require(isinstance(self.decoder_layers, int) and not isinstance(self.decoder_layers, bool)
+        require(self, source in BACKBONE_SOURCES, f"backbone_config['source'] must be one of {BACKBONE_SOURCES}, got {source!r}")
+        require(self, isinstance(self.decoder_layers, int) and not isinstance(self.decoder_layers, bool)
                 and 0 <= self.decoder_layers <= MAX_DECODER_LAYERS,
                 f"decoder_layers must be an int from 0 to {MAX_DECODER_LAYERS}, got {self.decoder_layers!r}")
-        for name in ("decoder_width", "image_size"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-                    f"{name} must be a positive int, got {value!r}")
+        require_positive_ints(self, ("decoder_width", "image_size"))
 
 
 __all__ = ["MAX_DECODER_LAYERS", "SegmentationConfig"]

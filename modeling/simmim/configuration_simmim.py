@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from transformers import BeitConfig, PreTrainedConfig, SwinConfig, ViTConfig
 
+from hf_ssl.config_checks import require, require_positive_ints
 from hf_ssl.vit_encoders import (
     BEIT_ENCODER_DEFAULTS,
     ENCODER_TYPES,
@@ -126,55 +127,48 @@ class SimMIMConfig(PreTrainedConfig):
 
     def check_fields(self) -> None:
         """Raise a ValueError naming the first invalid field and what it allows."""
-
-        def require(condition: bool, message: str) -> None:
-            if not condition:
-                raise ValueError(f"SimMIMConfig: {message}")
-
-        require(self.backbone in BACKBONES, f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        require(self.mask_strategy in MASK_STRATEGIES,
+        require(self, self.backbone in BACKBONES, f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        require(self, self.mask_strategy in MASK_STRATEGIES,
                 f"mask_strategy must be one of {MASK_STRATEGIES}, got {self.mask_strategy!r}")
-        for name in ("image_size", "patch_size", "num_channels", "hidden_size", "mask_patch_size"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and value > 0, f"{name} must be a positive int, got {value!r}")
-        require(0.0 < self.mask_ratio < 1.0, f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
-        require(self.image_size % self.patch_size == 0,
+        require_positive_ints(self, ("image_size", "patch_size", "num_channels", "hidden_size", "mask_patch_size"))
+        require(self, 0.0 < self.mask_ratio < 1.0, f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        require(self, self.image_size % self.patch_size == 0,
                 f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})")
-        require(self.mask_patch_size % self.patch_size == 0,
+        require(self, self.mask_patch_size % self.patch_size == 0,
                 f"mask_patch_size ({self.mask_patch_size}) must be a multiple of the model's patch_size "
                 f"({self.patch_size})")
-        require(self.image_size % self.mask_patch_size == 0,
+        require(self, self.image_size % self.mask_patch_size == 0,
                 f"image_size ({self.image_size}) must be divisible by mask_patch_size ({self.mask_patch_size})")
-        require(self.encoder_type in ENCODER_TYPES, f"encoder_type must be one of {ENCODER_TYPES}, got {self.encoder_type!r}")
+        require(self, self.encoder_type in ENCODER_TYPES, f"encoder_type must be one of {ENCODER_TYPES}, got {self.encoder_type!r}")
         if self.backbone == "vit":
-            require(self.hidden_size % self.num_attention_heads == 0,
+            require(self, self.hidden_size % self.num_attention_heads == 0,
                     f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                     f"({self.num_attention_heads})")
-            check_beit_fields(require, self)
+            check_beit_fields(self)
         else:
             beit_only = {name: value for name, value in BEIT_ENCODER_DEFAULTS.items() if name != "drop_path_rate"}
-            require(self.encoder_type == "vit" and all(getattr(self, name) == value for name, value in beit_only.items()),
+            require(self, self.encoder_type == "vit" and all(getattr(self, name) == value for name, value in beit_only.items()),
                     f"encoder_type and {', '.join(beit_only)} apply to backbone='vit' only (Swin has its own "
                     "relative position bias)")
             self._check_swin_geometry(require)
 
     def _check_swin_geometry(self, require) -> None:
-        require(len(self.depths) == len(self.num_heads) and len(self.depths) > 0,
+        require(self, len(self.depths) == len(self.num_heads) and len(self.depths) > 0,
                 f"depths ({self.depths}) and num_heads ({self.num_heads}) must be non-empty lists of equal length")
-        require(isinstance(self.window_size, int) and self.window_size > 0,
+        require(self, isinstance(self.window_size, int) and self.window_size > 0,
                 f"window_size must be a positive int, got {self.window_size!r}")
         resolution = self.image_size // self.patch_size
         stride = self.encoder_stride
-        require(self.image_size % stride == 0,
+        require(self, self.image_size % stride == 0,
                 f"image_size ({self.image_size}) must be divisible by patch_size * 2 ** (len(depths) - 1) = {stride} "
                 f"(each Swin stage halves the resolution)")
         for stage, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
             stage_resolution = resolution // 2**stage
             width = self.embed_dim * 2**stage
-            require(width % heads == 0, f"stage {stage} width {width} must be divisible by num_heads[{stage}] ({heads})")
+            require(self, width % heads == 0, f"stage {stage} width {width} must be divisible by num_heads[{stage}] ({heads})")
             # A non-dividing window pads the map and the masked positions drift; a map smaller than
             # the window fails in transformers 5's Swin (the shrunk window's mask no longer fits).
-            require(stage_resolution % self.window_size == 0,
+            require(self, stage_resolution % self.window_size == 0,
                     f"window_size ({self.window_size}) is incompatible with the Swin resolution: stage {stage} is "
                     f"{stage_resolution}x{stage_resolution} patches (image_size {self.image_size} / patch_size "
                     f"{self.patch_size} / 2**{stage}); use a window that divides every stage resolution "

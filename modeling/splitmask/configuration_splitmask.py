@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from transformers import ViTConfig
 
+from hf_ssl.config_checks import require
 from hf_ssl.token_prediction import PatchTokenConfig
 
 # Fields of configs saved while BEiT was SplitMask's ``objective="beit"``, which SplitMask never read.
@@ -79,29 +80,24 @@ class SplitMaskConfig(PatchTokenConfig):
 
     def check_fields(self) -> None:
         """Raise a ValueError naming the first invalid field and what it allows."""
-
-        def require(condition: bool, message: str) -> None:
-            if not condition:
-                raise ValueError(f"SplitMaskConfig: {message}")
-
         objective = getattr(self, "objective", "splitmask")  # a field while BEiT was an objective of SplitMask
-        require(objective == "splitmask", f"objective must be 'splitmask', got {objective!r} (BEiT is its own "
+        require(self, objective == "splitmask", f"objective must be 'splitmask', got {objective!r} (BEiT is its own "
                 "method: BEiTConfig / ViTForBEiT, --method beit)")
-        self.check_shared_fields(require)
-        require(isinstance(self.projection_dim, int) and self.projection_dim > 0,
+        self.check_shared_fields()
+        require(self, isinstance(self.projection_dim, int) and self.projection_dim > 0,
                 f"projection_dim must be a positive int, got {self.projection_dim!r}")
-        require(self.contrastive_temperature > 0,
+        require(self, self.contrastive_temperature > 0,
                 f"contrastive_temperature must be > 0, got {self.contrastive_temperature}")
-        require(self.contrastive_loss_weight >= 0, f"contrastive_loss_weight must be >= 0, got {self.contrastive_loss_weight}")
-        require(isinstance(self.decoder_num_hidden_layers, int) and self.decoder_num_hidden_layers >= 1,
+        require(self, self.contrastive_loss_weight >= 0, f"contrastive_loss_weight must be >= 0, got {self.contrastive_loss_weight}")
+        require(self, isinstance(self.decoder_num_hidden_layers, int) and self.decoder_num_hidden_layers >= 1,
                 f"SplitMask needs decoder_num_hidden_layers >= 1 (got {self.decoder_num_hidden_layers!r}): the encoder "
                 "never sees the hidden positions, only the decoder can place mask tokens there")
-        require(self.decoder_hidden_size % self.decoder_num_attention_heads == 0,
+        require(self, self.decoder_hidden_size % self.decoder_num_attention_heads == 0,
                 f"decoder_hidden_size ({self.decoder_hidden_size}) must be divisible by "
                 f"decoder_num_attention_heads ({self.decoder_num_attention_heads})")
-        require(self.num_patches >= 2, f"SplitMask needs at least 2 patches, got {self.num_patches}")
-        require(self.use_mim_loss or self.use_contrastive_loss, "SplitMask needs use_mim_loss or use_contrastive_loss (or both)")
-        require(not self.use_relative_position_bias,
+        require(self, self.num_patches >= 2, f"SplitMask needs at least 2 patches, got {self.num_patches}")
+        require(self, self.use_mim_loss or self.use_contrastive_loss, "SplitMask needs use_mim_loss or use_contrastive_loss (or both)")
+        require(self, not self.use_relative_position_bias,
                 "SplitMask encodes only the visible half of the patches: use "
                 "use_shared_relative_position_bias=True (BEiT's pre-training setting), not a per-block table")
 
