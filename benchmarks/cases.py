@@ -138,6 +138,8 @@ class Case:
         with_captions: rows carry a ``"caption"`` next to the ``"image"``.
         method_arguments: ``(size, image_size) -> {flag: value}`` set on the recipe's own flags
             (e.g. the teacher a distillation step runs).
+        size_models: ``{size name: --model}`` for a method that takes its own encoder family at
+            that size (DINOv2's presets, which have a mask token).
     """
 
     method: str
@@ -147,6 +149,7 @@ class Case:
     model_overrides: dict = field(default_factory=dict)
     with_captions: bool = False
     method_arguments: Callable[[Size, int], dict] | None = None
+    size_models: dict = field(default_factory=dict)
 
 
 def synthetic_image(index: int, side: int, seed: int = 0) -> Image.Image:
@@ -203,6 +206,7 @@ def prepare_case(case: Case, size: Size, batch_size: int, seed: int = 0) -> Case
     """
     from hf_ssl.backbones import resolve_backbone
 
+    size = dataclasses.replace(size, model=case.size_models.get(size.name, size.model))
     registered = case.method in available_methods()
     recipe = get_recipe(case.method) if registered else None
     image_size = size.image_size or (recipe.image_size_for(size.model) if recipe is not None else 224)
@@ -298,6 +302,8 @@ CASES: dict[str, Case] = {
              {"transformers ViT/SwinForMaskedImageModeling": transformers_simmim}),
         Case("mae", _VIT_SIZES, _image_views("light"), {"transformers ViTMAEForPreTraining": transformers_mae}),
         Case("dino", _ANY_SIZES, _image_views("multicrop", number_of_local_crops=8), {"lightly": LIGHTLY_REFERENCES["dino"]}),
+        Case("dinov2", ("micro", "small"), _image_views("multicrop", number_of_local_crops=8),
+             {"lightly": LIGHTLY_REFERENCES["dinov2"]}, size_models={"micro": "dinov2-micro", "small": "dinov2-small"}),
         *(
             Case(method, _ANY_SIZES, _image_views("simclr"), {"lightly": LIGHTLY_REFERENCES[method]})
             for method in ("simclr", "moco_v3", "byol", "simsiam", "barlow_twins", "vicreg")

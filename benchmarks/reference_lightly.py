@@ -240,8 +240,61 @@ def lightly_dino(inputs: CaseInputs) -> ModelStep:
                        (("backbone", "teacher_backbone"), ("head", "teacher_head")))
 
 
+def lightly_dinov2(inputs: CaseInputs) -> ModelStep:
+    """DINOv2: lightly's `DINOProjectionHead` for the CLS tokens and another for the masked patch tokens,
+    an EMA teacher, `DINOLoss` over 2 global + L local crops, `IBOTPatchLoss` on the masked patches of
+    the global crops, `KoLeoLoss` (weight 0.1) per global crop: lightly's losses with their own
+    softmax centring, as lightly/examples/pytorch/dinov2.py composes them, on the same DINOv2 module
+    and the same masks (`hf_ssl.masking.dinov2_masks`, drawn in the step on both sides)."""
+    from lightly.loss import DINOLoss, IBOTPatchLoss, KoLeoLoss
+    from lightly.models.modules import DINOProjectionHead
+
+    from hf_ssl.masking import dinov2_masks
+
+    backbone = _backbone(inputs)
+    encoder_config = backbone.model.config
+    prefix_tokens = 1 + encoder_config.num_register_tokens
+
+    def head_builder(prefix: str) -> Callable[[], nn.Module]:
+        sizes = [inputs.config_value(f"{prefix}_{name}", default) for name, default in
+                 (("hidden_dim", 2048), ("bottleneck_dim", 256), ("output_dim", 65536))]
+        return lambda: DINOProjectionHead(backbone.feature_dimension, *sizes, batch_norm=False, freeze_last_layer=1)
+
+    build_head, build_patch_head = head_builder("head"), head_builder("patch_head")
+    head, patch_head = build_head(), build_patch_head()
+    parts = {"backbone": backbone, "head": head, "patch_head": patch_head, "teacher_backbone": _momentum_copy(backbone),
+             "teacher_head": _momentum_copy(head, build_head), "teacher_patch_head": _momentum_copy(patch_head, build_patch_head),
+             "criterion": DINOLoss(output_dim=inputs.config_value("head_output_dim", 65536)),
+             "patch_criterion": IBOTPatchLoss(output_dim=inputs.config_value("patch_head_output_dim", 65536)),
+             "koleo": KoLeoLoss()}
+
+    def loss(module, batch):
+        global_crops = batch["global_crops"]  # (B, 2, C, H, W)
+        global_batch = global_crops.transpose(0, 1).flatten(0, 1)  # (2B, C, H, W)
+        grid = (global_batch.shape[-2] // encoder_config.patch_size, global_batch.shape[-1] // encoder_config.patch_size)
+        masks = dinov2_masks(global_batch.shape[0], grid).to(global_batch.device)  # (2B, N)
+        with torch.no_grad():
+            teacher_tokens = module["teacher_backbone"].model(pixel_values=global_batch).last_hidden_state
+            teacher = module["teacher_head"](teacher_tokens[:, 0]).chunk(2)
+            teacher_patches = module["teacher_patch_head"](teacher_tokens[:, prefix_tokens:][masks])
+        tokens = module["backbone"].model(pixel_values=global_batch, bool_masked_pos=masks).last_hidden_state
+        student = [*module["head"](tokens[:, 0]).chunk(2)]
+        local_crops = batch.get("local_crops")  # (B, L, C, h, w)
+        if local_crops is not None:
+            student += [module["head"](module["backbone"](local_crops[:, index])) for index in range(local_crops.shape[1])]
+        patches = module["patch_head"](tokens[:, prefix_tokens:][masks])
+        koleo = sum(module["koleo"](crop) for crop in tokens[:, 0].chunk(2))
+        return (module["criterion"](list(teacher), student, teacher_temp=0.04)
+                + module["patch_criterion"](teacher_patches, patches, masks.view(-1, *grid), teacher_temp=0.04)
+                + 0.1 * koleo)
+
+    return _model_step(parts, loss, inputs, "2 x DINOProjectionHead + DINOLoss + IBOTPatchLoss + KoLeoLoss",
+                       (("backbone", "teacher_backbone"), ("head", "teacher_head"), ("patch_head", "teacher_patch_head")))
+
+
 LIGHTLY_REFERENCES: dict[str, Callable[[CaseInputs], ModelStep]] = {
     "dino": lightly_dino,
+    "dinov2": lightly_dinov2,
     "simclr": lightly_simclr,
     "moco_v3": lightly_moco_v3,
     "byol": lightly_byol,
