@@ -129,7 +129,7 @@ def test_the_plan_names_each_value_and_where_it_came_from(tmp_path, monkeypatch)
         "  workers      1 DataLoader worker(s) per process  (given)",
         "  steps        10",
     ]
-    assert plan[-1] == f"  output       {tmp_path / 'run'}"
+    assert plan[-2:] == [f"  output       {tmp_path / 'run'}", "  report       none"]  # no labels, no report
 
 
 def test_the_step_time_estimate_comes_once_after_the_first_timed_steps():
